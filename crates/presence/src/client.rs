@@ -1,0 +1,249 @@
+//! The client side: Phoenix's `presence.js` sync algorithm.
+//!
+//! A client keeps `{key: [meta, ...]}` and updates it from two messages:
+//! `presence_state` (a full snapshot, reconciled by `phx_ref`) and
+//! `presence_diff` (`{joins, leaves}`). Diffs that arrive before the first
+//! snapshot of the current join are buffered and replayed after it, exactly
+//! like phx-js, so callbacks only ever see a consistent state.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A meta as a client sees it: the user's fields plus `phx_ref` (and maybe `phx_ref_prev`).
+pub type ClientMeta = Map<String, Value>;
+
+/// key → metas; what `presenceState()` is built from.
+pub type View = BTreeMap<String, Vec<ClientMeta>>;
+
+/// A callback-worthy change, in the order phx-js would fire them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PresenceEvent {
+    /// `current` = the key's metas before the join (empty if the key is new).
+    Join {
+        key: String,
+        current: Vec<ClientMeta>,
+        joined: Vec<ClientMeta>,
+    },
+    /// `current` = the key's metas after the leave (empty if the key is gone).
+    Leave {
+        key: String,
+        current: Vec<ClientMeta>,
+        left: Vec<ClientMeta>,
+    },
+    /// The view changed; fired once after each applied state or diff.
+    Sync,
+}
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    metas: Vec<ClientMeta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDiff {
+    joins: BTreeMap<String, Entry>,
+    leaves: BTreeMap<String, Entry>,
+}
+
+/// One channel's presence as seen by a client.
+#[derive(Debug, Default)]
+pub struct ClientPresence {
+    view: View,
+    /// Whether a snapshot arrived for the current join.
+    synced: bool,
+    pending: Vec<RawDiff>,
+}
+
+fn phx_ref(meta: &ClientMeta) -> Option<&str> {
+    meta.get("phx_ref").and_then(Value::as_str)
+}
+
+impl ClientPresence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The channel (re)joined: wait for its snapshot before applying diffs.
+    /// The old view stays, so the next snapshot reports only real changes.
+    pub fn rejoined(&mut self) {
+        self.synced = false;
+        self.pending.clear();
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Apply a `presence_state` payload. Returns the events to fire (ending in `Sync`).
+    pub fn on_state(&mut self, payload: &Value) -> Result<Vec<PresenceEvent>, serde_json::Error> {
+        let new_state: BTreeMap<String, Entry> = Deserialize::deserialize(payload)?;
+        let mut diff = RawDiff::default();
+        for (key, current) in &self.view {
+            if !new_state.contains_key(key) {
+                diff.leaves.insert(
+                    key.clone(),
+                    Entry {
+                        metas: current.clone(),
+                    },
+                );
+            }
+        }
+        for (key, entry) in new_state {
+            match self.view.get(&key) {
+                Some(current) => {
+                    let joined: Vec<_> = entry
+                        .metas
+                        .iter()
+                        .filter(|m| !current.iter().any(|c| phx_ref(c) == phx_ref(m)))
+                        .cloned()
+                        .collect();
+                    let left: Vec<_> = current
+                        .iter()
+                        .filter(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)))
+                        .cloned()
+                        .collect();
+                    if !joined.is_empty() {
+                        diff.joins.insert(key.clone(), Entry { metas: joined });
+                    }
+                    if !left.is_empty() {
+                        diff.leaves.insert(key, Entry { metas: left });
+                    }
+                }
+                None => {
+                    diff.joins.insert(key, entry);
+                }
+            }
+        }
+        let mut events = Vec::new();
+        self.apply(diff, &mut events);
+        self.synced = true;
+        for pending in std::mem::take(&mut self.pending) {
+            self.apply(pending, &mut events);
+        }
+        events.push(PresenceEvent::Sync);
+        Ok(events)
+    }
+
+    /// Apply a `presence_diff` payload. Before the join's snapshot it is
+    /// buffered and no events are returned.
+    pub fn on_diff(&mut self, payload: &Value) -> Result<Vec<PresenceEvent>, serde_json::Error> {
+        let diff: RawDiff = Deserialize::deserialize(payload)?;
+        if !self.synced {
+            self.pending.push(diff);
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::new();
+        self.apply(diff, &mut events);
+        events.push(PresenceEvent::Sync);
+        Ok(events)
+    }
+
+    /// phx-js `syncDiff`: joins first (keeping other metas in front), then leaves by ref.
+    fn apply(&mut self, diff: RawDiff, events: &mut Vec<PresenceEvent>) {
+        for (key, entry) in diff.joins {
+            let current = self.view.get(&key).cloned().unwrap_or_default();
+            let mut metas: Vec<_> = current
+                .iter()
+                .filter(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)))
+                .cloned()
+                .collect();
+            metas.extend(entry.metas.iter().cloned());
+            self.view.insert(key.clone(), metas);
+            events.push(PresenceEvent::Join {
+                key,
+                current,
+                joined: entry.metas,
+            });
+        }
+        for (key, entry) in diff.leaves {
+            let Some(current) = self.view.get_mut(&key) else {
+                continue;
+            };
+            current.retain(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)));
+            let remaining = current.clone();
+            if remaining.is_empty() {
+                self.view.remove(&key);
+            }
+            events.push(PresenceEvent::Leave {
+                key,
+                current: remaining,
+                left: entry.metas,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diffs_before_the_snapshot_are_buffered_then_replayed() {
+        let mut c = ClientPresence::new();
+        let diff = json!({"joins": {"b": {"metas": [{"phx_ref": "2"}]}}, "leaves": {}});
+        assert!(c.on_diff(&diff).unwrap().is_empty());
+        assert!(c.view().is_empty());
+        let events = c
+            .on_state(&json!({"a": {"metas": [{"phx_ref": "1"}]}}))
+            .unwrap();
+        assert_eq!(c.view().len(), 2);
+        assert_eq!(events.last(), Some(&PresenceEvent::Sync));
+        assert_eq!(events.len(), 3); // join a, join b, sync
+    }
+
+    #[test]
+    fn update_reports_join_then_leave_and_keeps_one_meta() {
+        let mut c = ClientPresence::new();
+        c.on_state(&json!({"u": {"metas": [{"s": 1, "phx_ref": "1"}]}}))
+            .unwrap();
+        let events = c
+            .on_diff(&json!({
+                "joins": {"u": {"metas": [{"s": 2, "phx_ref": "2", "phx_ref_prev": "1"}]}},
+                "leaves": {"u": {"metas": [{"s": 1, "phx_ref": "1"}]}}
+            }))
+            .unwrap();
+        assert!(matches!(&events[0], PresenceEvent::Join { current, .. } if current.len() == 1));
+        assert!(matches!(&events[1], PresenceEvent::Leave { current, .. } if current.len() == 1));
+        assert_eq!(c.view()["u"].len(), 1);
+        assert_eq!(c.view()["u"][0]["s"], json!(2));
+    }
+
+    #[test]
+    fn snapshot_after_rejoin_reports_only_real_changes() {
+        let mut c = ClientPresence::new();
+        c.on_state(&json!({"a": {"metas": [{"phx_ref": "1"}]}, "b": {"metas": [{"phx_ref": "2"}]}}))
+            .unwrap();
+        c.rejoined();
+        let events = c
+            .on_state(&json!({"a": {"metas": [{"phx_ref": "1"}]}, "c": {"metas": [{"phx_ref": "3"}]}}))
+            .unwrap();
+        let joins: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                PresenceEvent::Join { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let leaves: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                PresenceEvent::Leave { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(joins, ["c"]);
+        assert_eq!(leaves, ["b"]);
+        assert_eq!(c.view().keys().collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_not_panics() {
+        let mut c = ClientPresence::new();
+        assert!(c.on_state(&json!([1, 2])).is_err());
+        assert!(c.on_diff(&json!({"joins": {}})).is_err());
+    }
+}

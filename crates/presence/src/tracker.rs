@@ -1,0 +1,249 @@
+//! The server's presence state for one channel, and the diffs its changes make.
+//!
+//! Semantics follow Phoenix.Tracker as Supabase Realtime uses it: each member
+//! (one socket's join of the channel) owns at most one meta, under the
+//! presence key fixed at its join. Several members may share a key; the key
+//! then lists several metas.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{Meta, RefGen, State};
+
+/// Identifies one member: a single join of a channel by a single socket.
+/// A rejoin is a new member.
+pub type MemberId = u64;
+
+/// What changed, to send to every member as one `presence_diff`.
+///
+/// A ref never appears in both `joins` and `leaves`. An update carries the new
+/// meta in `joins` and the old one in `leaves`, under the same key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub joins: Vec<(String, Meta)>,
+    pub leaves: Vec<(String, Meta)>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// The `presence_diff` payload: `{"joins":{key:{"metas":[..]}},"leaves":{..}}`.
+    /// Both sides are always present (realtime-py requires it).
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str("{\"joins\":");
+        write_grouped(&mut out, group(&self.joins));
+        out.push_str(",\"leaves\":");
+        write_grouped(&mut out, group(&self.leaves));
+        out.push('}');
+        out
+    }
+}
+
+fn group(entries: &[(String, Meta)]) -> BTreeMap<&str, Vec<&Meta>> {
+    let mut by_key: BTreeMap<&str, Vec<&Meta>> = BTreeMap::new();
+    for (key, meta) in entries {
+        by_key.entry(key).or_default().push(meta);
+    }
+    by_key
+}
+
+/// Writes `{key:{"metas":[meta,..]},..}`.
+fn write_grouped<'a, K, M>(out: &mut String, entries: impl IntoIterator<Item = (K, M)>)
+where
+    K: AsRef<str>,
+    M: IntoIterator<Item = &'a Meta>,
+{
+    out.push('{');
+    for (i, (key, metas)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key.as_ref()).expect("strings serialise"));
+        out.push_str(":{\"metas\":[");
+        for (j, meta) in metas.into_iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            meta.write_json(out);
+        }
+        out.push_str("]}");
+    }
+    out.push('}');
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    member: MemberId,
+    meta: Meta,
+}
+
+/// All presences of one channel.
+#[derive(Debug, Default)]
+pub struct ChannelPresence {
+    /// key → metas, in the order they were tracked.
+    by_key: BTreeMap<String, Vec<Tracked>>,
+    /// member → the key it tracks under, for untrack and disconnect.
+    key_of: HashMap<MemberId, String>,
+}
+
+impl ChannelPresence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Track `state` for `member` under `key`.
+    ///
+    /// * first track: a join;
+    /// * same state again: nothing (returns `None`);
+    /// * other state: an update, with a new ref and `phx_ref_prev` = old ref.
+    ///
+    /// A member's key is fixed by its first track; tracking under another key
+    /// first untracks the old one (the diff then carries both).
+    pub fn track(
+        &mut self,
+        member: MemberId,
+        key: &str,
+        state: State,
+        refs: &RefGen,
+    ) -> Option<Diff> {
+        let mut diff = Diff::default();
+        let mut prev_ref = None;
+        if let Some(old_key) = self.key_of.get(&member) {
+            if old_key == key {
+                let tracked = self.by_key[key]
+                    .iter()
+                    .find(|t| t.member == member)
+                    .expect("key_of and by_key agree");
+                if tracked.meta.state == state {
+                    return None;
+                }
+                prev_ref = Some(tracked.meta.phx_ref.clone());
+            }
+            diff = self.untrack(member).expect("member was tracked");
+        }
+        let meta = Meta {
+            phx_ref: refs.next_ref(),
+            phx_ref_prev: prev_ref,
+            state,
+        };
+        self.by_key.entry(key.to_owned()).or_default().push(Tracked {
+            member,
+            meta: meta.clone(),
+        });
+        self.key_of.insert(member, key.to_owned());
+        diff.joins.push((key.to_owned(), meta));
+        Some(diff)
+    }
+
+    /// Remove `member`'s meta. `None` when it tracked nothing.
+    /// Also the right call when a member leaves or its socket goes away.
+    pub fn untrack(&mut self, member: MemberId) -> Option<Diff> {
+        let key = self.key_of.remove(&member)?;
+        let metas = self.by_key.get_mut(&key).expect("key_of and by_key agree");
+        let pos = metas
+            .iter()
+            .position(|t| t.member == member)
+            .expect("key_of and by_key agree");
+        let removed = metas.remove(pos);
+        if metas.is_empty() {
+            self.by_key.remove(&key);
+        }
+        Some(Diff {
+            joins: Vec::new(),
+            leaves: vec![(key, removed.meta)],
+        })
+    }
+
+    /// The full state, key by key (keys sorted, metas in tracking order).
+    pub fn snapshot(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &Meta>)> {
+        self.by_key
+            .iter()
+            .map(|(key, metas)| (key.as_str(), metas.iter().map(|t| &t.meta)))
+    }
+
+    /// The `presence_state` payload: `{key:{"metas":[..]},..}`, `{}` when empty.
+    pub fn state_json(&self) -> String {
+        let mut out = String::with_capacity(64 + 96 * self.meta_count());
+        write_grouped(&mut out, self.snapshot());
+        out
+    }
+
+    /// The meta `member` tracks, if any.
+    pub fn meta_of(&self, member: MemberId) -> Option<&Meta> {
+        let key = self.key_of.get(&member)?;
+        self.by_key[key]
+            .iter()
+            .find(|t| t.member == member)
+            .map(|t| &t.meta)
+    }
+
+    /// Number of distinct keys.
+    pub fn key_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Number of metas (tracking members).
+    pub fn meta_count(&self) -> usize {
+        self.key_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.key_of.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state(v: serde_json::Value) -> State {
+        State::from_value(Some(v)).unwrap()
+    }
+
+    #[test]
+    fn first_track_joins_identical_retrack_is_noop() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let d = p.track(1, "alice", state(json!({"a": 1})), &refs).unwrap();
+        assert_eq!(d.joins.len(), 1);
+        assert!(d.leaves.is_empty());
+        assert_eq!(d.joins[0].0, "alice");
+        assert!(d.joins[0].1.phx_ref_prev.is_none());
+        assert!(p.track(1, "alice", state(json!({"a": 1})), &refs).is_none());
+        assert_eq!(p.meta_count(), 1);
+    }
+
+    #[test]
+    fn update_carries_new_join_and_old_leave_with_prev_ref() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let first = p.track(1, "alice", state(json!({"s": "on"})), &refs).unwrap();
+        let old = first.joins[0].1.clone();
+        let d = p.track(1, "alice", state(json!({"s": "away"})), &refs).unwrap();
+        assert_eq!(d.leaves, vec![("alice".to_string(), old.clone())]);
+        let new = &d.joins[0].1;
+        assert_ne!(new.phx_ref, old.phx_ref);
+        assert_eq!(new.phx_ref_prev.as_deref(), Some(&*old.phx_ref));
+        assert_eq!(p.meta_count(), 1);
+    }
+
+    #[test]
+    fn two_members_share_a_key_and_leave_one_by_one() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        p.track(1, "u", state(json!({"d": "laptop"})), &refs);
+        p.track(2, "u", state(json!({"d": "phone"})), &refs);
+        assert_eq!(p.key_count(), 1);
+        assert_eq!(p.meta_count(), 2);
+        let d = p.untrack(2).unwrap();
+        assert_eq!(d.leaves[0].1.state, state(json!({"d": "phone"})));
+        assert_eq!(p.key_count(), 1);
+        p.untrack(1).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.key_count(), 0);
+        assert!(p.untrack(1).is_none());
+    }
+}

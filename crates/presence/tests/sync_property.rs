@@ -1,0 +1,176 @@
+//! The central invariant of Roster: a client that has received every message
+//! the server sent it holds exactly the server's state.
+//!
+//! Random interleavings of join / track / update / untrack / leave /
+//! disconnect over several clients, with message delivery to each client
+//! delayed arbitrarily (but in order, like a socket). After every step, every
+//! client whose inbox is empty must equal the server's truth, and after
+//! delivering everything, every client must.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+use roster_presence::{ChannelPresence, ClientPresence, MemberId, RefGen, State, View};
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 6;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Join (or rejoin) the channel; key from a small set so keys are shared,
+    /// or `None` for a unique generated key.
+    Join(usize, Option<u8>),
+    Track(usize, u8),
+    Untrack(usize),
+    /// Leave or socket close: both end the member.
+    Leave(usize),
+    /// Deliver up to n queued messages to a client.
+    Deliver(usize, u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..CLIENTS;
+    prop_oneof![
+        1 => (c.clone(), proptest::option::of(0u8..3)).prop_map(|(c, k)| Op::Join(c, k)),
+        3 => (c.clone(), 0u8..4).prop_map(|(c, p)| Op::Track(c, p)),
+        1 => (c.clone()).prop_map(Op::Untrack),
+        1 => (c.clone()).prop_map(Op::Leave),
+        3 => (c, 1u8..6).prop_map(|(c, n)| Op::Deliver(c, n)),
+    ]
+}
+
+enum Msg {
+    State(Value),
+    Diff(Value),
+}
+
+#[derive(Default)]
+struct Client {
+    /// The member id while joined.
+    member: Option<(MemberId, String)>,
+    presence: ClientPresence,
+    inbox: VecDeque<Msg>,
+}
+
+/// key → set of metas as canonical JSON text (order within a key is not part of the contract).
+fn normalise(view: &View) -> BTreeMap<String, BTreeSet<String>> {
+    view.iter()
+        .map(|(k, metas)| {
+            let set = metas
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap())
+                .collect();
+            (k.clone(), set)
+        })
+        .collect()
+}
+
+fn truth(server: &ChannelPresence) -> BTreeMap<String, BTreeSet<String>> {
+    let mut view = ClientPresence::new();
+    view.on_state(&serde_json::from_str(&server.state_json()).unwrap())
+        .unwrap();
+    normalise(view.view())
+}
+
+fn deliver(client: &mut Client, n: usize) {
+    for _ in 0..n {
+        let Some(msg) = client.inbox.pop_front() else {
+            return;
+        };
+        match msg {
+            Msg::State(v) => client.presence.on_state(&v).unwrap(),
+            Msg::Diff(v) => client.presence.on_diff(&v).unwrap(),
+        };
+    }
+}
+
+fn run(ops: Vec<Op>) {
+    let refs = RefGen::new(42);
+    let mut server = ChannelPresence::new();
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::default()).collect();
+    let mut next_member: MemberId = 1;
+    let mut fresh_key = 0;
+
+    let broadcast = |clients: &mut Vec<Client>, diff: Option<roster_presence::Diff>| {
+        if let Some(diff) = diff {
+            let payload: Value = serde_json::from_str(&diff.to_json()).unwrap();
+            for c in clients.iter_mut().filter(|c| c.member.is_some()) {
+                c.inbox.push_back(Msg::Diff(payload.clone()));
+            }
+        }
+    };
+
+    for op in ops {
+        match op {
+            Op::Join(i, key) => {
+                if let Some((member, _)) = clients[i].member.take() {
+                    // A duplicate join closes the old member first.
+                    let diff = server.untrack(member);
+                    broadcast(&mut clients, diff);
+                }
+                let key = match key {
+                    Some(k) => format!("shared-{k}"),
+                    None => {
+                        fresh_key += 1;
+                        format!("generated-{fresh_key}")
+                    }
+                };
+                let c = &mut clients[i];
+                // Messages of the old join still in flight are dropped by the
+                // client (they carry the old join ref); the view stays and the
+                // new snapshot is reconciled against it.
+                c.inbox.clear();
+                c.presence.rejoined();
+                c.member = Some((next_member, key));
+                next_member += 1;
+                c.inbox
+                    .push_back(Msg::State(serde_json::from_str(&server.state_json()).unwrap()));
+            }
+            Op::Track(i, p) => {
+                if let Some((member, key)) = clients[i].member.clone() {
+                    let state =
+                        State::from_value(Some(json!({"status": p, "client": i}))).unwrap();
+                    let diff = server.track(member, &key, state, &refs);
+                    broadcast(&mut clients, diff);
+                }
+            }
+            Op::Untrack(i) => {
+                if let Some((member, _)) = clients[i].member.clone() {
+                    let diff = server.untrack(member);
+                    broadcast(&mut clients, diff);
+                }
+            }
+            Op::Leave(i) => {
+                if let Some((member, _)) = clients[i].member.take() {
+                    clients[i].inbox.clear();
+                    let diff = server.untrack(member);
+                    broadcast(&mut clients, diff);
+                }
+            }
+            Op::Deliver(i, n) => deliver(&mut clients[i], n as usize),
+        }
+        let expected = truth(&server);
+        for (i, c) in clients.iter().enumerate() {
+            if c.member.is_some() && c.inbox.is_empty() {
+                assert_eq!(
+                    normalise(c.presence.view()),
+                    expected,
+                    "client {i} received everything but differs"
+                );
+            }
+        }
+    }
+    let expected = truth(&server);
+    for c in clients.iter_mut().filter(|c| c.member.is_some()) {
+        deliver(c, usize::MAX);
+        assert_eq!(normalise(c.presence.view()), expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn every_client_view_equals_server_truth(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops);
+    }
+}
