@@ -1,0 +1,43 @@
+//! The Supabase Realtime wire protocol (Phoenix Channels underneath).
+//!
+//! * [`Vsn`]: the two serializers, picked per connection by the `vsn` query
+//!   parameter: 1.0.0 sends JSON objects, 2.0.0 JSON arrays.
+//! * [`decode`]: a text frame → [`Frame`] (the five envelope fields), with
+//!   clear [`DecodeError`]s; [`ClientEvent`] then types what the client asked.
+//! * [`Outgoing`]: the five fields of a server frame; encoded once per vsn so
+//!   fan-out can share the bytes.
+//!
+//! No I/O here; the server and the Rust client both build on it.
+
+mod decode;
+mod encode;
+mod event;
+mod join;
+mod vsn;
+
+pub use decode::{decode, DecodeError, Frame};
+pub use encode::{Outgoing, Reply};
+pub use event::{ClientEvent, PresenceAction};
+pub use join::JoinConfig;
+pub use vsn::{UnsupportedVsn, Vsn};
+
+/// Every channel topic starts with this; `supabase.channel('x')` joins `realtime:x`.
+pub const TOPIC_PREFIX: &str = "realtime:";
+/// The reserved topic of heartbeats.
+pub const PHOENIX_TOPIC: &str = "phoenix";
+
+/// Event names, as on the wire.
+pub mod events {
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const JOIN: &str = "phx_join";
+    pub const LEAVE: &str = "phx_leave";
+    pub const REPLY: &str = "phx_reply";
+    pub const CLOSE: &str = "phx_close";
+    pub const ERROR: &str = "phx_error";
+    pub const PRESENCE: &str = "presence";
+    pub const PRESENCE_STATE: &str = "presence_state";
+    pub const PRESENCE_DIFF: &str = "presence_diff";
+    pub const BROADCAST: &str = "broadcast";
+    pub const ACCESS_TOKEN: &str = "access_token";
+    pub const SYSTEM: &str = "system";
+}

@@ -1,0 +1,160 @@
+//! Channels: who is joined to a topic, their presence, and fan-out.
+//!
+//! Each channel has its own lock, held while its state changes and the
+//! resulting diff is queued to every member. Holding it across the fan-out
+//! is what gives all members the same order of diffs, and a joiner its
+//! snapshot with no diff missed or repeated. Fan-out only queues shared
+//! bytes (no I/O, no per-recipient encoding), so the lock is held briefly.
+//! Unrelated channels never contend.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use parking_lot::Mutex;
+use roster_presence::{ChannelPresence, Diff, MemberId, RefGen, State};
+use roster_protocol::{events, Outgoing};
+
+use crate::outbound::{Outbound, SharedFrame};
+
+/// One socket's membership of a channel.
+pub struct Member {
+    pub out: Outbound,
+    /// Its join ref, carried by pushes addressed to it alone (`presence_state`).
+    pub join_ref: Option<Arc<str>>,
+}
+
+pub struct Channel {
+    topic: Arc<str>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    presence: ChannelPresence,
+    members: IndexMap<MemberId, Member>,
+    /// Set once the last member left and the channel was dropped from the registry.
+    closed: bool,
+}
+
+impl Channel {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Track `state` for `member` under `key`, fanning out the diff (if any).
+    pub fn track(&self, member: MemberId, key: &str, state: State, refs: &RefGen) {
+        let mut inner = self.inner.lock();
+        if !inner.members.contains_key(&member) {
+            return;
+        }
+        let diff = inner.presence.track(member, key, state, refs);
+        self.fan_out(&inner, diff);
+    }
+
+    pub fn untrack(&self, member: MemberId) {
+        let mut inner = self.inner.lock();
+        let diff = inner.presence.untrack(member);
+        self.fan_out(&inner, diff);
+    }
+
+    /// Queue a `presence_diff` to every member, encoded once per vsn.
+    fn fan_out(&self, inner: &Inner, diff: Option<Diff>) {
+        let Some(diff) = diff else { return };
+        let payload = diff.to_json();
+        let mut frame = SharedFrame::new(Outgoing::fanout(
+            &self.topic,
+            events::PRESENCE_DIFF,
+            &payload,
+        ));
+        for member in inner.members.values() {
+            member.out.send(frame.for_vsn(member.out.vsn()));
+        }
+    }
+
+    /// Numbers for tests and metrics: (members, distinct keys, metas).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.inner.lock();
+        (
+            inner.members.len(),
+            inner.presence.key_count(),
+            inner.presence.meta_count(),
+        )
+    }
+}
+
+/// All channels of this node, by topic.
+#[derive(Default)]
+pub struct Registry {
+    channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+}
+
+impl Registry {
+    /// Add a member to `topic`, creating the channel if needed. With
+    /// `send_state`, its `presence_state` is queued under the channel lock,
+    /// so it is exactly the state before every diff the member will receive.
+    pub fn join(&self, topic: &str, id: MemberId, member: Member, send_state: bool) -> Arc<Channel> {
+        loop {
+            let channel = self
+                .channels
+                .lock()
+                .entry(Arc::from(topic))
+                .or_insert_with(|| {
+                    Arc::new(Channel {
+                        topic: Arc::from(topic),
+                        inner: Mutex::new(Inner::default()),
+                    })
+                })
+                .clone();
+            let mut inner = channel.inner.lock();
+            if inner.closed {
+                // Lost a race with the last member leaving; the registry has
+                // dropped this one, so look again.
+                continue;
+            }
+            if send_state {
+                let payload = inner.presence.state_json();
+                member.out.send_outgoing(&Outgoing::push(
+                    member.join_ref.as_deref(),
+                    topic,
+                    events::PRESENCE_STATE,
+                    &payload,
+                ));
+            }
+            inner.members.insert(id, member);
+            drop(inner);
+            return channel;
+        }
+    }
+
+    /// Remove a member: its presence leaves (diff to the others), and an
+    /// empty channel is dropped.
+    pub fn leave(&self, channel: &Arc<Channel>, member: MemberId) {
+        let mut inner = channel.inner.lock();
+        if inner.members.swap_remove(&member).is_none() {
+            return;
+        }
+        let diff = inner.presence.untrack(member);
+        channel.fan_out(&inner, diff);
+        if inner.members.is_empty() {
+            // Lock order: channel, then registry. `join` never holds the
+            // registry lock while taking a channel lock, so this cannot deadlock.
+            inner.closed = true;
+            let mut channels = self.channels.lock();
+            if channels
+                .get(channel.topic())
+                .is_some_and(|c| Arc::ptr_eq(c, channel))
+            {
+                channels.remove(channel.topic());
+            }
+        }
+    }
+
+    pub fn get(&self, topic: &str) -> Option<Arc<Channel>> {
+        self.channels.lock().get(topic).cloned()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().len()
+    }
+}

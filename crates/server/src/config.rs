@@ -1,0 +1,258 @@
+//! Configuration: clap flags, each with a `ROSTER_*` env var, over an
+//! optional TOML file, over defaults. One struct serves flags and file so
+//! the two can never drift apart.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, about = "A Supabase-compatible Realtime Presence server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// Every setting is optional here: unset means "ask the file, then the default".
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case names).
+    #[arg(long, env = "ROSTER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, host:port (port 0 picks a free one) [default: 127.0.0.1:4000].
+    #[arg(long, env = "ROSTER_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Publishable key (role anon); generated at start when unset.
+    #[arg(long, env = "ROSTER_PUBLISHABLE_KEY", hide_env_values = true)]
+    pub publishable_key: Option<String>,
+
+    /// Secret key (role service_role); generated at start when unset.
+    #[arg(long, env = "ROSTER_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// HS256/384/512 secret for JWTs; generated at start when unset.
+    #[arg(long, env = "ROSTER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Log filter, e.g. `info` or `roster_server=debug` [default: info].
+    #[arg(long, env = "ROSTER_LOG")]
+    pub log: Option<String>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "ROSTER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Close a socket after this long without any inbound frame [default: 60000].
+    #[arg(long, env = "ROSTER_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Frames queued per socket before it is dropped as too slow [default: 8192].
+    #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+
+    /// Drop a socket whose pending writes make no progress for this long [default: 10000].
+    #[arg(long, env = "ROSTER_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+
+    /// Largest inbound WebSocket message in bytes [default: 5000000, as Supabase].
+    #[arg(long, env = "ROSTER_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
+    /// `sb_secret_dev`). Never use it on a reachable address.
+    #[arg(long, env = "ROSTER_DEV")]
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The credentials the server accepts.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub publishable: String,
+    pub secret: String,
+    pub jwt_secret: String,
+}
+
+/// Where the keys came from, so the banner can say what to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    Configured,
+    Generated,
+    Dev,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub keys: Keys,
+    pub key_source: KeySource,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub idle_timeout: Duration,
+    pub outbound_queue: usize,
+    pub write_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
+pub const DEV_SECRET_KEY: &str = "sb_secret_dev";
+pub const DEV_JWT_SECRET: &str = "roster-dev-jwt-secret-do-not-use-in-production";
+
+impl ServeArgs {
+    /// Flags and env win over the file, the file over defaults.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .map_err(|e| anyhow::anyhow!("in {}: {e}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        let publishable = self.publishable_key.or(file.publishable_key);
+        let secret = self.secret_key.or(file.secret_key);
+        let jwt_secret = self.jwt_secret.or(file.jwt_secret);
+        let any_configured = publishable.is_some() || secret.is_some() || jwt_secret.is_some();
+        let (keys, key_source) = if self.dev && !any_configured {
+            (
+                Keys {
+                    publishable: DEV_PUBLISHABLE_KEY.into(),
+                    secret: DEV_SECRET_KEY.into(),
+                    jwt_secret: DEV_JWT_SECRET.into(),
+                },
+                KeySource::Dev,
+            )
+        } else {
+            let generated = publishable.is_none() || secret.is_none() || jwt_secret.is_none();
+            let keys = Keys {
+                publishable: publishable
+                    .unwrap_or_else(|| format!("sb_publishable_{}", random_token())),
+                secret: secret.unwrap_or_else(|| format!("sb_secret_{}", random_token())),
+                jwt_secret: jwt_secret
+                    .unwrap_or_else(|| format!("{}{}", random_token(), random_token())),
+            };
+            let source = if generated {
+                KeySource::Generated
+            } else {
+                KeySource::Configured
+            };
+            (keys, source)
+        };
+        if keys.publishable == keys.secret {
+            anyhow::bail!("the publishable and secret keys must differ");
+        }
+        Ok(Settings {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:4000".into()),
+            keys,
+            key_source,
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            idle_timeout: Duration::from_millis(
+                self.idle_timeout_ms.or(file.idle_timeout_ms).unwrap_or(60_000),
+            ),
+            outbound_queue: self
+                .outbound_queue
+                .or(file.outbound_queue)
+                .unwrap_or(8192)
+                .max(16),
+            write_timeout: Duration::from_millis(
+                self.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(10_000),
+            ),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(5_000_000),
+        })
+    }
+}
+
+impl Settings {
+    /// Settings for tests and embedding: fixed dev keys, an ephemeral port.
+    pub fn for_tests() -> Settings {
+        ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            dev: true,
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect("default settings are valid")
+    }
+}
+
+/// 32 hex characters from the OS RNG (122 random bits).
+fn random_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("roster-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roster.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:5000\"\nidle_timeout_ms = 1234\npublishable_key = \"sb_publishable_file\"\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path.clone()),
+            idle_timeout_ms: Some(99),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:5000");
+        assert_eq!(s.idle_timeout, Duration::from_millis(99));
+        assert_eq!(s.keys.publishable, "sb_publishable_file");
+        assert!(s.keys.secret.starts_with("sb_secret_"));
+        assert_eq!(s.key_source, KeySource::Generated);
+        std::fs::write(&path, "nonsense_setting = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("nonsense_setting"), "{err}");
+    }
+
+    #[test]
+    fn generated_keys_are_random_and_dev_keys_are_fixed() {
+        let a = ServeArgs::default().resolve().unwrap();
+        let b = ServeArgs::default().resolve().unwrap();
+        assert_ne!(a.keys.publishable, b.keys.publishable);
+        assert!(a.keys.publishable.starts_with("sb_publishable_"));
+        let dev = Settings::for_tests();
+        assert_eq!(dev.keys.publishable, DEV_PUBLISHABLE_KEY);
+        assert_eq!(dev.key_source, KeySource::Dev);
+    }
+}

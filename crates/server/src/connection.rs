@@ -1,0 +1,110 @@
+//! One task per socket: read frames, write the outbound queue, watch the clock.
+//!
+//! The task owns the socket and its [`Session`]. It ends when the client
+//! closes or errs, after the idle timeout, when its queue overflows, when a
+//! write stalls, or on shutdown; in every case dropping the session cleans
+//! up its channels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use roster_protocol::Vsn;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::auth::Credential;
+use crate::outbound::Outbound;
+use crate::server::Server;
+use crate::session::Session;
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Why a socket ended, for the log.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    IdleTimeout,
+    Overflow,
+    WriteStalled,
+    Shutdown,
+    #[allow(dead_code)] // read through Debug in the log line
+    Error(String),
+}
+
+pub async fn run(
+    server: Arc<Server>,
+    mut ws: WebSocket,
+    vsn: Vsn,
+    credential: Credential,
+    peer: SocketAddr,
+) {
+    let settings = &server.settings;
+    let idle_timeout = settings.idle_timeout;
+    let write_timeout = settings.write_timeout;
+    let (out, mut rx, overflow) = Outbound::new(settings.outbound_queue, vsn);
+    let shutdown = server.shutdown.clone();
+    let mut session = Session::new(server.clone(), out, credential);
+    tracing::debug!(%peer, vsn = vsn.as_str(), "connected");
+
+    let idle = sleep(idle_timeout);
+    tokio::pin!(idle);
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break End::Shutdown,
+            _ = overflow.notified() => break End::Overflow,
+            Some(first) = rx.recv() => {
+                // Coalesce what is already queued into one flush.
+                let write = async {
+                    ws.feed(first).await?;
+                    for _ in 1..WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(msg) => ws.feed(msg).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    ws.flush().await
+                };
+                match timeout(write_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break End::Error(e.to_string()),
+                    Err(_) => break End::WriteStalled,
+                }
+            }
+            inbound = ws.recv() => {
+                idle.as_mut().reset(Instant::now() + idle_timeout);
+                match inbound {
+                    Some(Ok(Message::Text(text))) => session.handle_text(&text),
+                    Some(Ok(Message::Binary(_))) => {
+                        tracing::debug!(%peer, "ignoring binary frame");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
+                    Some(Err(e)) => break End::Error(e.to_string()),
+                }
+            }
+            _ = &mut idle => break End::IdleTimeout,
+        }
+    };
+
+    // Presence first: the other members hear about the leave at once, even
+    // if saying goodbye to this client is slow.
+    let channels = session.channel_count();
+    drop(session);
+    tracing::debug!(%peer, ?end, channels, "disconnected");
+    let close = match end {
+        End::Shutdown => Some((1001, "server shutting down")),
+        End::IdleTimeout => Some((1000, "idle timeout")),
+        End::Overflow => Some((1008, "too slow: outbound queue overflow")),
+        _ => None,
+    };
+    if let Some((code, reason)) = close {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = timeout(std::time::Duration::from_secs(1), ws.send(frame)).await;
+    }
+}

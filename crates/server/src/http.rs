@@ -1,0 +1,94 @@
+//! HTTP: the WebSocket endpoints and the upgrade checks.
+//!
+//! Credentials and `vsn` are checked before the upgrade, so a refused client
+//! gets a 4xx with a JSON `{"error": …}` body, never a 101 and then silence.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use roster_protocol::Vsn;
+use tokio::net::TcpListener;
+
+use crate::connection;
+use crate::server::Server;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        // What supabase-js derives from a project URL…
+        .route("/realtime/v1/websocket", get(websocket))
+        // …and what a Realtime-style host serves.
+        .route("/socket/websocket", get(websocket))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(server)
+}
+
+pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Result<()> {
+    let shutdown = server.shutdown.clone();
+    let listener = listener.tap_io(|tcp| {
+        // Presence frames are small and latency matters more than packet count.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router(server).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+}
+
+fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": error.into() }))).into_response()
+}
+
+async fn websocket(
+    State(server): State<Arc<Server>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "connection refused");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    // Header first (gateways set it), then the query parameter (browsers can't set headers).
+    let presented = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| params.get("apikey").map(String::as_str));
+    let credential = match server.auth.verify_socket(presented) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "connection refused");
+            return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+    };
+    if server.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let settings = &server.settings;
+    let upgrade = upgrade
+        .max_message_size(settings.max_message_bytes)
+        .max_frame_size(settings.max_message_bytes)
+        // Small buffers: memory per idle connection matters more than
+        // throughput per connection for presence.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024);
+    let tasks = server.tasks.clone();
+    upgrade
+        .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| {
+            tasks.track_future(connection::run(server, socket, vsn, credential, peer))
+        })
+}

@@ -1,0 +1,22 @@
+//! Roster: a Supabase-compatible Realtime Presence server.
+//!
+//! Layers, outside in:
+//! * [`http`]: routes and the WebSocket upgrade (credentials, `vsn`);
+//! * [`connection`]: one task per socket, the I/O loop and timeouts;
+//! * [`session`]: what each client message does on that socket;
+//! * [`channel`]: the channel registry, presence and fan-out;
+//! * [`outbound`]: the bounded per-socket queue of shared frames.
+//!
+//! The protocol lives in `roster-protocol`, presence logic in `roster-presence`.
+
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod outbound;
+pub mod server;
+pub mod session;
+
+pub use config::Settings;
+pub use server::{start, Running, Server};

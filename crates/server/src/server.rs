@@ -1,0 +1,84 @@
+//! The node: shared state, and starting / stopping it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_presence::RefGen;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::channel::Registry;
+use crate::config::Settings;
+use crate::http;
+
+/// Everything the sockets of one node share.
+pub struct Server {
+    pub settings: Settings,
+    pub auth: Auth,
+    pub registry: Registry,
+    pub refs: RefGen,
+    /// Cancelled on shutdown: every socket closes and cleans up.
+    pub shutdown: CancellationToken,
+    /// Socket tasks, so shutdown can wait for their cleanup.
+    pub tasks: TaskTracker,
+    uuid_node: [u8; 6],
+}
+
+impl Server {
+    pub fn new(settings: Settings) -> Arc<Server> {
+        let random = uuid::Uuid::new_v4();
+        let bytes = random.as_bytes();
+        let mut uuid_node = [0u8; 6];
+        uuid_node.copy_from_slice(&bytes[..6]);
+        // Multicast bit set: a random node id, not a MAC address (RFC 4122 §4.5).
+        uuid_node[0] |= 0x01;
+        Arc::new(Server {
+            auth: Auth::new(settings.keys.clone()),
+            settings,
+            registry: Registry::default(),
+            refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            uuid_node,
+        })
+    }
+
+    /// A presence key for a join that named none: a UUID v1, like rt.
+    pub fn generate_key(&self) -> String {
+        uuid::Uuid::now_v1(&self.uuid_node).to_string()
+    }
+}
+
+/// A started node.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Arc<Server>,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stop accepting, close every socket (their presences leave), and wait
+    /// up to `grace` for the cleanup.
+    pub async fn shutdown(self, grace: Duration) {
+        self.server.shutdown.cancel();
+        self.server.tasks.close();
+        let _ = tokio::time::timeout(grace, self.server.tasks.wait()).await;
+        let _ = tokio::time::timeout(grace, self.handle).await;
+    }
+}
+
+/// Bind `settings.listen` and serve until [`Running::shutdown`].
+pub async fn start(settings: Settings) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(&settings.listen).await?;
+    let addr = listener.local_addr()?;
+    let server = Server::new(settings);
+    let handle = tokio::spawn(http::serve(listener, server.clone()));
+    Ok(Running {
+        addr,
+        server,
+        handle,
+    })
+}
