@@ -1,0 +1,298 @@
+//! Test harness: an in-process server on a free port and a raw WebSocket
+//! client that speaks either vsn and records every frame it gets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roster_presence::ClientPresence;
+use roster_server::config::DEV_PUBLISHABLE_KEY;
+use roster_server::{Running, Settings};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const KEY: &str = DEV_PUBLISHABLE_KEY;
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Running {
+    let mut settings = Settings::for_tests();
+    tweak(&mut settings);
+    roster_server::start(settings).await.expect("server starts")
+}
+
+/// A frame as received, in both raw and normalised form.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub raw: Value,
+    pub join_ref: Value,
+    pub ref_: Value,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+pub struct Client {
+    pub vsn: u8,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_ref: u64,
+    /// Presence as a real client would see it, per topic (fed by `recv`).
+    pub presence: std::collections::HashMap<String, ClientPresence>,
+    /// Frames passed over by `recv_event` / `recv_reply`, returned first by `recv`.
+    stash: std::collections::VecDeque<Got>,
+}
+
+pub fn url(addr: SocketAddr, path: &str, query: &str) -> String {
+    format!("ws://{addr}{path}?{query}")
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, vsn: u8) -> Client {
+        let query = match vsn {
+            1 => format!("apikey={KEY}&vsn=1.0.0"),
+            _ => format!("apikey={KEY}&vsn=2.0.0"),
+        };
+        Client::connect_url(&url(addr, "/realtime/v1/websocket", &query), vsn)
+            .await
+            .expect("connects")
+    }
+
+    pub async fn connect_url(url: &str, vsn: u8) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        Client::connect_request(url.into_client_request().unwrap(), vsn).await
+    }
+
+    pub async fn connect_request(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        vsn: u8,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Client {
+            vsn,
+            ws,
+            next_ref: 1,
+            presence: Default::default(),
+            stash: Default::default(),
+        })
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// Send with explicit refs, in this client's vsn.
+    pub async fn send_frame(&mut self, join_ref: Value, ref_: Value, topic: &str, event: &str, payload: Value) {
+        let text = if self.vsn == 1 {
+            json!({"topic": topic, "event": event, "payload": payload, "ref": ref_, "join_ref": join_ref})
+        } else {
+            json!([join_ref, ref_, topic, event, payload])
+        };
+        self.send_raw(&text.to_string()).await;
+    }
+
+    fn take_ref(&mut self) -> String {
+        let r = self.next_ref.to_string();
+        self.next_ref += 1;
+        r
+    }
+
+    /// Push an event on a channel whose join ref is `join_ref`; returns the ref used.
+    pub async fn push(&mut self, join_ref: &str, topic: &str, event: &str, payload: Value) -> String {
+        let r = self.take_ref();
+        self.send_frame(json!(join_ref), json!(r), topic, event, payload).await;
+        r
+    }
+
+    /// Send `phx_join`; returns its ref (which is also the join ref).
+    pub async fn join_raw(&mut self, topic: &str, payload: Value) -> String {
+        let r = self.take_ref();
+        self.send_frame(json!(r), json!(r), topic, "phx_join", payload).await;
+        r
+    }
+
+    /// Join with presence enabled and an optional key; waits for the ok reply
+    /// and the snapshot. Returns the join ref.
+    pub async fn join(&mut self, topic: &str, key: Option<&str>) -> String {
+        let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
+            "presence": {"key": key.unwrap_or(""), "enabled": true},
+            "private": false, "postgres_changes": []}});
+        let join_ref = self.join_raw(topic, payload).await;
+        let reply = self.recv_event("phx_reply").await;
+        assert_eq!(reply.payload["status"], "ok", "join failed: {:?}", reply.raw);
+        self.recv_event("presence_state").await;
+        join_ref
+    }
+
+    pub async fn track(&mut self, join_ref: &str, topic: &str, state: Value) -> Got {
+        let r = self
+            .push(join_ref, topic, "presence", json!({"type": "presence", "event": "track", "payload": state}))
+            .await;
+        self.recv_reply(&r).await
+    }
+
+    /// Next frame, or panic after `WAIT`.
+    pub async fn recv(&mut self) -> Got {
+        match self.stash.pop_front() {
+            Some(got) => got,
+            None => self.read(WAIT).await.expect("expected a frame"),
+        }
+    }
+
+    /// Next frame within `dur`, or `None`.
+    pub async fn try_recv(&mut self, dur: Duration) -> Option<Got> {
+        match self.stash.pop_front() {
+            Some(got) => Some(got),
+            None => self.read(dur).await,
+        }
+    }
+
+    /// Read the socket for up to `dur`. Presence frames update `self.presence`.
+    async fn read(&mut self, dur: Duration) -> Option<Got> {
+        loop {
+            let msg = match tokio::time::timeout(dur, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Close(_) => return None,
+                Message::Binary(b) => panic!("unexpected binary frame {b:?}"),
+                _ => continue,
+            };
+            let raw: Value = serde_json::from_str(&text).expect("server sends JSON");
+            let got = if self.vsn == 1 {
+                Got {
+                    join_ref: raw.get("join_ref").cloned().unwrap_or(Value::Null),
+                    ref_: raw["ref"].clone(),
+                    topic: raw["topic"].as_str().unwrap().to_owned(),
+                    event: raw["event"].as_str().unwrap().to_owned(),
+                    payload: raw["payload"].clone(),
+                    raw,
+                }
+            } else {
+                let a = raw.as_array().expect("vsn 2 frames are arrays");
+                assert_eq!(a.len(), 5, "vsn 2 frames have 5 elements: {raw}");
+                Got {
+                    join_ref: a[0].clone(),
+                    ref_: a[1].clone(),
+                    topic: a[2].as_str().unwrap().to_owned(),
+                    event: a[3].as_str().unwrap().to_owned(),
+                    payload: a[4].clone(),
+                    raw: raw.clone(),
+                }
+            };
+            let view = self.presence.entry(got.topic.clone()).or_default();
+            match got.event.as_str() {
+                "presence_state" => {
+                    view.rejoined();
+                    view.on_state(&got.payload).expect("valid presence_state");
+                }
+                "presence_diff" => {
+                    view.on_diff(&got.payload).expect("valid presence_diff");
+                }
+                _ => {}
+            }
+            return Some(got);
+        }
+    }
+
+    /// The first frame (stashed or new) that matches; others stay stashed, in order.
+    pub async fn recv_matching(&mut self, what: &str, pred: impl Fn(&Got) -> bool) -> Got {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i).unwrap();
+        }
+        loop {
+            let got = self.read(WAIT).await.unwrap_or_else(|| panic!("expected {what}, stash {:?}", self.stash));
+            if pred(&got) {
+                return got;
+            }
+            self.stash.push_back(got);
+        }
+    }
+
+    pub async fn recv_event(&mut self, event: &str) -> Got {
+        self.recv_matching(event, |g| g.event == event).await
+    }
+
+    pub async fn recv_reply(&mut self, ref_: &str) -> Got {
+        let r = json!(ref_);
+        self.recv_matching("reply", |g| g.event == "phx_reply" && g.ref_ == r).await
+    }
+
+    /// Forget frames passed over so far.
+    pub fn clear_stash(&mut self) {
+        self.stash.clear();
+    }
+
+    /// Assert nothing arrives for `dur` (and nothing was left unread).
+    pub async fn expect_silence(&mut self, dur: Duration) {
+        if let Some(got) = self.try_recv(dur).await {
+            panic!("expected silence, got {:?}", got.raw);
+        }
+    }
+
+    pub async fn heartbeat(&mut self) -> Got {
+        let r = self.take_ref();
+        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({})).await;
+        self.recv_reply(&r).await
+    }
+
+    /// Receive until this client's view of `topic` satisfies `done`.
+    pub async fn until_view(&mut self, topic: &str, done: impl Fn(&roster_presence::View) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if self.presence.get(topic).is_some_and(|p| done(p.view())) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.read(left).await.is_none() {
+                panic!("view of {topic} never got there: {:?}", self.presence.get(topic).map(|p| p.view()));
+            }
+        }
+    }
+
+    pub fn view(&self, topic: &str) -> roster_presence::View {
+        self.presence.get(topic).map(|p| p.view().clone()).unwrap_or_default()
+    }
+
+    /// Close politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drop the TCP connection without a close frame.
+    pub fn drop_abruptly(self) {
+        drop(self.ws);
+    }
+
+    /// Wait for the server to close this socket.
+    pub async fn expect_closed(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => panic!("socket still open after {within:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+/// Keys of a presence payload object.
+pub fn keys(v: &Value) -> Vec<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
