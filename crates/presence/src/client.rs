@@ -215,11 +215,15 @@ mod tests {
     #[test]
     fn snapshot_after_rejoin_reports_only_real_changes() {
         let mut c = ClientPresence::new();
-        c.on_state(&json!({"a": {"metas": [{"phx_ref": "1"}]}, "b": {"metas": [{"phx_ref": "2"}]}}))
-            .unwrap();
+        c.on_state(
+            &json!({"a": {"metas": [{"phx_ref": "1"}]}, "b": {"metas": [{"phx_ref": "2"}]}}),
+        )
+        .unwrap();
         c.rejoined();
         let events = c
-            .on_state(&json!({"a": {"metas": [{"phx_ref": "1"}]}, "c": {"metas": [{"phx_ref": "3"}]}}))
+            .on_state(
+                &json!({"a": {"metas": [{"phx_ref": "1"}]}, "c": {"metas": [{"phx_ref": "3"}]}}),
+            )
             .unwrap();
         let joins: Vec<_> = events
             .iter()

@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn absent_or_null_is_empty_object_and_scalars_are_refused() {
         assert_eq!(State::from_value(None).unwrap().as_json(), "{}");
-        assert_eq!(State::from_value(Some(Value::Null)).unwrap().as_json(), "{}");
+        assert_eq!(
+            State::from_value(Some(Value::Null)).unwrap().as_json(),
+            "{}"
+        );
         assert_eq!(
             State::from_value(Some(json!("x"))),
             Err(StateError::NotAnObject)

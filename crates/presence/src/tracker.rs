@@ -128,10 +128,13 @@ impl ChannelPresence {
             phx_ref_prev: prev_ref,
             state,
         };
-        self.by_key.entry(key.to_owned()).or_default().push(Tracked {
-            member,
-            meta: meta.clone(),
-        });
+        self.by_key
+            .entry(key.to_owned())
+            .or_default()
+            .push(Tracked {
+                member,
+                meta: meta.clone(),
+            });
         self.key_of.insert(member, key.to_owned());
         diff.joins.push((key.to_owned(), meta));
         Some(diff)
@@ -220,9 +223,13 @@ mod tests {
     fn update_carries_new_join_and_old_leave_with_prev_ref() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        let first = p.track(1, "alice", state(json!({"s": "on"})), &refs).unwrap();
+        let first = p
+            .track(1, "alice", state(json!({"s": "on"})), &refs)
+            .unwrap();
         let old = first.joins[0].1.clone();
-        let d = p.track(1, "alice", state(json!({"s": "away"})), &refs).unwrap();
+        let d = p
+            .track(1, "alice", state(json!({"s": "away"})), &refs)
+            .unwrap();
         assert_eq!(d.leaves, vec![("alice".to_string(), old.clone())]);
         let new = &d.joins[0].1;
         assert_ne!(new.phx_ref, old.phx_ref);

@@ -123,13 +123,13 @@ fn run(ops: Vec<Op>) {
                 c.presence.rejoined();
                 c.member = Some((next_member, key));
                 next_member += 1;
-                c.inbox
-                    .push_back(Msg::State(serde_json::from_str(&server.state_json()).unwrap()));
+                c.inbox.push_back(Msg::State(
+                    serde_json::from_str(&server.state_json()).unwrap(),
+                ));
             }
             Op::Track(i, p) => {
                 if let Some((member, key)) = clients[i].member.clone() {
-                    let state =
-                        State::from_value(Some(json!({"status": p, "client": i}))).unwrap();
+                    let state = State::from_value(Some(json!({"status": p, "client": i}))).unwrap();
                     let diff = server.track(member, &key, state, &refs);
                     broadcast(&mut clients, diff);
                 }

@@ -107,7 +107,11 @@ mod tests {
 
     #[test]
     fn v2_array_with_extra_elements() {
-        let f = decode(Vsn::V2, r#"["1","2","realtime:a","phx_join",{"x":1},"extra"]"#).unwrap();
+        let f = decode(
+            Vsn::V2,
+            r#"["1","2","realtime:a","phx_join",{"x":1},"extra"]"#,
+        )
+        .unwrap();
         assert_eq!(f.join_ref.as_deref(), Some("1"));
         assert_eq!(f.ref_.as_deref(), Some("2"));
         assert_eq!(f.payload, json!({"x": 1}));
@@ -137,7 +141,9 @@ mod tests {
             Err(DecodeError::BadRef("ref"))
         ));
         assert_eq!(
-            decode(Vsn::V2, r#"[null,null,5,"e",{}]"#).unwrap_err().to_string(),
+            decode(Vsn::V2, r#"[null,null,5,"e",{}]"#)
+                .unwrap_err()
+                .to_string(),
             "field `topic` must be a string"
         );
     }

@@ -56,16 +56,18 @@ impl Reply {
 
     pub fn payload(&self) -> String {
         let status = if self.ok { "ok" } else { "error" };
-        format!(
-            "{{\"status\":\"{status}\",\"response\":{}}}",
-            self.response
-        )
+        format!("{{\"status\":\"{status}\",\"response\":{}}}", self.response)
     }
 }
 
 impl<'a> Outgoing<'a> {
     /// A reply to a client push: echoes its join_ref and ref.
-    pub fn reply(join_ref: Option<&'a str>, ref_: Option<&'a str>, topic: &'a str, payload: &'a str) -> Self {
+    pub fn reply(
+        join_ref: Option<&'a str>,
+        ref_: Option<&'a str>,
+        topic: &'a str,
+        payload: &'a str,
+    ) -> Self {
         Outgoing {
             join_ref,
             ref_,
@@ -76,7 +78,12 @@ impl<'a> Outgoing<'a> {
     }
 
     /// A push from a channel to its own client: carries the join ref, ref null.
-    pub fn push(join_ref: Option<&'a str>, topic: &'a str, event: &'a str, payload: &'a str) -> Self {
+    pub fn push(
+        join_ref: Option<&'a str>,
+        topic: &'a str,
+        event: &'a str,
+        payload: &'a str,
+    ) -> Self {
         Outgoing {
             join_ref,
             ref_: None,
@@ -162,14 +169,20 @@ mod tests {
             json!({"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":null})
         );
         let v2 = Outgoing::reply(None, Some("7"), "phoenix", &p).encode(Vsn::V2);
-        assert_eq!(v2, r#"[null,"7","phoenix","phx_reply",{"status":"ok","response":{}}]"#);
+        assert_eq!(
+            v2,
+            r#"[null,"7","phoenix","phx_reply",{"status":"ok","response":{}}]"#
+        );
     }
 
     #[test]
     fn v1_never_carries_join_ref_and_close_uses_join_ref() {
         let v1 = Outgoing::close(Some("4"), "realtime:a").encode(Vsn::V1);
         let v1: Value = serde_json::from_str(&v1).unwrap();
-        assert_eq!(v1, json!({"topic":"realtime:a","event":"phx_close","payload":{},"ref":"4"}));
+        assert_eq!(
+            v1,
+            json!({"topic":"realtime:a","event":"phx_close","payload":{},"ref":"4"})
+        );
         let v2 = Outgoing::close(Some("4"), "realtime:a").encode(Vsn::V2);
         assert_eq!(v2, r#"["4","4","realtime:a","phx_close",{}]"#);
     }
@@ -178,6 +191,9 @@ mod tests {
     fn error_reason_is_escaped() {
         let p = Reply::error("bad \"x\"").payload();
         let v: Value = serde_json::from_str(&p).unwrap();
-        assert_eq!(v, json!({"status":"error","response":{"reason":"bad \"x\""}}));
+        assert_eq!(
+            v,
+            json!({"status":"error","response":{"reason":"bad \"x\""}})
+        );
     }
 }

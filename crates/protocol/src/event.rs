@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{events, Frame, JoinConfig, PHOENIX_TOPIC};
+use crate::{events, Frame, JoinConfig, UserBroadcast, PHOENIX_TOPIC};
 
 /// A client message, by meaning.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,8 +14,8 @@ pub enum ClientEvent {
     Presence(PresenceAction),
     /// `access_token` refresh; `None` for null or a missing value.
     AccessToken(Option<String>),
-    /// `broadcast`, with its payload as sent.
-    Broadcast(Value),
+    /// `broadcast` as JSON; `None` when it has no string `event`.
+    Broadcast(Option<UserBroadcast>),
     /// Anything else: counted and ignored inside a channel, as rt does.
     Other,
 }
@@ -46,7 +46,7 @@ impl ClientEvent {
                     .and_then(Value::as_str)
                     .map(str::to_owned),
             ),
-            events::BROADCAST => ClientEvent::Broadcast(payload.clone()),
+            events::BROADCAST => ClientEvent::Broadcast(UserBroadcast::from_json_payload(payload)),
             _ => ClientEvent::Other,
         }
     }
@@ -116,7 +116,13 @@ mod tests {
 
     #[test]
     fn heartbeat_only_on_phoenix_topic() {
-        assert_eq!(event("heartbeat", "phoenix", json!({})), ClientEvent::Heartbeat);
-        assert_eq!(event("heartbeat", "realtime:a", json!({})), ClientEvent::Other);
+        assert_eq!(
+            event("heartbeat", "phoenix", json!({})),
+            ClientEvent::Heartbeat
+        );
+        assert_eq!(
+            event("heartbeat", "realtime:a", json!({})),
+            ClientEvent::Other
+        );
     }
 }

@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(c.presence_key, None);
         assert_eq!(c.access_token.as_deref(), Some("t"));
         assert_eq!(JoinConfig::parse(&json!("garbage")), JoinConfig::default());
-        assert_eq!(JoinConfig::parse(&json!({"config": 5})), JoinConfig::default());
+        assert_eq!(
+            JoinConfig::parse(&json!({"config": 5})),
+            JoinConfig::default()
+        );
         let numeric = JoinConfig::parse(&json!({"config": {"presence": {"key": 42}}}));
         assert_eq!(numeric.presence_key.as_deref(), Some("42"));
     }

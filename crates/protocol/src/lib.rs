@@ -9,12 +9,16 @@
 //!
 //! No I/O here; the server and the Rust client both build on it.
 
+mod broadcast;
 mod decode;
 mod encode;
 mod event;
 mod join;
 mod vsn;
 
+pub use broadcast::{
+    decode_binary, BinaryError, BinaryPush, BroadcastBody, Encoded, UserBroadcast,
+};
 pub use decode::{decode, DecodeError, Frame};
 pub use encode::{Outgoing, Reply};
 pub use event::{ClientEvent, PresenceAction};

@@ -31,7 +31,8 @@ impl Vsn {
         let mut parts = v.split('.');
         let major = parts.next();
         let minor = parts.next();
-        let patch_ok = parts.next().is_none_or(|p| p.parse::<u32>().is_ok()) && parts.next().is_none();
+        let patch_ok =
+            parts.next().is_none_or(|p| p.parse::<u32>().is_ok()) && parts.next().is_none();
         match (major, minor, patch_ok) {
             (Some("1"), Some("0"), true) => Ok(Vsn::V1),
             (Some("2"), Some("0"), true) => Ok(Vsn::V2),

@@ -68,7 +68,9 @@ impl Auth {
 
     /// Check the credential a socket presented (`x-api-key` or `apikey`).
     pub fn verify_socket(&self, presented: Option<&str>) -> Result<Credential, AuthError> {
-        let key = presented.filter(|k| !k.is_empty()).ok_or(AuthError::Missing)?;
+        let key = presented
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Missing)?;
         if constant_time_eq(key, &self.keys.publishable) {
             return Ok(Credential {
                 role: "anon".into(),
@@ -86,15 +88,16 @@ impl Auth {
 
     /// Verify a JWT: signature, a future `exp`, and a `role`.
     pub fn verify_jwt(&self, token: &str) -> Result<Credential, AuthError> {
-        let data = jsonwebtoken::decode::<Value>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Value>(token, &self.decoding, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired {
                     seconds_ago: self.expired_for(token),
                 },
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaims,
                 _ => AuthError::Malformed,
-            })?;
+            },
+        )?;
         let role = data
             .claims
             .get("role")
@@ -151,23 +154,40 @@ mod tests {
     }
 
     fn jwt(claims: Value, secret: &str) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn keys_map_to_roles() {
         let a = auth();
-        assert_eq!(a.verify_socket(Some("sb_publishable_p")).unwrap().role, "anon");
-        assert_eq!(a.verify_socket(Some("sb_secret_s")).unwrap().role, "service_role");
+        assert_eq!(
+            a.verify_socket(Some("sb_publishable_p")).unwrap().role,
+            "anon"
+        );
+        assert_eq!(
+            a.verify_socket(Some("sb_secret_s")).unwrap().role,
+            "service_role"
+        );
         assert_eq!(a.verify_socket(None), Err(AuthError::Missing));
         assert_eq!(a.verify_socket(Some("")), Err(AuthError::Missing));
-        assert_eq!(a.verify_socket(Some("sb_publishable_x")), Err(AuthError::Malformed));
+        assert_eq!(
+            a.verify_socket(Some("sb_publishable_x")),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
     fn jwt_rules() {
         let a = auth();
-        let good = jwt(json!({"role": "authenticated", "exp": now() + 60, "sub": "u1"}), "jwt-secret");
+        let good = jwt(
+            json!({"role": "authenticated", "exp": now() + 60, "sub": "u1"}),
+            "jwt-secret",
+        );
         let cred = a.verify_socket(Some(&good)).unwrap();
         assert_eq!(cred.role, "authenticated");
         assert_eq!(cred.claims.unwrap()["sub"], "u1");

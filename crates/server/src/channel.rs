@@ -13,7 +13,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use roster_presence::{ChannelPresence, Diff, MemberId, RefGen, State};
-use roster_protocol::{events, Outgoing};
+use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::outbound::{Outbound, SharedFrame};
 
@@ -62,14 +62,34 @@ impl Channel {
     fn fan_out(&self, inner: &Inner, diff: Option<Diff>) {
         let Some(diff) = diff else { return };
         let payload = diff.to_json();
-        let mut frame = SharedFrame::new(Outgoing::fanout(
-            &self.topic,
-            events::PRESENCE_DIFF,
-            &payload,
-        ));
+        let mut frame = SharedFrame::new(|vsn| {
+            Some(Encoded::Text(
+                Outgoing::fanout(&self.topic, events::PRESENCE_DIFF, &payload).encode(vsn),
+            ))
+        });
         for member in inner.members.values() {
-            member.out.send(frame.for_vsn(member.out.vsn()));
+            if let Some(msg) = frame.for_vsn(member.out.vsn()) {
+                member.out.send(msg);
+            }
         }
+    }
+
+    /// Deliver a broadcast to every member but `sender` (when given), each in
+    /// the form its vsn can receive. Returns how many got it.
+    pub fn broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
+        let inner = self.inner.lock();
+        let mut frame = SharedFrame::new(|vsn| msg.encode(vsn, &self.topic));
+        let mut delivered = 0;
+        for (id, member) in &inner.members {
+            if Some(*id) == sender {
+                continue;
+            }
+            if let Some(m) = frame.for_vsn(member.out.vsn()) {
+                member.out.send(m);
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     /// Numbers for tests and metrics: (members, distinct keys, metas).
@@ -93,7 +113,13 @@ impl Registry {
     /// Add a member to `topic`, creating the channel if needed. With
     /// `send_state`, its `presence_state` is queued under the channel lock,
     /// so it is exactly the state before every diff the member will receive.
-    pub fn join(&self, topic: &str, id: MemberId, member: Member, send_state: bool) -> Arc<Channel> {
+    pub fn join(
+        &self,
+        topic: &str,
+        id: MemberId,
+        member: Member,
+        send_state: bool,
+    ) -> Arc<Channel> {
         loop {
             let channel = self
                 .channels

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "roster", version, about = "A Supabase-compatible Realtime Presence server")]
+#[command(
+    name = "roster",
+    version,
+    about = "A Supabase-compatible Realtime Presence server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -173,7 +177,9 @@ impl ServeArgs {
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             idle_timeout: Duration::from_millis(
-                self.idle_timeout_ms.or(file.idle_timeout_ms).unwrap_or(60_000),
+                self.idle_timeout_ms
+                    .or(file.idle_timeout_ms)
+                    .unwrap_or(60_000),
             ),
             outbound_queue: self
                 .outbound_queue
@@ -181,7 +187,9 @@ impl ServeArgs {
                 .unwrap_or(8192)
                 .max(16),
             write_timeout: Duration::from_millis(
-                self.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(10_000),
+                self.write_timeout_ms
+                    .or(file.write_timeout_ms)
+                    .unwrap_or(10_000),
             ),
             max_message_bytes: self
                 .max_message_bytes

@@ -77,9 +77,7 @@ pub async fn run(
                 idle.as_mut().reset(Instant::now() + idle_timeout);
                 match inbound {
                     Some(Ok(Message::Text(text))) => session.handle_text(&text),
-                    Some(Ok(Message::Binary(_))) => {
-                        tracing::debug!(%peer, "ignoring binary frame");
-                    }
+                    Some(Ok(Message::Binary(bytes))) => session.handle_binary(&bytes),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
                     Some(Err(e)) => break End::Error(e.to_string()),

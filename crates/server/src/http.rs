@@ -27,6 +27,7 @@ pub fn router(server: Arc<Server>) -> Router {
         // …and what a Realtime-style host serves.
         .route("/socket/websocket", get(websocket))
         .route("/health", get(|| async { "ok" }))
+        .merge(crate::rest::router())
         .with_state(server)
 }
 

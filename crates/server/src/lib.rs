@@ -2,6 +2,7 @@
 //!
 //! Layers, outside in:
 //! * [`http`]: routes and the WebSocket upgrade (credentials, `vsn`);
+//! * [`rest`]: REST broadcast;
 //! * [`connection`]: one task per socket, the I/O loop and timeouts;
 //! * [`session`]: what each client message does on that socket;
 //! * [`channel`]: the channel registry, presence and fan-out;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod outbound;
+pub mod rest;
 pub mod server;
 pub mod session;
 

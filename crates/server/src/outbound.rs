@@ -7,12 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use roster_protocol::{Outgoing, Vsn};
+use axum::extract::ws::Message;
+use roster_protocol::{Encoded, Outgoing, Vsn};
 use tokio::sync::{mpsc, Notify};
-
-/// A frame, encoded for one vsn, cheap to clone.
-pub type Frame = Utf8Bytes;
 
 #[derive(Clone, Debug)]
 pub struct Outbound {
@@ -42,8 +39,10 @@ impl Outbound {
     }
 
     /// Queue a frame. Never blocks; on overflow the socket is condemned.
-    pub fn send(&self, frame: Frame) {
-        match self.tx.try_send(Message::Text(frame)) {
+    /// Text and binary messages clone by reference count, so one encoded
+    /// frame can be queued to every recipient.
+    pub fn send(&self, frame: Message) {
+        match self.tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // notify_one stores a permit, so the socket task sees it even if not waiting yet.
@@ -56,32 +55,38 @@ impl Outbound {
 
     /// Encode for this socket's vsn and queue.
     pub fn send_outgoing(&self, out: &Outgoing<'_>) {
-        self.send(out.encode(self.vsn).into());
+        self.send(Message::Text(out.encode(self.vsn).into()));
     }
 }
 
-/// Encodes one message at most once per vsn, for fan-out.
-pub struct SharedFrame<'a> {
-    out: Outgoing<'a>,
-    v1: Option<Frame>,
-    v2: Option<Frame>,
+/// Encodes one message at most once per vsn, for fan-out. `None` means
+/// "not deliverable in this vsn" (a binary broadcast to a vsn-1 client).
+pub struct SharedFrame<F> {
+    encode: F,
+    v1: Option<Option<Message>>,
+    v2: Option<Option<Message>>,
 }
 
-impl<'a> SharedFrame<'a> {
-    pub fn new(out: Outgoing<'a>) -> Self {
+impl<F: FnMut(Vsn) -> Option<Encoded>> SharedFrame<F> {
+    pub fn new(encode: F) -> Self {
         SharedFrame {
-            out,
+            encode,
             v1: None,
             v2: None,
         }
     }
 
-    pub fn for_vsn(&mut self, vsn: Vsn) -> Frame {
+    pub fn for_vsn(&mut self, vsn: Vsn) -> Option<Message> {
         let slot = match vsn {
             Vsn::V1 => &mut self.v1,
             Vsn::V2 => &mut self.v2,
         };
-        slot.get_or_insert_with(|| self.out.encode(vsn).into())
-            .clone()
+        slot.get_or_insert_with(|| {
+            (self.encode)(vsn).map(|e| match e {
+                Encoded::Text(t) => Message::Text(t.into()),
+                Encoded::Binary(b) => Message::Binary(b.into()),
+            })
+        })
+        .clone()
     }
 }

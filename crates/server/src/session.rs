@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use roster_presence::{MemberId, State};
 use roster_protocol::{
-    decode, ClientEvent, Frame, JoinConfig, Outgoing, PresenceAction, Reply, Vsn,
-    TOPIC_PREFIX,
+    decode, decode_binary, ClientEvent, Frame, JoinConfig, Outgoing, PresenceAction, Reply,
+    UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
 use crate::auth::Credential;
@@ -29,6 +29,10 @@ struct Joined {
     member: MemberId,
     join_ref: Option<Arc<str>>,
     key: Arc<str>,
+    /// `config.broadcast.self`: receive own broadcasts.
+    broadcast_self: bool,
+    /// `config.broadcast.ack`: reply `ok` to each broadcast.
+    broadcast_ack: bool,
 }
 
 pub struct Session {
@@ -62,6 +66,20 @@ impl Session {
         }
     }
 
+    /// Handle one inbound binary frame: only vsn-2 kind-3 broadcasts exist.
+    pub fn handle_binary(&mut self, bytes: &[u8]) {
+        if self.vsn() != Vsn::V2 {
+            return tracing::debug!("ignoring binary frame on a vsn 1.0.0 socket");
+        }
+        match decode_binary(bytes) {
+            Ok(push) => {
+                let envelope = push.envelope();
+                self.broadcast(&envelope, Some(push.broadcast));
+            }
+            Err(e) => tracing::debug!(error = %e, "ignoring binary frame"),
+        }
+    }
+
     fn reply(&self, frame: &Frame, reply: Reply) {
         let payload = reply.payload();
         self.out.send_outgoing(&Outgoing::reply(
@@ -89,7 +107,8 @@ impl Session {
             ClientEvent::Presence(action) => self.presence(&frame, action),
             // Token refresh: no reply is expected. Verification arrives with auth.
             ClientEvent::AccessToken(_) => {}
-            ClientEvent::Broadcast(_) | ClientEvent::Other => {
+            ClientEvent::Broadcast(msg) => self.broadcast(&frame, msg),
+            ClientEvent::Other => {
                 if !self.joined.contains_key(&frame.topic) {
                     self.reply(&frame, Reply::error("unmatched topic"));
                 }
@@ -156,8 +175,29 @@ impl Session {
                 member,
                 join_ref,
                 key,
+                broadcast_self: config.broadcast_self,
+                broadcast_ack: config.broadcast_ack,
             },
         );
+    }
+
+    /// `self: false` → everyone but the sender; `ack: true` → an `ok` reply.
+    fn broadcast(&mut self, frame: &Frame, msg: Option<UserBroadcast>) {
+        let Some(joined) = self.joined.get(&frame.topic) else {
+            return self.reply(frame, Reply::error("unmatched topic"));
+        };
+        let Some(msg) = msg else {
+            // No event name: nothing to deliver; tell the client if it asked.
+            if joined.broadcast_ack {
+                self.reply(frame, Reply::error("broadcast needs a string `event`"));
+            }
+            return;
+        };
+        let sender = (!joined.broadcast_self).then_some(joined.member);
+        joined.channel.broadcast(&msg, sender);
+        if joined.broadcast_ack {
+            self.reply(frame, Reply::ok());
+        }
     }
 
     fn presence(&mut self, frame: &Frame, action: PresenceAction) {

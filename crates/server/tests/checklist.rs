@@ -15,11 +15,19 @@ const ROOM: &str = "realtime:room_01";
 const SHORT: Duration = Duration::from_millis(300);
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn jwt(claims: Value, secret: &str) -> String {
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// Connect and return the HTTP refusal (status, JSON body), or panic if it upgraded.
@@ -28,7 +36,10 @@ async fn refused(url: &str) -> (u16, Value) {
         Ok(_) => panic!("{url} was accepted"),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
-            (resp.status().as_u16(), serde_json::from_slice(&body).expect("JSON body"))
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).expect("JSON body"),
+            )
         }
         Err(e) => panic!("unexpected error {e}"),
     }
@@ -38,19 +49,36 @@ async fn refused(url: &str) -> (u16, Value) {
 async fn item01_upgrade_paths_vsn_and_extra_params() {
     let s = start().await;
     for path in ["/realtime/v1/websocket", "/socket/websocket"] {
-        let mut v2 = Client::connect_url(&url(s.addr, path, &format!("apikey={KEY}&vsn=2.0.0&log_level=info&foo=bar")), 2)
+        let mut v2 = Client::connect_url(
+            &url(
+                s.addr,
+                path,
+                &format!("apikey={KEY}&vsn=2.0.0&log_level=info&foo=bar"),
+            ),
+            2,
+        )
+        .await
+        .unwrap();
+        assert!(v2.heartbeat().await.raw.is_array());
+        let mut v1 = Client::connect_url(&url(s.addr, path, &format!("apikey={KEY}&vsn=1.0.0")), 1)
             .await
             .unwrap();
-        assert!(v2.heartbeat().await.raw.is_array());
-        let mut v1 = Client::connect_url(&url(s.addr, path, &format!("apikey={KEY}&vsn=1.0.0")), 1).await.unwrap();
         assert!(v1.heartbeat().await.raw.is_object());
     }
     // No vsn means 1.0.0: the reply is an object.
-    let mut none = Client::connect_url(&url(s.addr, "/realtime/v1/websocket", &format!("apikey={KEY}")), 1)
-        .await
-        .unwrap();
+    let mut none = Client::connect_url(
+        &url(s.addr, "/realtime/v1/websocket", &format!("apikey={KEY}")),
+        1,
+    )
+    .await
+    .unwrap();
     assert!(none.heartbeat().await.raw.is_object());
-    let (status, body) = refused(&url(s.addr, "/realtime/v1/websocket", &format!("apikey={KEY}&vsn=3.0.0"))).await;
+    let (status, body) = refused(&url(
+        s.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={KEY}&vsn=3.0.0"),
+    ))
+    .await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("vsn"));
 }
@@ -60,18 +88,33 @@ async fn item02_credentials_header_first_then_query() {
     let s = start().await;
     let ws = |q: &str| url(s.addr, "/realtime/v1/websocket", q);
     // Publishable key, secret key and a valid JWT are accepted.
-    let token = jwt(json!({"role": "authenticated", "exp": now() + 60}), DEV_JWT_SECRET);
+    let token = jwt(
+        json!({"role": "authenticated", "exp": now() + 60}),
+        DEV_JWT_SECRET,
+    );
     for key in [KEY.to_string(), DEV_SECRET_KEY.to_string(), token] {
-        let mut c = Client::connect_url(&ws(&format!("apikey={key}&vsn=2.0.0")), 2).await.unwrap();
+        let mut c = Client::connect_url(&ws(&format!("apikey={key}&vsn=2.0.0")), 2)
+            .await
+            .unwrap();
         c.heartbeat().await;
     }
     // The header wins over the query parameter.
     let mut req = ws("apikey=wrong&vsn=2.0.0").into_client_request().unwrap();
     req.headers_mut().insert("x-api-key", KEY.parse().unwrap());
-    Client::connect_request(req, 2).await.expect("header credential accepted").heartbeat().await;
-    let mut req = ws(&format!("apikey={KEY}&vsn=2.0.0")).into_client_request().unwrap();
-    req.headers_mut().insert("x-api-key", "wrong".parse().unwrap());
-    assert!(Client::connect_request(req, 2).await.is_err(), "a bad header is not rescued by the query");
+    Client::connect_request(req, 2)
+        .await
+        .expect("header credential accepted")
+        .heartbeat()
+        .await;
+    let mut req = ws(&format!("apikey={KEY}&vsn=2.0.0"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-api-key", "wrong".parse().unwrap());
+    assert!(
+        Client::connect_request(req, 2).await.is_err(),
+        "a bad header is not rescued by the query"
+    );
 }
 
 #[tokio::test]
@@ -80,17 +123,29 @@ async fn item03_rejections_fail_the_upgrade_with_401_json() {
     let ws = |q: String| url(s.addr, "/realtime/v1/websocket", &q);
     let cases = [
         (ws("vsn=2.0.0".into()), "API key is missing"),
-        (ws("apikey=sb_publishable_nope&vsn=2.0.0".into()), "The token provided is not a valid JWT"),
         (
-            ws(format!("apikey={}", jwt(json!({"role": "anon", "exp": now() - 10}), DEV_JWT_SECRET))),
+            ws("apikey=sb_publishable_nope&vsn=2.0.0".into()),
+            "The token provided is not a valid JWT",
+        ),
+        (
+            ws(format!(
+                "apikey={}",
+                jwt(json!({"role": "anon", "exp": now() - 10}), DEV_JWT_SECRET)
+            )),
             "Token has expired",
         ),
         (
-            ws(format!("apikey={}", jwt(json!({"exp": now() + 60}), DEV_JWT_SECRET))),
+            ws(format!(
+                "apikey={}",
+                jwt(json!({"exp": now() + 60}), DEV_JWT_SECRET)
+            )),
             "Fields `role` and `exp` are required in JWT",
         ),
         (
-            ws(format!("apikey={}", jwt(json!({"role": "anon", "exp": now() + 60}), "another-secret"))),
+            ws(format!(
+                "apikey={}",
+                jwt(json!({"role": "anon", "exp": now() + 60}), "another-secret")
+            )),
             "Failed to validate JWT signature",
         ),
     ];
@@ -107,10 +162,16 @@ async fn item04_heartbeat_echoes_ref_in_the_connection_format() {
     let mut v2 = Client::connect(s.addr, 2).await;
     v2.send_raw(r#"[null,"7","phoenix","heartbeat",{}]"#).await;
     let got = v2.recv().await;
-    assert_eq!(got.raw, json!([null, "7", "phoenix", "phx_reply", {"status": "ok", "response": {}}]));
+    assert_eq!(
+        got.raw,
+        json!([null, "7", "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+    );
     // realtime-py sends ref null and expects it echoed.
     let mut v1 = Client::connect(s.addr, 1).await;
-    v1.send_raw(r#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#).await;
+    v1.send_raw(
+        r#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#,
+    )
+    .await;
     let got = v1.recv().await;
     assert_eq!(
         got.raw,
@@ -130,9 +191,16 @@ async fn item05_idle_socket_is_closed_and_its_presence_leaves() {
     // The watcher keeps talking; the idle client goes silent.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while watcher.view(ROOM).contains_key("sleepy") {
-        assert!(tokio::time::Instant::now() < deadline, "idle client's presence never left");
-        watcher.push(&w_ref, ROOM, "heartbeat_noise", json!({})).await;
-        watcher.send_raw(r#"[null,"hb","phoenix","heartbeat",{}]"#).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle client's presence never left"
+        );
+        watcher
+            .push(&w_ref, ROOM, "heartbeat_noise", json!({}))
+            .await;
+        watcher
+            .send_raw(r#"[null,"hb","phoenix","heartbeat",{}]"#)
+            .await;
         watcher.try_recv(Duration::from_millis(100)).await;
     }
     assert_eq!(idle.expect_closed(Duration::from_secs(2)).await, Some(1000));
@@ -142,9 +210,18 @@ async fn item05_idle_socket_is_closed_and_its_presence_leaves() {
 async fn item06_v1_frames_have_exactly_topic_event_payload_ref() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
-    let join_ref = c.join_raw(ROOM, json!({"config": {"presence": {"enabled": true}}})).await;
+    let join_ref = c
+        .join_raw(ROOM, json!({"config": {"presence": {"enabled": true}}}))
+        .await;
     let mut frames = vec![c.recv().await, c.recv().await];
-    let r = c.push(&join_ref, ROOM, "presence", json!({"event": "track", "payload": {"a": 1}})).await;
+    let r = c
+        .push(
+            &join_ref,
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"a": 1}}),
+        )
+        .await;
     frames.push(c.recv_event("presence_diff").await);
     frames.push(c.recv_reply(&r).await);
     let r = c.push(&join_ref, ROOM, "phx_leave", json!({})).await;
@@ -165,12 +242,28 @@ async fn item07_v2_refs_for_replies_pushes_and_fanout() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     c.send_raw(r#"["4","4","realtime:room_01","phx_join",{"config":{"presence":{"enabled":true,"key":"k"}}}]"#).await;
-    assert_eq!(c.recv().await.raw, json!(["4", "4", ROOM, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}}]));
-    assert_eq!(c.recv().await.raw, json!(["4", null, ROOM, "presence_state", {}]));
+    assert_eq!(
+        c.recv().await.raw,
+        json!(["4", "4", ROOM, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}}])
+    );
+    assert_eq!(
+        c.recv().await.raw,
+        json!(["4", null, ROOM, "presence_state", {}])
+    );
     c.send_raw(r#"["4","5","realtime:room_01","presence",{"type":"presence","event":"track","payload":{}}]"#).await;
     let diff = c.recv().await;
-    assert_eq!((diff.join_ref.clone(), diff.ref_.clone(), diff.event.as_str()), (Value::Null, Value::Null, "presence_diff"));
-    assert_eq!(c.recv().await.raw, json!(["4", "5", ROOM, "phx_reply", {"status": "ok", "response": {}}]));
+    assert_eq!(
+        (
+            diff.join_ref.clone(),
+            diff.ref_.clone(),
+            diff.event.as_str()
+        ),
+        (Value::Null, Value::Null, "presence_diff")
+    );
+    assert_eq!(
+        c.recv().await.raw,
+        json!(["4", "5", ROOM, "phx_reply", {"status": "ok", "response": {}}])
+    );
 }
 
 #[tokio::test]
@@ -192,7 +285,12 @@ async fn item10_malformed_frames_are_ignored_and_the_socket_stays() {
         }
         c.send_binary(vec![0xff, 0x00, 0x13]).await;
         // Wrong shape for this vsn (an object to v2, an array to v1).
-        c.send_raw(if vsn == 1 { r#"[null,"1","phoenix","heartbeat",{}]"# } else { r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"# }).await;
+        c.send_raw(if vsn == 1 {
+            r#"[null,"1","phoenix","heartbeat",{}]"#
+        } else {
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"1"}"#
+        })
+        .await;
         c.expect_silence(SHORT).await;
         assert_eq!(c.heartbeat().await.payload["status"], "ok");
     }
@@ -203,16 +301,24 @@ async fn item11_join_reply_has_empty_postgres_changes() {
     let s = start().await;
     for vsn in [1, 2] {
         let mut c = Client::connect(s.addr, vsn).await;
-        let r = c.join_raw(ROOM, json!({"config": {"postgres_changes": []}})).await;
+        let r = c
+            .join_raw(ROOM, json!({"config": {"postgres_changes": []}}))
+            .await;
         let reply = c.recv_reply(&r).await;
-        assert_eq!(reply.payload, json!({"status": "ok", "response": {"postgres_changes": []}}));
+        assert_eq!(
+            reply.payload,
+            json!({"status": "ok", "response": {"postgres_changes": []}})
+        );
     }
 }
 
 #[tokio::test]
 async fn item12_join_payload_tolerance_and_access_tokens() {
     let s = start().await;
-    let good = jwt(json!({"role": "authenticated", "exp": now() + 60}), DEV_JWT_SECRET);
+    let good = jwt(
+        json!({"role": "authenticated", "exp": now() + 60}),
+        DEV_JWT_SECRET,
+    );
     let payloads = [
         json!({}),
         json!({"config": null}),
@@ -229,10 +335,15 @@ async fn item12_join_payload_tolerance_and_access_tokens() {
         assert_eq!(c.recv_reply(&r).await.payload["status"], "ok", "{p}");
     }
     let expired = jwt(json!({"role": "anon", "exp": now() - 5}), DEV_JWT_SECRET);
-    let r = c.join_raw("realtime:bad", json!({"access_token": expired})).await;
+    let r = c
+        .join_raw("realtime:bad", json!({"access_token": expired}))
+        .await;
     let reply = c.recv_reply(&r).await;
     assert_eq!(reply.payload["status"], "error");
-    assert!(reply.payload["response"]["reason"].as_str().unwrap().starts_with("InvalidJWTToken: Token has expired"));
+    assert!(reply.payload["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("InvalidJWTToken: Token has expired"));
 }
 
 #[tokio::test]
@@ -241,12 +352,24 @@ async fn item13_join_errors_have_a_coded_reason() {
     let mut c = Client::connect(s.addr, 1).await;
     let bad_sig = jwt(json!({"role": "anon", "exp": now() + 60}), "nope");
     for (token, reason) in [
-        (bad_sig, "JwtSignatureError: Failed to validate JWT signature"),
-        ("garbage".to_string(), "MalformedJWT: The token provided is not a valid JWT"),
-        (jwt(json!({"exp": now() + 60}), DEV_JWT_SECRET), "InvalidJWTToken: Fields `role` and `exp` are required in JWT"),
+        (
+            bad_sig,
+            "JwtSignatureError: Failed to validate JWT signature",
+        ),
+        (
+            "garbage".to_string(),
+            "MalformedJWT: The token provided is not a valid JWT",
+        ),
+        (
+            jwt(json!({"exp": now() + 60}), DEV_JWT_SECRET),
+            "InvalidJWTToken: Fields `role` and `exp` are required in JWT",
+        ),
     ] {
         let r = c.join_raw(ROOM, json!({"access_token": token})).await;
-        assert_eq!(c.recv_reply(&r).await.payload, json!({"status": "error", "response": {"reason": reason}}));
+        assert_eq!(
+            c.recv_reply(&r).await.payload,
+            json!({"status": "error", "response": {"reason": reason}})
+        );
     }
 }
 
@@ -260,10 +383,18 @@ async fn item14_topic_checks() {
         json!({"status": "error", "response": {"reason": "TopicNameRequired: You must provide a topic name"}})
     );
     let r = c.join_raw("room_01", json!({})).await;
-    assert_eq!(c.recv_reply(&r).await.payload, json!({"status": "error", "response": {"reason": "unmatched topic"}}));
+    assert_eq!(
+        c.recv_reply(&r).await.payload,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
     // A push to a topic that was never joined is answered the same way.
-    let r = c.push("1", "realtime:never", "presence", json!({"event": "track"})).await;
-    assert_eq!(c.recv_reply(&r).await.payload["response"]["reason"], "unmatched topic");
+    let r = c
+        .push("1", "realtime:never", "presence", json!({"event": "track"}))
+        .await;
+    assert_eq!(
+        c.recv_reply(&r).await.payload["response"]["reason"],
+        "unmatched topic"
+    );
 }
 
 #[tokio::test]
@@ -275,7 +406,12 @@ async fn item15_second_join_of_a_topic_closes_the_first() {
     let first = c.join(ROOM, Some("dup")).await;
     c.track(&first, ROOM, json!({"n": 1})).await;
     watcher.until_view(ROOM, |v| v.contains_key("dup")).await;
-    let second = c.join_raw(ROOM, json!({"config": {"presence": {"enabled": true, "key": "dup"}}})).await;
+    let second = c
+        .join_raw(
+            ROOM,
+            json!({"config": {"presence": {"enabled": true, "key": "dup"}}}),
+        )
+        .await;
     let close = c.recv_event("phx_close").await;
     assert_eq!((close.join_ref, close.ref_), (json!(first), json!(first)));
     let reply = c.recv_reply(&second).await;
@@ -293,7 +429,10 @@ async fn item16_leave_replies_ok_then_closes_with_the_join_ref() {
         let join_ref = c.join(ROOM, None).await;
         let r = c.push(&join_ref, ROOM, "phx_leave", json!({})).await;
         let reply = c.recv().await;
-        assert_eq!((reply.event.as_str(), reply.ref_.clone()), ("phx_reply", json!(r)));
+        assert_eq!(
+            (reply.event.as_str(), reply.ref_.clone()),
+            ("phx_reply", json!(r))
+        );
         assert_eq!(reply.payload, json!({"status": "ok", "response": {}}));
         let close = c.recv().await;
         assert_eq!(close.event, "phx_close");
@@ -304,7 +443,10 @@ async fn item16_leave_replies_ok_then_closes_with_the_join_ref() {
         assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
         c.expect_silence(SHORT).await;
     }
-    assert!(s.server.registry.get(ROOM).is_none(), "empty channel dropped");
+    assert!(
+        s.server.registry.get(ROOM).is_none(),
+        "empty channel dropped"
+    );
 }
 
 #[tokio::test]
@@ -314,12 +456,22 @@ async fn item17_pushes_with_stale_null_or_missing_join_ref_are_accepted() {
     c.join(ROOM, Some("k")).await;
     for (i, join_ref) in [json!("999"), Value::Null].into_iter().enumerate() {
         let r = format!("r{i}");
-        c.send_frame(join_ref, json!(r), ROOM, "presence", json!({"event": "track", "payload": {"i": i}})).await;
+        c.send_frame(
+            join_ref,
+            json!(r),
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"i": i}}),
+        )
+        .await;
         assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
     }
     c.send_raw(r#"{"topic":"realtime:room_01","event":"presence","payload":{"event":"track","payload":{"i":9}},"ref":"r9"}"#).await;
     assert_eq!(c.recv_reply("r9").await.payload["status"], "ok");
-    c.until_view(ROOM, |v| v.get("k").is_some_and(|m| m.len() == 1 && m[0]["i"] == 9)).await;
+    c.until_view(ROOM, |v| {
+        v.get("k").is_some_and(|m| m.len() == 1 && m[0]["i"] == 9)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -329,9 +481,14 @@ async fn item18_exactly_one_presence_state_after_the_join_reply() {
     let a_ref = a.join(ROOM, Some("a")).await;
     a.track(&a_ref, ROOM, json!({"x": 1})).await;
     let mut b = Client::connect(s.addr, 1).await;
-    let r = b.join_raw(ROOM, json!({"config": {"presence": {"enabled": true}}})).await;
+    let r = b
+        .join_raw(ROOM, json!({"config": {"presence": {"enabled": true}}}))
+        .await;
     let reply = b.recv().await;
-    assert_eq!((reply.event.as_str(), reply.ref_.clone()), ("phx_reply", json!(r)));
+    assert_eq!(
+        (reply.event.as_str(), reply.ref_.clone()),
+        ("phx_reply", json!(r))
+    );
     let state = b.recv().await;
     assert_eq!(state.event, "presence_state");
     assert_eq!(state.ref_, Value::Null);
@@ -344,7 +501,9 @@ async fn item18_exactly_one_presence_state_after_the_join_reply() {
 async fn item19_presence_disabled_gets_no_state_but_still_gets_diffs() {
     let s = start().await;
     let mut quiet = Client::connect(s.addr, 2).await;
-    let r = quiet.join_raw(ROOM, json!({"config": {"presence": {"enabled": false}}})).await;
+    let r = quiet
+        .join_raw(ROOM, json!({"config": {"presence": {"enabled": false}}}))
+        .await;
     quiet.recv_reply(&r).await;
     quiet.expect_silence(SHORT).await;
     let mut a = Client::connect(s.addr, 2).await;
@@ -360,17 +519,41 @@ async fn item20_presence_event_any_case_and_no_type() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let j = c.join(ROOM, Some("k")).await;
-    let r = c.push(&j, ROOM, "presence", json!({"event": "TRACK", "payload": {"v": 1}})).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "TRACK", "payload": {"v": 1}}),
+        )
+        .await;
     assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
     c.until_view(ROOM, |v| v.contains_key("k")).await;
-    let r = c.push(&j, ROOM, "presence", json!({"event": "UnTrack", "payload": {}})).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "UnTrack", "payload": {}}),
+        )
+        .await;
     assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
     c.until_view(ROOM, |v| v.is_empty()).await;
     // No event: ok and nothing happens. An unknown event: an error with an empty response.
-    let r = c.push(&j, ROOM, "presence", json!({"type": "presence"})).await;
-    assert_eq!(c.recv_reply(&r).await.payload, json!({"status": "ok", "response": {}}));
-    let r = c.push(&j, ROOM, "presence", json!({"event": "dance"})).await;
-    assert_eq!(c.recv_reply(&r).await.payload, json!({"status": "error", "response": {}}));
+    let r = c
+        .push(&j, ROOM, "presence", json!({"type": "presence"}))
+        .await;
+    assert_eq!(
+        c.recv_reply(&r).await.payload,
+        json!({"status": "ok", "response": {}})
+    );
+    let r = c
+        .push(&j, ROOM, "presence", json!({"event": "dance"}))
+        .await;
+    assert_eq!(
+        c.recv_reply(&r).await.payload,
+        json!({"status": "error", "response": {}})
+    );
 }
 
 #[tokio::test]
@@ -380,12 +563,17 @@ async fn item21_track_diff_reaches_every_member_including_the_sender() {
     let a_ref = a.join(ROOM, Some("alice")).await;
     let mut b = Client::connect(s.addr, 1).await;
     b.join(ROOM, Some("bob")).await;
-    let reply = a.track(&a_ref, ROOM, json!({"online_at": "2026-05-01T10:00:00Z"})).await;
+    let reply = a
+        .track(&a_ref, ROOM, json!({"online_at": "2026-05-01T10:00:00Z"}))
+        .await;
     assert_eq!(reply.payload, json!({"status": "ok", "response": {}}));
     for c in [&mut a, &mut b] {
         let diff = c.recv_event("presence_diff").await;
         assert_eq!(diff.payload["leaves"], json!({}));
-        let metas = diff.payload["joins"]["alice"]["metas"].as_array().unwrap().clone();
+        let metas = diff.payload["joins"]["alice"]["metas"]
+            .as_array()
+            .unwrap()
+            .clone();
         assert_eq!(metas.len(), 1);
         assert_eq!(metas[0]["online_at"], "2026-05-01T10:00:00Z");
         assert!(metas[0]["phx_ref"].is_string());
@@ -397,13 +585,27 @@ async fn item22_track_payload_missing_means_empty_and_non_object_is_refused() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let j = c.join(ROOM, Some("k")).await;
-    let r = c.push(&j, ROOM, "presence", json!({"type": "presence", "event": "track"})).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"type": "presence", "event": "track"}),
+        )
+        .await;
     let diff = c.recv_event("presence_diff").await;
     let meta = &diff.payload["joins"]["k"]["metas"][0];
     assert_eq!(keys(meta), ["phx_ref"]);
     c.recv_reply(&r).await;
     for bad in [json!("str"), json!(5), json!([1])] {
-        let r = c.push(&j, ROOM, "presence", json!({"event": "track", "payload": bad})).await;
+        let r = c
+            .push(
+                &j,
+                ROOM,
+                "presence",
+                json!({"event": "track", "payload": bad}),
+            )
+            .await;
         assert_eq!(
             c.recv_reply(&r).await.payload,
             json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}})
@@ -421,7 +623,14 @@ async fn item23_identical_retrack_is_silent_and_an_update_is_one_diff() {
     let first = c.recv_event("presence_diff").await;
     let old_ref = first.payload["joins"]["u"]["metas"][0]["phx_ref"].clone();
     // Same object, other key order: no diff.
-    let r = c.push(&j, ROOM, "presence", json!({"event": "track", "payload": {"n": 1, "status": "on"}})).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"n": 1, "status": "on"}}),
+        )
+        .await;
     assert_eq!(c.recv().await.ref_, json!(r));
     c.expect_silence(SHORT).await;
     c.track(&j, ROOM, json!({"status": "away", "n": 1})).await;
@@ -441,10 +650,19 @@ async fn item24_untrack_with_or_without_payload_and_when_not_tracked() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let j = c.join(ROOM, Some("u")).await;
-    let r = c.push(&j, ROOM, "presence", json!({"event": "untrack"})).await;
-    assert_eq!(c.recv().await.ref_, json!(r), "untrack of nothing: just the reply");
+    let r = c
+        .push(&j, ROOM, "presence", json!({"event": "untrack"}))
+        .await;
+    assert_eq!(
+        c.recv().await.ref_,
+        json!(r),
+        "untrack of nothing: just the reply"
+    );
     c.expect_silence(SHORT).await;
-    for untrack in [json!({"type": "presence", "event": "untrack"}), json!({"event": "untrack", "payload": {}})] {
+    for untrack in [
+        json!({"type": "presence", "event": "untrack"}),
+        json!({"event": "untrack", "payload": {}}),
+    ] {
         c.track(&j, ROOM, json!({"a": 1})).await;
         c.recv_event("presence_diff").await;
         let r = c.push(&j, ROOM, "presence", untrack).await;
@@ -468,13 +686,18 @@ async fn item25_refs_unique_stable_strings_and_diffs_always_have_both_sides() {
     let mut late = Client::connect(s.addr, 1).await;
     late.join(ROOM, None).await;
     let metas = &late.view(ROOM)["same"];
-    let refs: std::collections::HashSet<_> = metas.iter().map(|m| m["phx_ref"].as_str().unwrap().to_owned()).collect();
+    let refs: std::collections::HashSet<_> = metas
+        .iter()
+        .map(|m| m["phx_ref"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(refs.len(), 5);
     // Stable: a second late joiner sees the same refs.
     let mut later = Client::connect(s.addr, 2).await;
     later.join(ROOM, None).await;
-    let again: std::collections::HashSet<_> =
-        later.view(ROOM)["same"].iter().map(|m| m["phx_ref"].as_str().unwrap().to_owned()).collect();
+    let again: std::collections::HashSet<_> = later.view(ROOM)["same"]
+        .iter()
+        .map(|m| m["phx_ref"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(refs, again);
     drop(clients.pop());
     let diff = later.recv_event("presence_diff").await;
@@ -486,7 +709,10 @@ async fn item26_keys_generated_uuid_v1_or_configured_and_shared() {
     let s = start().await;
     let uuid_v1 = |k: &str| {
         let b = k.as_bytes();
-        k.len() == 36 && b[14] == b'1' && b"89ab".contains(&b[19]) && k.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        k.len() == 36
+            && b[14] == b'1'
+            && b"89ab".contains(&b[19])
+            && k.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
     };
     let mut a = Client::connect(s.addr, 2).await;
     let ja = a.join(ROOM, None).await;
@@ -502,7 +728,10 @@ async fn item26_keys_generated_uuid_v1_or_configured_and_shared() {
     b.recv_event("phx_close").await;
     let jb2 = b.join(ROOM, None).await;
     b.track(&jb2, ROOM, json!({})).await;
-    a.until_view(ROOM, |v| v.len() == 2 && v.keys().any(|k| !generated.contains(k))).await;
+    a.until_view(ROOM, |v| {
+        v.len() == 2 && v.keys().any(|k| !generated.contains(k))
+    })
+    .await;
     // Two channels tracking the same key: one key, two metas.
     let mut c = Client::connect(s.addr, 2).await;
     let jc = c.join(ROOM, Some("shared")).await;
@@ -510,10 +739,16 @@ async fn item26_keys_generated_uuid_v1_or_configured_and_shared() {
     let mut d = Client::connect(s.addr, 2).await;
     let jd = d.join(ROOM, Some("shared")).await;
     d.track(&jd, ROOM, json!({"d": "phone"})).await;
-    a.until_view(ROOM, |v| v.get("shared").is_some_and(|m| m.len() == 2)).await;
+    a.until_view(ROOM, |v| v.get("shared").is_some_and(|m| m.len() == 2))
+        .await;
     // Numeric keys come out as strings.
     let mut e = Client::connect(s.addr, 2).await;
-    let je = e.join_raw(ROOM, json!({"config": {"presence": {"enabled": true, "key": 42}}})).await;
+    let je = e
+        .join_raw(
+            ROOM,
+            json!({"config": {"presence": {"enabled": true, "key": 42}}}),
+        )
+        .await;
     e.recv_reply(&je).await;
     e.track(&je, ROOM, json!({})).await;
     a.until_view(ROOM, |v| v.contains_key("42")).await;
@@ -539,7 +774,9 @@ async fn item27_leave_close_and_abrupt_drop_each_send_a_leave() {
             _ => c.drop_abruptly(),
         }
         let diff = watcher
-            .recv_matching("leave", |g| g.event == "presence_diff" && g.payload["leaves"] != json!({}))
+            .recv_matching("leave", |g| {
+                g.event == "presence_diff" && g.payload["leaves"] != json!({})
+            })
             .await;
         assert_eq!(diff.payload["joins"], json!({}));
         assert_eq!(keys(&diff.payload["leaves"]), [how]);
@@ -560,10 +797,24 @@ async fn item28_rejoin_after_reconnect_gets_fresh_state_without_old_metas() {
     c.drop_abruptly();
     other.until_view(ROOM, |v| !v.contains_key("me")).await;
     let mut c = Client::connect(s.addr, 2).await;
-    let r = c.join_raw(ROOM, json!({"config": {"presence": {"enabled": true, "key": "me"}}})).await;
+    let r = c
+        .join_raw(
+            ROOM,
+            json!({"config": {"presence": {"enabled": true, "key": "me"}}}),
+        )
+        .await;
     c.recv_reply(&r).await;
     let state = c.recv_event("presence_state").await;
-    assert_eq!(keys(&state.payload), ["other"], "no ghost of the old connection");
+    assert_eq!(
+        keys(&state.payload),
+        ["other"],
+        "no ghost of the old connection"
+    );
     c.track(&r, ROOM, json!({"gen": 2})).await;
-    other.until_view(ROOM, |v| v.get("me").is_some_and(|m| m.len() == 1 && m[0]["gen"] == 2)).await;
+    other
+        .until_view(ROOM, |v| {
+            v.get("me")
+                .is_some_and(|m| m.len() == 1 && m[0]["gen"] == 2)
+        })
+        .await;
 }

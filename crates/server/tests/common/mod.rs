@@ -37,6 +37,8 @@ pub struct Got {
     pub topic: String,
     pub event: String,
     pub payload: Value,
+    /// The user payload of a binary kind-4 broadcast.
+    pub binary: Option<Vec<u8>>,
 }
 
 pub struct Client {
@@ -64,7 +66,10 @@ impl Client {
             .expect("connects")
     }
 
-    pub async fn connect_url(url: &str, vsn: u8) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    pub async fn connect_url(
+        url: &str,
+        vsn: u8,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         Client::connect_request(url.into_client_request().unwrap(), vsn).await
     }
 
@@ -91,7 +96,14 @@ impl Client {
     }
 
     /// Send with explicit refs, in this client's vsn.
-    pub async fn send_frame(&mut self, join_ref: Value, ref_: Value, topic: &str, event: &str, payload: Value) {
+    pub async fn send_frame(
+        &mut self,
+        join_ref: Value,
+        ref_: Value,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) {
         let text = if self.vsn == 1 {
             json!({"topic": topic, "event": event, "payload": payload, "ref": ref_, "join_ref": join_ref})
         } else {
@@ -107,16 +119,24 @@ impl Client {
     }
 
     /// Push an event on a channel whose join ref is `join_ref`; returns the ref used.
-    pub async fn push(&mut self, join_ref: &str, topic: &str, event: &str, payload: Value) -> String {
+    pub async fn push(
+        &mut self,
+        join_ref: &str,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> String {
         let r = self.take_ref();
-        self.send_frame(json!(join_ref), json!(r), topic, event, payload).await;
+        self.send_frame(json!(join_ref), json!(r), topic, event, payload)
+            .await;
         r
     }
 
     /// Send `phx_join`; returns its ref (which is also the join ref).
     pub async fn join_raw(&mut self, topic: &str, payload: Value) -> String {
         let r = self.take_ref();
-        self.send_frame(json!(r), json!(r), topic, "phx_join", payload).await;
+        self.send_frame(json!(r), json!(r), topic, "phx_join", payload)
+            .await;
         r
     }
 
@@ -128,14 +148,23 @@ impl Client {
             "private": false, "postgres_changes": []}});
         let join_ref = self.join_raw(topic, payload).await;
         let reply = self.recv_event("phx_reply").await;
-        assert_eq!(reply.payload["status"], "ok", "join failed: {:?}", reply.raw);
+        assert_eq!(
+            reply.payload["status"], "ok",
+            "join failed: {:?}",
+            reply.raw
+        );
         self.recv_event("presence_state").await;
         join_ref
     }
 
     pub async fn track(&mut self, join_ref: &str, topic: &str, state: Value) -> Got {
         let r = self
-            .push(join_ref, topic, "presence", json!({"type": "presence", "event": "track", "payload": state}))
+            .push(
+                join_ref,
+                topic,
+                "presence",
+                json!({"type": "presence", "event": "track", "payload": state}),
+            )
             .await;
         self.recv_reply(&r).await
     }
@@ -168,7 +197,8 @@ impl Client {
             let text = match msg {
                 Message::Text(t) => t.to_string(),
                 Message::Close(_) => return None,
-                Message::Binary(b) => panic!("unexpected binary frame {b:?}"),
+                // Item 9: the only binary frame a client may get is kind 4.
+                Message::Binary(b) => return Some(decode_kind4(&b)),
                 _ => continue,
             };
             let raw: Value = serde_json::from_str(&text).expect("server sends JSON");
@@ -180,6 +210,7 @@ impl Client {
                     event: raw["event"].as_str().unwrap().to_owned(),
                     payload: raw["payload"].clone(),
                     raw,
+                    binary: None,
                 }
             } else {
                 let a = raw.as_array().expect("vsn 2 frames are arrays");
@@ -191,6 +222,7 @@ impl Client {
                     event: a[3].as_str().unwrap().to_owned(),
                     payload: a[4].clone(),
                     raw: raw.clone(),
+                    binary: None,
                 }
             };
             let view = self.presence.entry(got.topic.clone()).or_default();
@@ -214,7 +246,10 @@ impl Client {
             return self.stash.remove(i).unwrap();
         }
         loop {
-            let got = self.read(WAIT).await.unwrap_or_else(|| panic!("expected {what}, stash {:?}", self.stash));
+            let got = self
+                .read(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("expected {what}, stash {:?}", self.stash));
             if pred(&got) {
                 return got;
             }
@@ -228,7 +263,8 @@ impl Client {
 
     pub async fn recv_reply(&mut self, ref_: &str) -> Got {
         let r = json!(ref_);
-        self.recv_matching("reply", |g| g.event == "phx_reply" && g.ref_ == r).await
+        self.recv_matching("reply", |g| g.event == "phx_reply" && g.ref_ == r)
+            .await
     }
 
     /// Forget frames passed over so far.
@@ -245,7 +281,8 @@ impl Client {
 
     pub async fn heartbeat(&mut self) -> Got {
         let r = self.take_ref();
-        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({})).await;
+        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({}))
+            .await;
         self.recv_reply(&r).await
     }
 
@@ -258,13 +295,19 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if self.read(left).await.is_none() {
-                panic!("view of {topic} never got there: {:?}", self.presence.get(topic).map(|p| p.view()));
+                panic!(
+                    "view of {topic} never got there: {:?}",
+                    self.presence.get(topic).map(|p| p.view())
+                );
             }
         }
     }
 
     pub fn view(&self, topic: &str) -> roster_presence::View {
-        self.presence.get(topic).map(|p| p.view().clone()).unwrap_or_default()
+        self.presence
+            .get(topic)
+            .map(|p| p.view().clone())
+            .unwrap_or_default()
     }
 
     /// Close politely.
@@ -294,5 +337,67 @@ impl Client {
 
 /// Keys of a presence payload object.
 pub fn keys(v: &Value) -> Vec<String> {
-    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Parse a kind-4 user broadcast as realtime-js does; panics on any other kind.
+pub fn decode_kind4(b: &[u8]) -> Got {
+    assert_eq!(b[0], 4, "binary frame of kind {} sent to a client", b[0]);
+    let (tl, el, ml, enc) = (b[1] as usize, b[2] as usize, b[3] as usize, b[4]);
+    let mut o = 5;
+    let topic = String::from_utf8(b[o..o + tl].to_vec()).unwrap();
+    o += tl;
+    let event = String::from_utf8(b[o..o + el].to_vec()).unwrap();
+    o += el;
+    let meta = &b[o..o + ml];
+    o += ml;
+    let body = b[o..].to_vec();
+    let mut payload = json!({"type": "broadcast", "event": event});
+    if enc == 1 {
+        payload["payload"] = serde_json::from_slice(&body).unwrap();
+    }
+    if !meta.is_empty() {
+        payload["meta"] = serde_json::from_slice(meta).unwrap();
+    }
+    Got {
+        raw: Value::Null,
+        join_ref: Value::Null,
+        ref_: Value::Null,
+        topic,
+        event: "broadcast".into(),
+        payload,
+        binary: (enc == 0).then_some(body),
+    }
+}
+
+/// A minimal HTTP/1.1 POST over loopback: (status, body).
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

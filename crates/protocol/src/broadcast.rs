@@ -1,0 +1,266 @@
+//! Broadcast messages, in their three client forms and two server forms.
+//!
+//! In: a `broadcast` push as JSON (vsn 1 object or vsn 2 array), or, from
+//! realtime-js ≥ 2.91, a binary kind-3 frame whose payload is JSON or raw
+//! bytes. Out: JSON text for everyone when the payload is JSON; a binary
+//! kind-4 frame for vsn-2 subscribers when it is raw bytes (vsn-1 clients
+//! cannot receive those, as in rt).
+
+use serde_json::Value;
+
+use crate::{events, Frame, Outgoing, Vsn};
+
+/// The user's payload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BroadcastBody {
+    /// JSON text.
+    Json(String),
+    Binary(Vec<u8>),
+}
+
+/// A user broadcast: `channel.send({type: 'broadcast', event, payload})`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserBroadcast {
+    pub event: String,
+    pub body: BroadcastBody,
+    /// Optional metadata object (JSON text), e.g. `{"id": …}` from REST.
+    pub meta: Option<String>,
+}
+
+/// Why a binary frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BinaryError {
+    #[error("empty binary frame")]
+    Empty,
+    #[error("binary frame of kind {0} is not accepted from clients (only kind 3)")]
+    UnknownKind(u8),
+    #[error("binary frame is shorter than its header says")]
+    Truncated,
+    #[error("binary frame field `{0}` is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("binary frame payload encoding {0} is unknown")]
+    UnknownEncoding(u8),
+    #[error("binary frame JSON payload or metadata does not parse")]
+    BadJson,
+}
+
+const KIND_USER_BROADCAST_PUSH: u8 = 3;
+const KIND_USER_BROADCAST: u8 = 4;
+const ENCODING_BINARY: u8 = 0;
+const ENCODING_JSON: u8 = 1;
+
+impl UserBroadcast {
+    /// From a JSON `broadcast` push payload: `{"type":"broadcast","event":..,"payload":..}`.
+    /// `None` when there is no string `event`.
+    pub fn from_json_payload(payload: &Value) -> Option<Self> {
+        let event = payload.get("event")?.as_str()?.to_owned();
+        let body = payload
+            .get("payload")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        Some(UserBroadcast {
+            event,
+            body: BroadcastBody::Json(body.to_string()),
+            meta: None,
+        })
+    }
+
+    /// The payload of a JSON `broadcast` message; `None` for a binary body.
+    pub fn json_payload(&self) -> Option<String> {
+        let BroadcastBody::Json(body) = &self.body else {
+            return None;
+        };
+        let event = serde_json::to_string(&self.event).expect("strings serialise");
+        let meta = self
+            .meta
+            .as_deref()
+            .map(|m| format!(",\"meta\":{m}"))
+            .unwrap_or_default();
+        Some(format!(
+            "{{\"type\":\"broadcast\",\"event\":{event},\"payload\":{body}{meta}}}"
+        ))
+    }
+
+    /// What a subscriber speaking `vsn` receives for this broadcast on `topic`,
+    /// or `None` if it cannot receive it.
+    pub fn encode(&self, vsn: Vsn, topic: &str) -> Option<Encoded> {
+        match (&self.body, vsn) {
+            (BroadcastBody::Json(_), _) => {
+                let payload = self.json_payload()?;
+                Some(Encoded::Text(
+                    Outgoing::fanout(topic, events::BROADCAST, &payload).encode(vsn),
+                ))
+            }
+            (BroadcastBody::Binary(bytes), Vsn::V2) => {
+                let meta = self.meta.as_deref().unwrap_or("");
+                let fields = [topic.as_bytes(), self.event.as_bytes(), meta.as_bytes()];
+                if fields.iter().any(|f| f.len() > 255) {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(
+                    5 + fields.iter().map(|f| f.len()).sum::<usize>() + bytes.len(),
+                );
+                out.push(KIND_USER_BROADCAST);
+                out.extend(fields.iter().map(|f| f.len() as u8));
+                out.push(ENCODING_BINARY);
+                for f in fields {
+                    out.extend_from_slice(f);
+                }
+                out.extend_from_slice(bytes);
+                Some(Encoded::Binary(out))
+            }
+            (BroadcastBody::Binary(_), Vsn::V1) => None,
+        }
+    }
+}
+
+/// A server frame, text or binary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Encoded {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// A decoded kind-3 frame: the envelope of a `broadcast` push and its message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinaryPush {
+    pub join_ref: Option<String>,
+    pub ref_: Option<String>,
+    pub topic: String,
+    pub broadcast: UserBroadcast,
+}
+
+impl BinaryPush {
+    /// The envelope as a [`Frame`] (payload left null), for replies.
+    pub fn envelope(&self) -> Frame {
+        Frame {
+            join_ref: self.join_ref.clone(),
+            ref_: self.ref_.clone(),
+            topic: self.topic.clone(),
+            event: events::BROADCAST.into(),
+            payload: Value::Null,
+        }
+    }
+}
+
+/// Decode a binary frame from a vsn-2 client. Only kind 3 is accepted.
+pub fn decode_binary(bytes: &[u8]) -> Result<BinaryPush, BinaryError> {
+    let (&kind, rest) = bytes.split_first().ok_or(BinaryError::Empty)?;
+    if kind != KIND_USER_BROADCAST_PUSH {
+        return Err(BinaryError::UnknownKind(kind));
+    }
+    let header = rest.get(..6).ok_or(BinaryError::Truncated)?;
+    let (lens, encoding) = (&header[..5], header[5]);
+    let mut body = &rest[6..];
+    let mut take = |len: u8, name: &'static str| -> Result<String, BinaryError> {
+        let len = usize::from(len);
+        let field = body.get(..len).ok_or(BinaryError::Truncated)?;
+        body = &body[len..];
+        String::from_utf8(field.to_vec()).map_err(|_| BinaryError::NotUtf8(name))
+    };
+    let join_ref = take(lens[0], "join_ref")?;
+    let ref_ = take(lens[1], "ref")?;
+    let topic = take(lens[2], "topic")?;
+    let event = take(lens[3], "event")?;
+    let meta = take(lens[4], "metadata")?;
+    let payload = body;
+    let body = match encoding {
+        ENCODING_JSON => {
+            let v: Value = serde_json::from_slice(payload).map_err(|_| BinaryError::BadJson)?;
+            BroadcastBody::Json(v.to_string())
+        }
+        ENCODING_BINARY => BroadcastBody::Binary(payload.to_vec()),
+        other => return Err(BinaryError::UnknownEncoding(other)),
+    };
+    let meta = if meta.is_empty() {
+        None
+    } else {
+        let v: Value = serde_json::from_str(&meta).map_err(|_| BinaryError::BadJson)?;
+        Some(v.to_string())
+    };
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Ok(BinaryPush {
+        join_ref: non_empty(join_ref),
+        ref_: non_empty(ref_),
+        topic,
+        broadcast: UserBroadcast { event, body, meta },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frame realtime-js 2.119.1 sends for
+    /// `send({type:'broadcast', event:'cursor', payload:{x:10,y:20}})` (protocol.md §6.1).
+    fn js_kind3() -> Vec<u8> {
+        let mut f = vec![3, 1, 2, 16, 6, 0, 1];
+        f.extend_from_slice(b"4");
+        f.extend_from_slice(b"13");
+        f.extend_from_slice(b"realtime:room_01");
+        f.extend_from_slice(b"cursor");
+        f.extend_from_slice(br#"{"x":10,"y":20}"#);
+        f
+    }
+
+    #[test]
+    fn decodes_the_realtime_js_kind3_frame() {
+        let push = decode_binary(&js_kind3()).unwrap();
+        assert_eq!(push.join_ref.as_deref(), Some("4"));
+        assert_eq!(push.ref_.as_deref(), Some("13"));
+        assert_eq!(push.topic, "realtime:room_01");
+        assert_eq!(push.broadcast.event, "cursor");
+        assert_eq!(
+            push.broadcast.body,
+            BroadcastBody::Json(r#"{"x":10,"y":20}"#.into())
+        );
+        let v1 = push.broadcast.encode(Vsn::V1, "realtime:room_01").unwrap();
+        let Encoded::Text(t) = v1 else { panic!() };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"topic":"realtime:room_01","event":"broadcast",
+                "payload":{"type":"broadcast","event":"cursor","payload":{"x":10,"y":20}},"ref":null})
+        );
+    }
+
+    #[test]
+    fn binary_payloads_become_kind4_for_v2_and_nothing_for_v1() {
+        let b = UserBroadcast {
+            event: "blob".into(),
+            body: BroadcastBody::Binary(vec![1, 2, 3]),
+            meta: None,
+        };
+        assert_eq!(b.encode(Vsn::V1, "realtime:r"), None);
+        let Some(Encoded::Binary(f)) = b.encode(Vsn::V2, "realtime:r") else {
+            panic!()
+        };
+        assert_eq!(
+            f,
+            [&[4u8, 10, 4, 0, 0][..], b"realtime:r", b"blob", &[1, 2, 3]].concat()
+        );
+    }
+
+    #[test]
+    fn bad_binary_frames_are_errors() {
+        assert_eq!(decode_binary(&[]), Err(BinaryError::Empty));
+        assert_eq!(decode_binary(&[0, 1]), Err(BinaryError::UnknownKind(0)));
+        assert_eq!(decode_binary(&[3, 1, 1]), Err(BinaryError::Truncated));
+        assert_eq!(
+            decode_binary(&[3, 9, 0, 0, 0, 0, 1, b'x']),
+            Err(BinaryError::Truncated)
+        );
+        assert_eq!(
+            decode_binary(&[3, 0, 0, 1, 1, 0, 7, b't', b'e']),
+            Err(BinaryError::UnknownEncoding(7))
+        );
+        assert_eq!(
+            decode_binary(&[3, 0, 0, 1, 1, 0, 1, b't', b'e', b'{']),
+            Err(BinaryError::BadJson)
+        );
+        assert_eq!(
+            decode_binary(&[3, 0, 0, 1, 1, 0, 0, 0xff, b'e']),
+            Err(BinaryError::NotUtf8("topic"))
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! REST broadcast: `POST /api/broadcast` (batch) and
+//! `POST /api/broadcast/{topic}/events/{event}` (single), also under
+//! `/realtime/v1`. Topics are named without `realtime:`. Success is 202 with
+//! an empty body; failures are 4xx with `{"error": …}`, which realtime-js
+//! surfaces as the error message.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use roster_protocol::{BroadcastBody, UserBroadcast, TOPIC_PREFIX};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::server::Server;
+
+pub fn router() -> Router<Arc<Server>> {
+    let mut router = Router::new();
+    for prefix in ["", "/realtime/v1"] {
+        router = router
+            .route(&format!("{prefix}/api/broadcast"), post(batch))
+            .route(
+                &format!("{prefix}/api/broadcast/{{topic}}/events/{{event}}"),
+                post(single),
+            );
+    }
+    // Browsers call these from any origin, as on Supabase.
+    router.layer(tower_http::cors::CorsLayer::permissive())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// `Authorization: Bearer <key or JWT>` first, else the `apikey` header.
+/// Returns the refusal, if any.
+fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
+    let e = server.auth.verify_socket(bearer.or(apikey)).err()?;
+    tracing::info!(reason = %e, "REST broadcast refused");
+    Some(error(StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
+fn deliver(server: &Server, topic: &str, msg: &UserBroadcast) {
+    if let Some(channel) = server.registry.get(&format!("{TOPIC_PREFIX}{topic}")) {
+        channel.broadcast(msg, None);
+    }
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    messages: Vec<BatchMessage>,
+}
+
+#[derive(Deserialize)]
+struct BatchMessage {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    /// Accepted for compatibility; private channels are not enforced here yet.
+    #[serde(default, rename = "private")]
+    _private: Option<bool>,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refusal) = authorize(&server, &headers) {
+        return refusal;
+    }
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expected {{\"messages\": [{{\"topic\", \"event\", \"payload\"}}]}}: {e}"),
+            )
+        }
+    };
+    // Validate all before delivering any: a batch is all or nothing.
+    let mut ready = Vec::with_capacity(batch.messages.len());
+    for (i, m) in batch.messages.into_iter().enumerate() {
+        if m.topic.is_empty() || m.event.is_empty() {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("messages[{i}]: topic and event must be non-empty"),
+            );
+        }
+        let payload = m
+            .payload
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        let msg = UserBroadcast {
+            event: m.event,
+            body: BroadcastBody::Json(payload.to_string()),
+            meta: m.id.map(|id| serde_json::json!({ "id": id }).to_string()),
+        };
+        ready.push((m.topic, msg));
+    }
+    for (topic, msg) in &ready {
+        deliver(&server, topic, msg);
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn single(
+    State(server): State<Arc<Server>>,
+    Path((topic, event)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = authorize(&server, &headers) {
+        return refusal;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let body = match mime {
+        "application/json" => match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => BroadcastBody::Json(v.to_string()),
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("body is not JSON: {e}"),
+                )
+            }
+        },
+        "application/octet-stream" => BroadcastBody::Binary(body.to_vec()),
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content type {other:?}: use application/json or application/octet-stream"),
+            )
+        }
+    };
+    let msg = UserBroadcast {
+        event,
+        body,
+        meta: None,
+    };
+    deliver(&server, &topic, &msg);
+    StatusCode::ACCEPTED.into_response()
+}
