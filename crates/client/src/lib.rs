@@ -1,0 +1,1 @@
+//! Roster client (work in progress).
