@@ -1,0 +1,259 @@
+//! `roster-bench`: many Supabase-protocol clients in one room, each keeping
+//! its own view with the presence core's client algorithm, and a check at
+//! the end that every view equals the truth.
+//!
+//! Scenarios: `join` (N clients join and track at once; time to converge),
+//! `update` (then re-track at a rate; propagation latency), `churn` (a share
+//! of clients drop abruptly and rejoin; no ghosts, none missing).
+
+mod proc_stats;
+mod sim;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use sim::{Phase, Shared};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Join,
+    Update,
+    Churn,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "roster-bench",
+    about = "Presence load generator (Supabase protocol)"
+)]
+struct Args {
+    scenario: Scenario,
+    /// WebSocket URL of the server (without query).
+    #[arg(long, default_value = "ws://127.0.0.1:4000/realtime/v1/websocket")]
+    url: String,
+    #[arg(long, default_value = "sb_publishable_dev")]
+    key: String,
+    /// Number of clients, all in one room.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    clients: usize,
+    /// Protocol version: 1 or 2; `mixed` alternates.
+    #[arg(long, default_value = "2")]
+    vsn: String,
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// Re-tracks per second per client (update scenario).
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Seconds of updates (update) or of churn (churn).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Share of clients that drop and rejoin (churn).
+    #[arg(long, default_value_t = 0.2)]
+    churn_share: f64,
+    /// PID of the server, for CPU seconds and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Local source addresses 127.0.0.1..=127.0.0.K, to pass the ephemeral-port limit.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Give up waiting for convergence after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let n = args.clients;
+    let shared = Arc::new(Shared::new(
+        &args.url,
+        &args.key,
+        &args.room,
+        n,
+        &args.vsn,
+        args.sources,
+        args.rate,
+    )?);
+    let server = args.server_pid.map(proc_stats::Process::new);
+    let before = server.as_ref().and_then(|p| p.sample());
+
+    // Join phase: everyone at once (bounded connect concurrency).
+    let start = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency));
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let shared = shared.clone();
+        let sem = sem.clone();
+        handles.push(tokio::spawn(async move { sim::run(shared, i, sem).await }));
+    }
+    let deadline = start + Duration::from_secs(args.timeout);
+    let converged_at = wait_for(
+        &shared,
+        deadline,
+        |s| s.converged.load(Ordering::Relaxed) == n,
+        "converged",
+    )
+    .await;
+    let join_secs = start.elapsed().as_secs_f64();
+    let after_join = server.as_ref().and_then(|p| p.sample());
+    let join_frames = shared.frames.load(Ordering::Relaxed);
+    let join_bytes = shared.bytes.load(Ordering::Relaxed);
+    let latencies = shared.join_latencies();
+
+    let mut result = json!({
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "clients": n,
+        "vsn": args.vsn,
+        "join": {
+            "converged": converged_at.is_some(),
+            "converge_s": round(join_secs, 3),
+            "connect_join_p50_ms": round(percentile(&latencies, 0.50), 2),
+            "connect_join_p99_ms": round(percentile(&latencies, 0.99), 2),
+            "frames_received": join_frames,
+            "bytes_received": join_bytes,
+            "connect_errors": shared.errors.load(Ordering::Relaxed),
+        },
+    });
+    if let (Some(b), Some(a)) = (&before, &after_join) {
+        let cpu = a.cpu_s - b.cpu_s;
+        result["join"]["server_cpu_s"] = json!(round(cpu, 3));
+        result["join"]["server_cpu_us_per_frame"] =
+            json!(round(cpu * 1e6 / join_frames.max(1) as f64, 3));
+        result["join"]["server_rss_mb"] = json!(round(a.rss_kb as f64 / 1024.0, 1));
+        result["join"]["server_peak_rss_mb"] = json!(round(a.hwm_kb as f64 / 1024.0, 1));
+    }
+
+    let phase_start_frames = shared.frames.load(Ordering::Relaxed);
+    let phase_sample = server.as_ref().and_then(|p| p.sample());
+    let phase_start = Instant::now();
+    match args.scenario {
+        Scenario::Join => {}
+        Scenario::Update => {
+            shared.set_phase(Phase::Update);
+            tokio::time::sleep(Duration::from_secs(args.duration)).await;
+        }
+        Scenario::Churn => {
+            shared.set_phase(Phase::Churn(args.churn_share));
+            tokio::time::sleep(Duration::from_secs(args.duration)).await;
+        }
+    }
+    if args.scenario != Scenario::Join {
+        // Stop changing, then wait until every view shows every client's last state.
+        shared.set_phase(Phase::Settle);
+        let settle_deadline = Instant::now() + Duration::from_secs(args.timeout);
+        wait_for(
+            &shared,
+            settle_deadline,
+            |s| s.settled.load(Ordering::Relaxed) == n,
+            "settled",
+        )
+        .await;
+        let secs = phase_start.elapsed().as_secs_f64();
+        let frames = shared.frames.load(Ordering::Relaxed) - phase_start_frames;
+        let lat = shared.update_latencies();
+        let mut phase = json!({
+            "seconds": round(secs, 2),
+            "frames_received": frames,
+            "frames_per_s": round(frames as f64 / secs, 0),
+            "propagation_p50_ms": round(percentile(&lat, 0.50), 2),
+            "propagation_p99_ms": round(percentile(&lat, 0.99), 2),
+            "propagation_max_ms": round(percentile(&lat, 1.0), 2),
+            "settled": shared.settled.load(Ordering::Relaxed) == n,
+            "rejoins": shared.rejoins.load(Ordering::Relaxed),
+        });
+        if let (Some(b), Some(a)) = (&phase_sample, server.as_ref().and_then(|p| p.sample())) {
+            let cpu = a.cpu_s - b.cpu_s;
+            phase["server_cpu_s"] = json!(round(cpu, 3));
+            phase["server_cpu_us_per_frame"] = json!(round(cpu * 1e6 / frames.max(1) as f64, 3));
+            phase["server_peak_rss_mb"] = json!(round(a.hwm_kb as f64 / 1024.0, 1));
+        }
+        result[format!("{:?}", args.scenario).to_lowercase()] = phase;
+    }
+
+    // Final exactness check: every view equals the truth.
+    shared.set_phase(Phase::Verify);
+    let verify_deadline = Instant::now() + Duration::from_secs(10);
+    wait_for(
+        &shared,
+        verify_deadline,
+        |s| s.verified.load(Ordering::Relaxed) == n,
+        "verified",
+    )
+    .await;
+    shared.set_phase(Phase::Stop);
+    let mut exact = 0;
+    let mut ghosts = 0;
+    let mut missing = 0;
+    for h in handles {
+        if let Ok(report) = h.await {
+            if report.exact {
+                exact += 1;
+            }
+            ghosts += report.ghosts;
+            missing += report.missing;
+        }
+    }
+    result["exact_views"] = json!(exact);
+    result["ghosts"] = json!(ghosts);
+    result["missing"] = json!(missing);
+    result["all_exact"] = json!(exact == n);
+    eprintln!();
+    println!("{result}");
+    if exact != n {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Print progress every second until `done` or the deadline; returns when it finished.
+async fn wait_for(
+    shared: &Shared,
+    deadline: Instant,
+    done: impl Fn(&Shared) -> bool,
+    what: &str,
+) -> Option<Instant> {
+    let mut last_print = Instant::now();
+    loop {
+        if done(shared) {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            eprintln!("\ngave up waiting: not all {what}");
+            return None;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprint!(
+                "\rconnected {} joined {} converged {} settled {} verified {} frames {}   ",
+                shared.connected.load(Ordering::Relaxed),
+                shared.joined.load(Ordering::Relaxed),
+                shared.converged.load(Ordering::Relaxed),
+                shared.settled.load(Ordering::Relaxed),
+                shared.verified.load(Ordering::Relaxed),
+                shared.frames.load(Ordering::Relaxed),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx]
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}

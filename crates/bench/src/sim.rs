@@ -1,0 +1,398 @@
+//! One simulated client, and what all clients share.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use roster_presence::ClientPresence;
+use roster_protocol::{decode, Vsn};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    Join,
+    Update,
+    /// Share of clients that drop abruptly and rejoin, over and over.
+    Churn(f64),
+    Settle,
+    Verify,
+    Stop,
+}
+
+pub struct Shared {
+    pub url: String,
+    server: String,
+    topic: String,
+    pub n: usize,
+    vsn: String,
+    sources: u8,
+    rate: f64,
+    epoch: Instant,
+    phase: watch::Sender<Phase>,
+    /// Each client's last tracked sequence number: the truth to converge to.
+    final_seq: Vec<AtomicU64>,
+    pub connected: AtomicUsize,
+    pub joined: AtomicUsize,
+    pub converged: AtomicUsize,
+    pub settled: AtomicUsize,
+    pub verified: AtomicUsize,
+    pub errors: AtomicUsize,
+    pub rejoins: AtomicUsize,
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+    join_ms: Mutex<Vec<f64>>,
+    update_ms: Mutex<Vec<f64>>,
+}
+
+pub struct Report {
+    pub exact: bool,
+    pub ghosts: usize,
+    pub missing: usize,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        url: &str,
+        key: &str,
+        room: &str,
+        n: usize,
+        vsn: &str,
+        sources: u8,
+        rate: f64,
+    ) -> anyhow::Result<Self> {
+        let server = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Shared {
+            url: format!("{url}?apikey={key}"),
+            server,
+            topic: format!("realtime:{room}"),
+            n,
+            vsn: vsn.to_owned(),
+            sources: sources.max(1),
+            rate,
+            epoch: Instant::now(),
+            phase: watch::channel(Phase::Join).0,
+            final_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            connected: AtomicUsize::new(0),
+            joined: AtomicUsize::new(0),
+            converged: AtomicUsize::new(0),
+            settled: AtomicUsize::new(0),
+            verified: AtomicUsize::new(0),
+            errors: AtomicUsize::new(0),
+            rejoins: AtomicUsize::new(0),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            join_ms: Mutex::new(Vec::new()),
+            update_ms: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    pub fn join_latencies(&self) -> Vec<f64> {
+        sorted(&self.join_ms)
+    }
+
+    pub fn update_latencies(&self) -> Vec<f64> {
+        sorted(&self.update_ms)
+    }
+
+    fn vsn_for(&self, i: usize) -> Vsn {
+        match self.vsn.as_str() {
+            "1" => Vsn::V1,
+            "mixed" if i % 2 == 1 => Vsn::V1,
+            _ => Vsn::V2,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+fn sorted(v: &Mutex<Vec<f64>>) -> Vec<f64> {
+    let mut v = v.lock().unwrap().clone();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn frame(vsn: Vsn, join_ref: &str, ref_: u64, topic: &str, event: &str, payload: Value) -> Message {
+    let ref_ = ref_.to_string();
+    let v = match vsn {
+        Vsn::V1 => {
+            json!({"topic": topic, "event": event, "payload": payload, "ref": ref_, "join_ref": join_ref})
+        }
+        Vsn::V2 => json!([join_ref, ref_, topic, event, payload]),
+    };
+    Message::Text(v.to_string().into())
+}
+
+struct Client {
+    shared: Arc<Shared>,
+    i: usize,
+    vsn: Vsn,
+    ws: Ws,
+    next_ref: u64,
+    join_ref: String,
+    presence: ClientPresence,
+    seq: u64,
+}
+
+async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
+    let vsn = shared.vsn_for(i);
+    let addr: SocketAddr = tokio::net::lookup_host(&shared.server)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", shared.server))?;
+    let socket = TcpSocket::new_v4()?;
+    let src = Ipv4Addr::new(127, 0, 0, 1 + (i % shared.sources as usize) as u8);
+    if addr.ip().is_loopback() && shared.sources > 1 {
+        socket.bind(SocketAddr::new(src.into(), 0))?;
+    }
+    socket.set_nodelay(true)?;
+    let stream = socket.connect(addr).await?;
+    let url = format!("{}&vsn={}", shared.url, vsn.as_str());
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+impl Client {
+    async fn send(&mut self, event: &str, payload: Value) -> anyhow::Result<u64> {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        let msg = frame(
+            self.vsn,
+            &self.join_ref,
+            r,
+            &self.shared.topic,
+            event,
+            payload,
+        );
+        self.ws.send(msg).await?;
+        Ok(r)
+    }
+
+    async fn join_and_track(&mut self) -> anyhow::Result<()> {
+        self.join_ref = self.next_ref.to_string();
+        let key = format!("u{}", self.i);
+        self.send("phx_join", json!({"config": {"presence": {"key": key, "enabled": true}, "broadcast": {"self": false, "ack": false}}}))
+            .await?;
+        self.presence.rejoined();
+        self.track().await
+    }
+
+    async fn track(&mut self) -> anyhow::Result<()> {
+        self.seq += 1;
+        self.shared.final_seq[self.i].store(self.seq, Ordering::Relaxed);
+        let t = self.shared.now_us();
+        self.send("presence", json!({"type": "presence", "event": "track", "payload": {"i": self.i, "seq": self.seq, "t": t}}))
+            .await?;
+        Ok(())
+    }
+
+    /// Apply one inbound frame; returns true for our join's `ok` reply.
+    fn handle(&mut self, msg: Message, measure: bool) -> bool {
+        let Message::Text(text) = msg else {
+            return false;
+        };
+        self.shared.frames.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .bytes
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        let Ok(f) = decode(self.vsn, &text) else {
+            return false;
+        };
+        match f.event.as_str() {
+            "phx_reply" => {
+                return f.ref_.as_deref() == Some(self.join_ref.as_str())
+                    && f.payload["status"] == "ok"
+            }
+            "presence_state" => {
+                let _ = self.presence.on_state(&f.payload);
+            }
+            "presence_diff" => {
+                if measure {
+                    let now = self.shared.now_us();
+                    if let Some(joins) = f.payload["joins"].as_object() {
+                        let mut lat = Vec::new();
+                        for entry in joins.values() {
+                            for meta in entry["metas"].as_array().into_iter().flatten() {
+                                if let Some(t) = meta["t"].as_u64() {
+                                    lat.push(now.saturating_sub(t) as f64 / 1000.0);
+                                }
+                            }
+                        }
+                        self.shared.update_ms.lock().unwrap().extend(lat);
+                    }
+                }
+                let _ = self.presence.on_diff(&f.payload);
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn converged(&self) -> bool {
+        let view = self.presence.view();
+        view.len() == self.shared.n && view.values().all(|m| m.len() == 1)
+    }
+
+    /// Compare the view with the truth: every client's key, one meta, its last seq.
+    fn check(&self) -> Report {
+        let view = self.presence.view();
+        let mut missing = 0;
+        let mut ghosts = 0;
+        for k in 0..self.shared.n {
+            let want = self.shared.final_seq[k].load(Ordering::Relaxed);
+            match view.get(&format!("u{k}")) {
+                None => missing += 1,
+                Some(metas) => {
+                    ghosts += metas.len().saturating_sub(1);
+                    if !metas.iter().any(|m| m["seq"].as_u64() == Some(want)) {
+                        missing += 1;
+                    }
+                }
+            }
+        }
+        ghosts += view
+            .len()
+            .saturating_sub(self.shared.n - missing.min(self.shared.n));
+        Report {
+            exact: missing == 0 && ghosts == 0 && view.len() == self.shared.n,
+            ghosts,
+            missing,
+        }
+    }
+}
+
+/// Run client `i` through every phase; returns its final exactness report.
+pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
+    let failed = Report {
+        exact: false,
+        ghosts: 0,
+        missing: shared.n,
+    };
+    let started = Instant::now();
+    let ws = {
+        let _permit = sem.acquire().await.expect("semaphore open");
+        let mut tries = 0;
+        loop {
+            match connect(&shared, i).await {
+                Ok(ws) => break ws,
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(_) => return failed,
+            }
+        }
+    };
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let mut c = Client {
+        vsn: shared.vsn_for(i),
+        shared: shared.clone(),
+        i,
+        ws,
+        next_ref: 1,
+        join_ref: String::new(),
+        presence: ClientPresence::new(),
+        seq: 0,
+    };
+    if c.join_and_track().await.is_err() {
+        return failed;
+    }
+    let mut phase_rx = shared.phase.subscribe();
+    let mut phase = *phase_rx.borrow();
+    let mut joined = false;
+    let mut converged = false;
+    let mut settled = false;
+    let mut verified = false;
+    let mut report = None;
+    let period = Duration::from_secs_f64(1.0 / shared.rate.max(0.001));
+    // Spread the clients' ticks over the period.
+    let offset = period.mul_f64((i as f64 * 0.618_034) % 1.0);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    let churns =
+        |p: Phase| matches!(p, Phase::Churn(share) if (i as f64) < share * shared.n as f64);
+    let mut next_churn = tokio::time::Instant::now() + Duration::from_millis(500) + offset;
+    loop {
+        let idle = tokio::time::sleep(Duration::from_millis(25));
+        let mut quiet = false;
+        tokio::select! {
+            msg = c.ws.next() => {
+                match msg {
+                    Some(Ok(m)) => {
+                        let measure = matches!(phase, Phase::Update | Phase::Settle);
+                        if c.handle(m, measure) && !joined {
+                            joined = true;
+                            shared.joined.fetch_add(1, Ordering::Relaxed);
+                            shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    _ => return failed,
+                }
+                if !converged && c.converged() {
+                    converged = true;
+                    shared.converged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            changed = phase_rx.changed() => {
+                if changed.is_err() { return failed; }
+                phase = *phase_rx.borrow();
+                quiet = true;
+                if phase == Phase::Stop {
+                    let _ = c.ws.close(None).await;
+                    return report.unwrap_or(failed);
+                }
+            }
+            _ = ticker.tick(), if phase == Phase::Update => {
+                if c.track().await.is_err() { return failed; }
+            }
+            _ = tokio::time::sleep_until(next_churn), if churns(phase) => {
+                // Drop abruptly (no close frame), reconnect, rejoin, re-track.
+                let fresh = match connect(&shared, i).await {
+                    Ok(ws) => ws,
+                    Err(_) => return failed,
+                };
+                drop(std::mem::replace(&mut c.ws, fresh));
+                shared.rejoins.fetch_add(1, Ordering::Relaxed);
+                if c.join_and_track().await.is_err() { return failed; }
+                next_churn = tokio::time::Instant::now() + Duration::from_millis(1000) + offset;
+            }
+            _ = idle, if matches!(phase, Phase::Settle | Phase::Verify) => quiet = true,
+        }
+        // Quiet moments are when to run the O(n) checks.
+        if !quiet {
+            continue;
+        }
+        if !settled && matches!(phase, Phase::Settle | Phase::Verify) && c.check().exact {
+            settled = true;
+            shared.settled.fetch_add(1, Ordering::Relaxed);
+        }
+        if !verified && phase == Phase::Verify {
+            let r = c.check();
+            if r.exact {
+                verified = true;
+                shared.verified.fetch_add(1, Ordering::Relaxed);
+            }
+            report = Some(r);
+        }
+    }
+}
