@@ -33,6 +33,17 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A short stable name, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired { .. } => "expired",
+            AuthError::MissingClaims => "missing_claims",
+            AuthError::Malformed => "malformed",
+            AuthError::BadSignature => "bad_signature",
+        }
+    }
+
     /// The join error `reason` for the same failure (protocol.md §3.3).
     pub fn join_reason(&self) -> String {
         match self {

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use roster_presence::{ChannelPresence, Diff, MemberId, RefGen, State};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
+use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
 
 /// One socket's membership of a channel.
@@ -27,6 +28,7 @@ pub struct Member {
 pub struct Channel {
     topic: Arc<str>,
     inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -48,19 +50,27 @@ impl Channel {
         if !inner.members.contains_key(&member) {
             return;
         }
+        let keys_before = inner.presence.key_count();
         let diff = inner.presence.track(member, key, state, refs);
-        self.fan_out(&inner, diff);
+        self.fan_out(&inner, diff, keys_before);
     }
 
     pub fn untrack(&self, member: MemberId) {
         let mut inner = self.inner.lock();
+        let keys_before = inner.presence.key_count();
         let diff = inner.presence.untrack(member);
-        self.fan_out(&inner, diff);
+        self.fan_out(&inner, diff, keys_before);
     }
 
     /// Queue a `presence_diff` to every member, encoded once per vsn.
-    fn fan_out(&self, inner: &Inner, diff: Option<Diff>) {
+    fn fan_out(&self, inner: &Inner, diff: Option<Diff>, keys_before: usize) {
         let Some(diff) = diff else { return };
+        let m = &self.metrics;
+        m.presence_diffs.increment(1);
+        m.presences.increment(diff.joins.len() as f64);
+        m.presences.decrement(diff.leaves.len() as f64);
+        m.presence_keys.increment(inner.presence.key_count() as f64);
+        m.presence_keys.decrement(keys_before as f64);
         let payload = diff.to_json();
         let mut frame = SharedFrame::new(|vsn| {
             Some(Encoded::Text(
@@ -78,6 +88,7 @@ impl Channel {
     /// the form its vsn can receive. Returns how many got it.
     pub fn broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
         let inner = self.inner.lock();
+        self.metrics.broadcasts.increment(1);
         let mut frame = SharedFrame::new(|vsn| msg.encode(vsn, &self.topic));
         let mut delivered = 0;
         for (id, member) in &inner.members {
@@ -104,12 +115,19 @@ impl Channel {
 }
 
 /// All channels of this node, by topic.
-#[derive(Default)]
 pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Registry {
+            channels: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// Add a member to `topic`, creating the channel if needed. With
     /// `send_state`, its `presence_state` is queued under the channel lock,
     /// so it is exactly the state before every diff the member will receive.
@@ -126,9 +144,11 @@ impl Registry {
                 .lock()
                 .entry(Arc::from(topic))
                 .or_insert_with(|| {
+                    self.metrics.channels.increment(1);
                     Arc::new(Channel {
                         topic: Arc::from(topic),
                         inner: Mutex::new(Inner::default()),
+                        metrics: self.metrics.clone(),
                     })
                 })
                 .clone();
@@ -149,6 +169,7 @@ impl Registry {
             }
             inner.members.insert(id, member);
             drop(inner);
+            self.metrics.channel_joins.increment(1);
             return channel;
         }
     }
@@ -160,8 +181,10 @@ impl Registry {
         if inner.members.swap_remove(&member).is_none() {
             return;
         }
+        self.metrics.channel_leaves.increment(1);
+        let keys_before = inner.presence.key_count();
         let diff = inner.presence.untrack(member);
-        channel.fan_out(&inner, diff);
+        channel.fan_out(&inner, diff, keys_before);
         if inner.members.is_empty() {
             // Lock order: channel, then registry. `join` never holds the
             // registry lock while taking a channel lock, so this cannot deadlock.
@@ -172,6 +195,7 @@ impl Registry {
                 .is_some_and(|c| Arc::ptr_eq(c, channel))
             {
                 channels.remove(channel.topic());
+                self.metrics.channels.decrement(1);
             }
         }
     }

@@ -33,6 +33,27 @@ enum End {
     Error(String),
 }
 
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::IdleTimeout => "idle_timeout",
+            End::Overflow => "overflow",
+            End::WriteStalled => "write_stalled",
+            End::Shutdown => "shutdown",
+            End::Error(_) => "error",
+        }
+    }
+}
+
+fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
 pub async fn run(
     server: Arc<Server>,
     mut ws: WebSocket,
@@ -46,35 +67,54 @@ pub async fn run(
     let (out, mut rx, overflow) = Outbound::new(settings.outbound_queue, vsn);
     let shutdown = server.shutdown.clone();
     let mut session = Session::new(server.clone(), out, credential);
+    let metrics = server.metrics.clone();
+    metrics.connections.increment(1);
+    metrics.connections_total.increment(1);
     tracing::debug!(%peer, vsn = vsn.as_str(), "connected");
 
+    // Created once, polled every turn: re-creating them per frame showed up in profiles.
     let idle = sleep(idle_timeout);
-    tokio::pin!(idle);
+    let cancelled = shutdown.cancelled();
+    let overflowed = overflow.notified();
+    tokio::pin!(idle, cancelled, overflowed);
     let end = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break End::Shutdown,
-            _ = overflow.notified() => break End::Overflow,
+            _ = &mut cancelled => break End::Shutdown,
+            _ = &mut overflowed => break End::Overflow,
             Some(first) = rx.recv() => {
                 // Coalesce what is already queued into one flush.
                 let write = async {
+                    let mut frames = 1;
+                    let mut bytes = message_len(&first);
                     ws.feed(first).await?;
-                    for _ in 1..WRITE_BATCH {
+                    while frames < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(msg) => ws.feed(msg).await?,
+                            Ok(msg) => {
+                                frames += 1;
+                                bytes += message_len(&msg);
+                                ws.feed(msg).await?;
+                            }
                             Err(_) => break,
                         }
                     }
-                    ws.flush().await
+                    ws.flush().await.map(|()| (frames, bytes))
                 };
                 match timeout(write_timeout, write).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok((frames, bytes))) => {
+                        metrics.frames_out.increment(frames as u64);
+                        metrics.bytes_out.increment(bytes as u64);
+                    }
                     Ok(Err(e)) => break End::Error(e.to_string()),
                     Err(_) => break End::WriteStalled,
                 }
             }
             inbound = ws.recv() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
+                if let Some(Ok(msg)) = &inbound {
+                    metrics.frames_in.increment(1);
+                    metrics.bytes_in.increment(message_len(msg) as u64);
+                }
                 match inbound {
                     Some(Ok(Message::Text(text))) => session.handle_text(&text),
                     Some(Ok(Message::Binary(bytes))) => session.handle_binary(&bytes),
@@ -91,6 +131,8 @@ pub async fn run(
     // if saying goodbye to this client is slow.
     let channels = session.channel_count();
     drop(session);
+    metrics.connections.decrement(1);
+    metrics.disconnect(end.label());
     tracing::debug!(%peer, ?end, channels, "disconnected");
     let close = match end {
         End::Shutdown => Some((1001, "server shutting down")),

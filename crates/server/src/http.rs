@@ -27,6 +27,8 @@ pub fn router(server: Arc<Server>) -> Router {
         // …and what a Realtime-style host serves.
         .route("/socket/websocket", get(websocket))
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .merge(crate::rest::router())
         .with_state(server)
 }
@@ -45,6 +47,26 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
     .await
 }
 
+/// Accepting joins? 503 once shutdown began.
+async fn ready(State(server): State<Arc<Server>>) -> Response {
+    if server.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        server.metrics.render(),
+    )
+        .into_response()
+}
+
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": error.into() }))).into_response()
 }
@@ -60,6 +82,7 @@ async fn websocket(
         Ok(v) => v,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "connection refused");
+            server.metrics.auth_failure("unsupported_vsn");
             return refuse(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
@@ -72,6 +95,7 @@ async fn websocket(
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "connection refused");
+            server.metrics.auth_failure(e.label());
             return refuse(StatusCode::UNAUTHORIZED, e.to_string());
         }
     };

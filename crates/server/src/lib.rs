@@ -15,6 +15,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod metrics;
 pub mod outbound;
 pub mod rest;
 pub mod server;

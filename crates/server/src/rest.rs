@@ -49,6 +49,7 @@ fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
     let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
     let e = server.auth.verify_socket(bearer.or(apikey)).err()?;
     tracing::info!(reason = %e, "REST broadcast refused");
+    server.metrics.auth_failure(e.label());
     Some(error(StatusCode::UNAUTHORIZED, e.to_string()))
 }
 

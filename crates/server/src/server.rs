@@ -13,12 +13,14 @@ use crate::auth::Auth;
 use crate::channel::Registry;
 use crate::config::Settings;
 use crate::http;
+use crate::metrics::Metrics;
 
 /// Everything the sockets of one node share.
 pub struct Server {
     pub settings: Settings,
     pub auth: Auth,
     pub registry: Registry,
+    pub metrics: Arc<Metrics>,
     pub refs: RefGen,
     /// Cancelled on shutdown: every socket closes and cleans up.
     pub shutdown: CancellationToken,
@@ -35,10 +37,12 @@ impl Server {
         uuid_node.copy_from_slice(&bytes[..6]);
         // Multicast bit set: a random node id, not a MAC address (RFC 4122 §4.5).
         uuid_node[0] |= 0x01;
+        let metrics = Arc::new(Metrics::new());
         Arc::new(Server {
             auth: Auth::new(settings.keys.clone()),
             settings,
-            registry: Registry::default(),
+            registry: Registry::new(metrics.clone()),
+            metrics,
             refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

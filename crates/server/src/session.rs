@@ -80,6 +80,13 @@ impl Session {
         }
     }
 
+    /// Refuse a join; the reason's code prefix is counted.
+    fn refuse_join(&self, frame: &Frame, reason: &str) {
+        let code = reason.split_once(':').map_or(reason, |(code, _)| code);
+        self.server.metrics.join_refused(code);
+        self.reply(frame, Reply::error(reason));
+    }
+
     fn reply(&self, frame: &Frame, reply: Reply) {
         let payload = reply.payload();
         self.out.send_outgoing(&Outgoing::reply(
@@ -120,20 +127,17 @@ impl Session {
     fn join(&mut self, frame: &Frame, config: JoinConfig) {
         let topic = frame.topic.as_str();
         let Some(name) = topic.strip_prefix(TOPIC_PREFIX) else {
-            return self.reply(frame, Reply::error("unmatched topic"));
+            return self.refuse_join(frame, "unmatched topic");
         };
         if name.is_empty() {
-            return self.reply(
-                frame,
-                Reply::error("TopicNameRequired: You must provide a topic name"),
-            );
+            return self.refuse_join(frame, "TopicNameRequired: You must provide a topic name");
         }
         if !config.postgres_changes.is_empty() {
             // Replying `[]` would make the client error out anyway, and
             // pretending to subscribe would fail silently.
-            return self.reply(
+            return self.refuse_join(
                 frame,
-                Reply::error("Unsupported: postgres_changes are not available on this server"),
+                "Unsupported: postgres_changes are not available on this server",
             );
         }
         // `sb_…` or no token: the socket credential stands. Otherwise the
@@ -141,7 +145,7 @@ impl Session {
         if let Some(token) = config.access_token.as_deref() {
             if !token.starts_with("sb_") {
                 if let Err(e) = self.server.auth.verify_jwt(token) {
-                    return self.reply(frame, Reply::error(&e.join_reason()));
+                    return self.refuse_join(frame, &e.join_reason());
                 }
             }
         }
