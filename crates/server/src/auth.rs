@@ -17,6 +17,21 @@ pub struct Credential {
     pub claims: Option<Value>,
 }
 
+impl Credential {
+    /// Unix seconds when it stops being valid; API keys never do.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.claims.as_ref()?.get("exp")?.as_u64()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Why a credential was refused. The texts are rt's, clients and scripts match them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -41,6 +56,16 @@ impl AuthError {
             AuthError::MissingClaims => "missing_claims",
             AuthError::Malformed => "malformed",
             AuthError::BadSignature => "bad_signature",
+        }
+    }
+
+    /// The `system` message text when a channel's token fails (protocol.md §3.6).
+    pub fn system_message(&self) -> String {
+        match self {
+            AuthError::Expired { seconds_ago } => {
+                format!("Token has expired {seconds_ago} seconds ago")
+            }
+            other => other.to_string(),
         }
     }
 
@@ -129,11 +154,7 @@ impl Auth {
             .ok()
             .and_then(|d| d.claims.get("exp").and_then(Value::as_u64))
             .unwrap_or(0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        now.saturating_sub(exp)
+        unix_now().saturating_sub(exp)
     }
 }
 

@@ -114,6 +114,10 @@ impl Channel {
     }
 }
 
+/// A join refused because the channel holds its maximum of members.
+#[derive(Debug)]
+pub struct ChannelFull;
+
 /// All channels of this node, by topic.
 pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
@@ -128,16 +132,20 @@ impl Registry {
         }
     }
 
-    /// Add a member to `topic`, creating the channel if needed. With
-    /// `send_state`, its `presence_state` is queued under the channel lock,
-    /// so it is exactly the state before every diff the member will receive.
+    /// Add a member to `topic`, creating the channel if needed. Under the
+    /// channel lock it queues `reply` (the join's `ok`) and, with
+    /// `send_state`, the `presence_state`, which is then exactly the state
+    /// before every diff the member will receive. Refused when the channel
+    /// already has `max_members` (0 = no cap).
     pub fn join(
         &self,
         topic: &str,
         id: MemberId,
         member: Member,
+        reply: &Outgoing<'_>,
         send_state: bool,
-    ) -> Arc<Channel> {
+        max_members: usize,
+    ) -> Result<Arc<Channel>, ChannelFull> {
         loop {
             let channel = self
                 .channels
@@ -158,6 +166,10 @@ impl Registry {
                 // dropped this one, so look again.
                 continue;
             }
+            if max_members > 0 && inner.members.len() >= max_members {
+                return Err(ChannelFull);
+            }
+            member.out.send_outgoing(reply);
             if send_state {
                 let payload = inner.presence.state_json();
                 member.out.send_outgoing(&Outgoing::push(
@@ -170,7 +182,7 @@ impl Registry {
             inner.members.insert(id, member);
             drop(inner);
             self.metrics.channel_joins.increment(1);
-            return channel;
+            return Ok(channel);
         }
     }
 

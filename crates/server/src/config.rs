@@ -74,6 +74,34 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
 
+    /// Channels one socket may join at once [default: 100, as Supabase].
+    #[arg(long, env = "ROSTER_MAX_CHANNELS_PER_SOCKET")]
+    pub max_channels_per_socket: Option<usize>,
+
+    /// Largest tracked presence state, in bytes of JSON [default: 32768].
+    #[arg(long, env = "ROSTER_MAX_TRACK_BYTES")]
+    pub max_track_bytes: Option<usize>,
+
+    /// Presence calls (track, untrack) allowed per channel per window [default: 100].
+    #[arg(long, env = "ROSTER_PRESENCE_CALLS_PER_WINDOW")]
+    pub presence_calls_per_window: Option<u32>,
+
+    /// The window of `presence_calls_per_window` [default: 10000].
+    #[arg(long, env = "ROSTER_PRESENCE_WINDOW_MS")]
+    pub presence_window_ms: Option<u64>,
+
+    /// Members one channel may hold; 0 = no cap [default: 0].
+    #[arg(long, env = "ROSTER_MAX_MEMBERS_PER_CHANNEL")]
+    pub max_members_per_channel: Option<usize>,
+
+    /// Open connections in all; 0 = no cap [default: 0].
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open connections per client IP address; 0 = no cap [default: 0].
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
     /// `sb_secret_dev`). Never use it on a reachable address.
     #[arg(long, env = "ROSTER_DEV")]
@@ -105,6 +133,19 @@ pub enum KeySource {
     Dev,
 }
 
+/// Limits that protect the server and the official clients. 0 = no cap
+/// where noted.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_channels_per_socket: usize,
+    pub max_track_bytes: usize,
+    pub presence_calls_per_window: u32,
+    pub presence_window: Duration,
+    pub max_members_per_channel: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
 /// Fully resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -117,6 +158,7 @@ pub struct Settings {
     pub outbound_queue: usize,
     pub write_timeout: Duration,
     pub max_message_bytes: usize,
+    pub limits: Limits,
 }
 
 pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
@@ -195,6 +237,34 @@ impl ServeArgs {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(5_000_000),
+            limits: Limits {
+                max_channels_per_socket: self
+                    .max_channels_per_socket
+                    .or(file.max_channels_per_socket)
+                    .unwrap_or(100),
+                max_track_bytes: self
+                    .max_track_bytes
+                    .or(file.max_track_bytes)
+                    .unwrap_or(32 * 1024),
+                presence_calls_per_window: self
+                    .presence_calls_per_window
+                    .or(file.presence_calls_per_window)
+                    .unwrap_or(100),
+                presence_window: Duration::from_millis(
+                    self.presence_window_ms
+                        .or(file.presence_window_ms)
+                        .unwrap_or(10_000),
+                ),
+                max_members_per_channel: self
+                    .max_members_per_channel
+                    .or(file.max_members_per_channel)
+                    .unwrap_or(0),
+                max_connections: self.max_connections.or(file.max_connections).unwrap_or(0),
+                max_connections_per_ip: self
+                    .max_connections_per_ip
+                    .or(file.max_connections_per_ip)
+                    .unwrap_or(0),
+            },
         })
     }
 }

@@ -7,13 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use roster_protocol::Vsn;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::auth::Credential;
+use crate::auth::{unix_now, Credential};
 use crate::outbound::Outbound;
 use crate::server::Server;
 use crate::session::Session;
@@ -46,6 +47,26 @@ impl End {
     }
 }
 
+/// Far enough to mean "not scheduled".
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Point the expiry timer at the session's earliest credential expiry.
+fn rearm(session: &Session, at: &mut Option<u64>, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+    let next = session.next_expiry();
+    if next == *at {
+        return;
+    }
+    *at = next;
+    let wait = match next {
+        // Exact to the sub-second, so that when it fires `exp <= now` holds.
+        Some(exp) => (UNIX_EPOCH + Duration::from_secs(exp))
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => NEVER,
+    };
+    timer.reset(Instant::now() + wait);
+}
+
 fn message_len(msg: &Message) -> usize {
     match msg {
         Message::Text(t) => t.len(),
@@ -76,7 +97,10 @@ pub async fn run(
     let idle = sleep(idle_timeout);
     let cancelled = shutdown.cancelled();
     let overflowed = overflow.notified();
-    tokio::pin!(idle, cancelled, overflowed);
+    // Fires when the earliest channel credential expires.
+    let expiry = sleep(NEVER);
+    let mut expiry_at: Option<u64> = None;
+    tokio::pin!(idle, cancelled, overflowed, expiry);
     let end = loop {
         tokio::select! {
             biased;
@@ -116,7 +140,10 @@ pub async fn run(
                     metrics.bytes_in.increment(message_len(msg) as u64);
                 }
                 match inbound {
-                    Some(Ok(Message::Text(text))) => session.handle_text(&text),
+                    Some(Ok(Message::Text(text))) => {
+                        session.handle_text(&text);
+                        rearm(&session, &mut expiry_at, expiry.as_mut());
+                    }
                     Some(Ok(Message::Binary(bytes))) => session.handle_binary(&bytes),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
@@ -124,6 +151,10 @@ pub async fn run(
                 }
             }
             _ = &mut idle => break End::IdleTimeout,
+            _ = &mut expiry => {
+                session.expire(unix_now());
+                rearm(&session, &mut expiry_at, expiry.as_mut());
+            }
         }
     };
 

@@ -103,6 +103,18 @@ async fn websocket(
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
     let settings = &server.settings;
+    let permit = match server.admission.admit(
+        peer.ip(),
+        settings.limits.max_connections,
+        settings.limits.max_connections_per_ip,
+    ) {
+        Ok(p) => p,
+        Err(refusal) => {
+            tracing::info!(%peer, reason = refusal.message(), "connection refused");
+            server.metrics.auth_failure(refusal.label());
+            return refuse(StatusCode::TOO_MANY_REQUESTS, refusal.message());
+        }
+    };
     let upgrade = upgrade
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
@@ -114,6 +126,9 @@ async fn websocket(
     upgrade
         .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "upgrade failed"))
         .on_upgrade(move |socket| {
-            tasks.track_future(connection::run(server, socket, vsn, credential, peer))
+            tasks.track_future(async move {
+                connection::run(server, socket, vsn, credential, peer).await;
+                drop(permit);
+            })
         })
 }

@@ -10,6 +10,7 @@
 //!
 //! The protocol lives in `roster-protocol`, presence logic in `roster-presence`.
 
+pub mod admission;
 pub mod auth;
 pub mod channel;
 pub mod config;

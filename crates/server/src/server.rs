@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::channel::Registry;
 use crate::config::Settings;
@@ -21,6 +22,7 @@ pub struct Server {
     pub auth: Auth,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
     pub refs: RefGen,
     /// Cancelled on shutdown: every socket closes and cleans up.
     pub shutdown: CancellationToken,
@@ -43,6 +45,7 @@ impl Server {
             settings,
             registry: Registry::new(metrics.clone()),
             metrics,
+            admission: Arc::default(),
             refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -9,14 +9,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use roster_presence::{MemberId, State};
 use roster_protocol::{
-    decode, decode_binary, ClientEvent, Frame, JoinConfig, Outgoing, PresenceAction, Reply,
+    decode, decode_binary, events, ClientEvent, Frame, JoinConfig, Outgoing, PresenceAction, Reply,
     UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
-use crate::auth::Credential;
+use crate::auth::{unix_now, AuthError, Credential};
 use crate::channel::{Channel, Member};
 use crate::outbound::Outbound;
 use crate::server::Server;
@@ -33,12 +34,17 @@ struct Joined {
     broadcast_self: bool,
     /// `config.broadcast.ack`: reply `ok` to each broadcast.
     broadcast_ack: bool,
+    /// The JWT this channel runs under, when the join or a refresh gave one.
+    token: Option<String>,
+    /// When the channel's credential expires (Unix seconds); API keys never do.
+    expires_at: Option<u64>,
+    /// Fixed window of client presence calls: (start, calls).
+    presence_calls: Option<(Instant, u32)>,
 }
 
 pub struct Session {
     server: Arc<Server>,
     out: Outbound,
-    #[allow(dead_code)] // read by authorization (private channels) later
     credential: Credential,
     joined: HashMap<String, Joined>,
 }
@@ -80,6 +86,26 @@ impl Session {
         }
     }
 
+    /// The earliest moment a channel's credential expires, if any does.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.joined.values().filter_map(|j| j.expires_at).min()
+    }
+
+    /// Shut down every channel whose credential has expired by `now` (Unix seconds).
+    pub fn expire(&mut self, now: u64) {
+        let expired: Vec<(String, u64)> = self
+            .joined
+            .iter()
+            .filter_map(|(t, j)| j.expires_at.filter(|&e| e <= now).map(|e| (t.clone(), e)))
+            .collect();
+        for (topic, exp) in expired {
+            let e = AuthError::Expired {
+                seconds_ago: now - exp,
+            };
+            self.shut_down(&topic, &e.system_message());
+        }
+    }
+
     /// Refuse a join; the reason's code prefix is counted.
     fn refuse_join(&self, frame: &Frame, reason: &str) {
         let code = reason.split_once(':').map_or(reason, |(code, _)| code);
@@ -97,23 +123,41 @@ impl Session {
         ));
     }
 
+    /// The server ends a channel (token expired, limit hit): a `system`
+    /// error, then `phx_close`, as rt does; its presence leaves.
+    fn shut_down(&mut self, topic: &str, message: &str) {
+        let Some(joined) = self.joined.remove(topic) else {
+            return;
+        };
+        self.server.registry.leave(&joined.channel, joined.member);
+        let payload = serde_json::json!({
+            "extension": "system",
+            "status": "error",
+            "message": message,
+            "channel": topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic),
+        })
+        .to_string();
+        let join_ref = joined.join_ref.as_deref();
+        self.out
+            .send_outgoing(&Outgoing::push(join_ref, topic, events::SYSTEM, &payload));
+        self.out.send_outgoing(&Outgoing::close(join_ref, topic));
+        tracing::debug!(topic, message, "channel shut down");
+    }
+
     fn handle(&mut self, frame: Frame) {
         match ClientEvent::from_frame(&frame) {
             ClientEvent::Heartbeat => self.reply(&frame, Reply::ok()),
             ClientEvent::Join(config) => self.join(&frame, config),
             ClientEvent::Leave => {
+                self.reply(&frame, Reply::ok());
                 if let Some(joined) = self.joined.remove(&frame.topic) {
                     self.server.registry.leave(&joined.channel, joined.member);
-                    self.reply(&frame, Reply::ok());
                     self.out
                         .send_outgoing(&Outgoing::close(joined.join_ref.as_deref(), &frame.topic));
-                } else {
-                    self.reply(&frame, Reply::ok());
                 }
             }
             ClientEvent::Presence(action) => self.presence(&frame, action),
-            // Token refresh: no reply is expected. Verification arrives with auth.
-            ClientEvent::AccessToken(_) => {}
+            ClientEvent::AccessToken(token) => self.access_token(&frame, token),
             ClientEvent::Broadcast(msg) => self.broadcast(&frame, msg),
             ClientEvent::Other => {
                 if !self.joined.contains_key(&frame.topic) {
@@ -140,14 +184,26 @@ impl Session {
                 "Unsupported: postgres_changes are not available on this server",
             );
         }
+        let limits = &self.server.settings.limits;
+        if !self.joined.contains_key(topic) && self.joined.len() >= limits.max_channels_per_socket {
+            return self.refuse_join(frame, "ChannelRateLimitReached: Too many channels");
+        }
         // `sb_…` or no token: the socket credential stands. Otherwise the
         // token must verify, as at connect.
-        if let Some(token) = config.access_token.as_deref() {
-            if !token.starts_with("sb_") {
-                if let Err(e) = self.server.auth.verify_jwt(token) {
-                    return self.refuse_join(frame, &e.join_reason());
-                }
-            }
+        let (token, expires_at) = match config.access_token.as_deref() {
+            Some(t) if !t.starts_with("sb_") => match self.server.auth.verify_jwt(t) {
+                Ok(cred) => (Some(t.to_owned()), cred.expires_at()),
+                Err(e) => return self.refuse_join(frame, &e.join_reason()),
+            },
+            _ => (None, self.credential.expires_at()),
+        };
+        // The socket's own JWT may have expired since it connected.
+        let now = unix_now();
+        if let Some(exp) = expires_at.filter(|&e| e <= now) {
+            let e = AuthError::Expired {
+                seconds_ago: now - exp,
+            };
+            return self.refuse_join(frame, &e.join_reason());
         }
         // A second join of the same topic closes the first.
         if let Some(old) = self.joined.remove(topic) {
@@ -161,17 +217,22 @@ impl Session {
         };
         let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
         let join_ref: Option<Arc<str>> = frame.join_ref.as_deref().map(Arc::from);
-        // The reply goes first; the snapshot follows it (queued by the registry).
-        self.reply(frame, Reply::ok_with(r#"{"postgres_changes":[]}"#));
-        let channel = self.server.registry.join(
+        let ok = Reply::ok_with(r#"{"postgres_changes":[]}"#).payload();
+        let reply = Outgoing::reply(frame.join_ref.as_deref(), frame.ref_.as_deref(), topic, &ok);
+        let joined = self.server.registry.join(
             topic,
             member,
             Member {
                 out: self.out.clone(),
                 join_ref: join_ref.clone(),
             },
+            &reply,
             config.presence_enabled,
+            limits.max_members_per_channel,
         );
+        let Ok(channel) = joined else {
+            return self.refuse_join(frame, "TooManyMembers: This channel is full");
+        };
         self.joined.insert(
             topic.to_owned(),
             Joined {
@@ -181,8 +242,33 @@ impl Session {
                 key,
                 broadcast_self: config.broadcast_self,
                 broadcast_ack: config.broadcast_ack,
+                token,
+                expires_at,
+                presence_calls: None,
             },
         );
+    }
+
+    /// Token refresh (protocol.md §3.6): never replied to. `sb_…`, null and
+    /// the current token are ignored; a valid JWT replaces the channel's
+    /// credential; an invalid one shuts the channel down.
+    fn access_token(&mut self, frame: &Frame, token: Option<String>) {
+        let Some(joined) = self.joined.get_mut(&frame.topic) else {
+            return self.reply(frame, Reply::error("unmatched topic"));
+        };
+        let Some(token) = token.filter(|t| !t.starts_with("sb_")) else {
+            return;
+        };
+        if joined.token.as_deref() == Some(token.as_str()) {
+            return;
+        }
+        match self.server.auth.verify_jwt(&token) {
+            Ok(cred) => {
+                joined.expires_at = cred.expires_at();
+                joined.token = Some(token);
+            }
+            Err(e) => self.shut_down(&frame.topic, &e.system_message()),
+        }
     }
 
     /// `self: false` → everyone but the sender; `ack: true` → an `ok` reply.
@@ -205,12 +291,31 @@ impl Session {
     }
 
     fn presence(&mut self, frame: &Frame, action: PresenceAction) {
+        let limits = &self.server.settings.limits;
         // Matched by topic: a stale, null or missing join_ref is fine (rt's REAL-981).
-        let Some(joined) = self.joined.get(&frame.topic) else {
+        let Some(joined) = self.joined.get_mut(&frame.topic) else {
             return self.reply(frame, Reply::error("unmatched topic"));
         };
+        // Every presence push counts against the channel's window.
+        let now = Instant::now();
+        let calls = match &mut joined.presence_calls {
+            Some((start, calls)) if now.duration_since(*start) < limits.presence_window => {
+                *calls += 1;
+                *calls
+            }
+            window => {
+                *window = Some((now, 1));
+                1
+            }
+        };
+        if calls > limits.presence_calls_per_window {
+            return self.shut_down(&frame.topic, "Client presence rate limit exceeded");
+        }
         match action {
             PresenceAction::Track(payload) => match State::from_value(payload) {
+                Ok(state) if state.as_json().len() > limits.max_track_bytes => {
+                    self.shut_down(&frame.topic, "Track message size exceeded");
+                }
                 Ok(state) => {
                     // Diff before reply: when `await track()` resolves, the
                     // client's own state already shows it.

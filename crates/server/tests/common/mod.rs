@@ -55,7 +55,40 @@ pub fn url(addr: SocketAddr, path: &str, query: &str) -> String {
     format!("ws://{addr}{path}?{query}")
 }
 
+/// A connection attempt expected to be refused at the HTTP upgrade.
+pub struct Attempt {
+    url: String,
+}
+
+impl Attempt {
+    /// The refusal's status and JSON body; panics if it was accepted.
+    pub async fn await_err(self) -> (u16, Value) {
+        match Client::connect_url(&self.url, 2).await {
+            Ok(_) => panic!("{} was accepted", self.url),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp.body().clone().unwrap_or_default();
+                (
+                    resp.status().as_u16(),
+                    serde_json::from_slice(&body).expect("JSON body"),
+                )
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}
+
 impl Client {
+    /// A connection with the dev key, to be refused: `Client::connect_attempt(..).await_err()`.
+    pub fn connect_attempt(addr: SocketAddr, vsn: u8) -> Attempt {
+        Attempt {
+            url: url(
+                addr,
+                "/realtime/v1/websocket",
+                &format!("apikey={KEY}&vsn={vsn}.0.0"),
+            ),
+        }
+    }
+
     pub async fn connect(addr: SocketAddr, vsn: u8) -> Client {
         let query = match vsn {
             1 => format!("apikey={KEY}&vsn=1.0.0"),
@@ -265,6 +298,11 @@ impl Client {
         let r = json!(ref_);
         self.recv_matching("reply", |g| g.event == "phx_reply" && g.ref_ == r)
             .await
+    }
+
+    /// Frames passed over so far and not yet consumed.
+    pub fn stashed(&self) -> impl Iterator<Item = &Got> {
+        self.stash.iter()
     }
 
     /// Forget frames passed over so far.

@@ -1,0 +1,109 @@
+//! Who may open a connection: caps on open connections, in all and per IP.
+//!
+//! A [`Permit`] is taken before the WebSocket upgrade and released when the
+//! socket task ends, so the counts are exact whatever ends the socket.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+#[derive(Default)]
+pub struct Admission {
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused; the text is the HTTP 429 body's `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooManyConnections,
+    TooManyFromAddress,
+}
+
+impl Refusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            // rt's text for its concurrent-users cap.
+            Refusal::TooManyConnections => "Too many connected users",
+            Refusal::TooManyFromAddress => "Too many connections from this address",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::TooManyFromAddress => "too_many_from_address",
+        }
+    }
+}
+
+/// Held by a connection; frees its place when dropped.
+pub struct Permit {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    /// Take a place for `ip` under the caps (0 = no cap).
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Permit, Refusal> {
+        let mut c = self.counts.lock();
+        if max_total > 0 && c.total >= max_total {
+            return Err(Refusal::TooManyConnections);
+        }
+        let here = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if max_per_ip > 0 && here >= max_per_ip {
+            return Err(Refusal::TooManyFromAddress);
+        }
+        c.total += 1;
+        c.per_ip.insert(ip, here + 1);
+        Ok(Permit {
+            admission: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut c = self.admission.counts.lock();
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_release() {
+        let a = Arc::new(Admission::default());
+        let ip1: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = a.admit(ip1, 3, 1).unwrap();
+        assert_eq!(a.admit(ip1, 3, 1).err(), Some(Refusal::TooManyFromAddress));
+        let _p2 = a.admit(ip2, 3, 2).unwrap();
+        let _p3 = a.admit(ip2, 3, 2).unwrap();
+        assert_eq!(a.admit(ip2, 3, 5).err(), Some(Refusal::TooManyConnections));
+        drop(p1);
+        assert!(a.admit(ip1, 3, 1).is_ok());
+        assert!(a.counts.lock().per_ip.contains_key(&ip2));
+    }
+}

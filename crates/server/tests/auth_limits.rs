@@ -1,0 +1,265 @@
+//! Token refresh and expiry (protocol.md §8 items 31–33) and the limits.
+//! Every test keeps a canary member in the room and checks that it still
+//! gets presence diffs while another client is refused or shut down.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use roster_server::config::DEV_JWT_SECRET;
+use serde_json::{json, Value};
+
+const ROOM: &str = "realtime:guarded";
+const SHORT: Duration = Duration::from_millis(300);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(exp_in: i64) -> String {
+    let exp = now() as i64 + exp_in;
+    encode(
+        &Header::default(),
+        &json!({"role": "authenticated", "exp": exp}),
+        &EncodingKey::from_secret(DEV_JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn canary(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr, 2).await;
+    let j = c.join(ROOM, Some("canary")).await;
+    c.track(&j, ROOM, json!({"alive": true})).await;
+    c
+}
+
+/// Expect the shutdown sequence: `system` error with `message`, then `phx_close`.
+async fn expect_shutdown(c: &mut Client, join_ref: &str, message: &str) {
+    let system = c.recv_event("system").await;
+    assert_eq!(system.ref_, Value::Null);
+    assert_eq!(
+        system.payload,
+        json!({"extension": "system", "status": "error", "message": message, "channel": "guarded"})
+    );
+    let close = c.recv_event("phx_close").await;
+    assert_eq!(close.ref_, json!(join_ref));
+}
+
+async fn join_with_token(c: &mut Client, key: &str, token: &str) -> String {
+    let r = c
+        .join_raw(
+            ROOM,
+            json!({"config": {"presence": {"enabled": true, "key": key}}, "access_token": token}),
+        )
+        .await;
+    assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
+    r
+}
+
+#[tokio::test]
+async fn item31_access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
+    let s = start().await;
+    let mut canary = canary(s.addr).await;
+    let mut c = Client::connect(s.addr, 1).await;
+    let j = join_with_token(&mut c, "user", &token(2)).await;
+    c.track(&j, ROOM, json!({})).await;
+    canary.until_view(ROOM, |v| v.contains_key("user")).await;
+    // Refresh before expiry: no reply at all. sb_ keys and null are ignored too.
+    c.push(&j, ROOM, "access_token", json!({"access_token": token(60)}))
+        .await;
+    c.push(
+        &j,
+        ROOM,
+        "access_token",
+        json!({"access_token": "sb_publishable_dev"}),
+    )
+    .await;
+    c.push(&j, ROOM, "access_token", json!({"access_token": null}))
+        .await;
+    c.clear_stash();
+    c.expect_silence(Duration::from_millis(3000)).await; // past the first token's exp
+    assert!(
+        canary.view(ROOM).contains_key("user"),
+        "still present after the first token expired"
+    );
+    // An invalid token ends the channel, and its presence leaves.
+    c.push(
+        &j,
+        ROOM,
+        "access_token",
+        json!({"access_token": "not-a-jwt"}),
+    )
+    .await;
+    expect_shutdown(&mut c, &j, "The token provided is not a valid JWT").await;
+    canary.until_view(ROOM, |v| !v.contains_key("user")).await;
+    assert!(canary.view(ROOM).contains_key("canary"));
+}
+
+#[tokio::test]
+async fn item32_an_expiring_token_shuts_the_channel_down() {
+    let s = start().await;
+    let mut canary = canary(s.addr).await;
+    let mut c = Client::connect(s.addr, 2).await;
+    let j = join_with_token(&mut c, "short", &token(1)).await;
+    c.track(&j, ROOM, json!({})).await;
+    let system = c.recv_event("system").await;
+    let message = system.payload["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Token has expired ") && message.ends_with(" seconds ago"),
+        "{message}"
+    );
+    assert_eq!(system.payload["channel"], "guarded");
+    assert_eq!(system.join_ref, json!(j));
+    assert_eq!(c.recv_event("phx_close").await.ref_, json!(j));
+    canary.until_view(ROOM, |v| !v.contains_key("short")).await;
+
+    // A socket opened with a JWT: its channels end when that JWT expires.
+    let url = url(
+        s.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={}&vsn=2.0.0", token(1)),
+    );
+    let mut jwt_socket = Client::connect_url(&url, 2).await.unwrap();
+    let j = jwt_socket.join(ROOM, Some("socket-jwt")).await;
+    let system = jwt_socket.recv_event("system").await;
+    assert!(system.payload["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Token has expired"));
+    assert_eq!(jwt_socket.recv_event("phx_close").await.ref_, json!(j));
+}
+
+#[tokio::test]
+async fn item33_presence_rate_and_track_size_limits_shut_down_without_reply() {
+    let s = start_with(|c| {
+        c.limits.presence_calls_per_window = 3;
+        c.limits.max_track_bytes = 64;
+    })
+    .await;
+    let mut canary = canary(s.addr).await;
+    let mut c = Client::connect(s.addr, 2).await;
+    let j = c.join(ROOM, Some("spammy")).await;
+    for i in 0..2 {
+        c.track(&j, ROOM, json!({"i": i})).await;
+    }
+    c.clear_stash();
+    // Third call is fine, the fourth within the window ends the channel, with no reply.
+    c.track(&j, ROOM, json!({"i": 2})).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"i": 3}}),
+        )
+        .await;
+    expect_shutdown(&mut c, &j, "Client presence rate limit exceeded").await;
+    // Nothing answers the offending push.
+    let offending = json!(r);
+    assert!(!c
+        .stashed()
+        .any(|g| g.event == "phx_reply" && g.ref_ == offending));
+    c.clear_stash();
+    c.expect_silence(SHORT).await;
+    canary.until_view(ROOM, |v| !v.contains_key("spammy")).await;
+
+    // Oversized state: refused the same way; the canary keeps working.
+    let j = c.join(ROOM, Some("big")).await;
+    let r = c
+        .push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"blob": "x".repeat(100)}}),
+        )
+        .await;
+    expect_shutdown(&mut c, &j, "Track message size exceeded").await;
+    let offending = json!(r);
+    assert!(!c
+        .stashed()
+        .any(|g| g.event == "phx_reply" && g.ref_ == offending));
+    c.clear_stash();
+    c.expect_silence(SHORT).await;
+    canary.track("1", ROOM, json!({"alive": "still"})).await;
+    canary
+        .until_view(ROOM, |v| {
+            v["canary"][0]["alive"] == "still" && !v.contains_key("big")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn channel_and_member_caps_refuse_joins_with_coded_reasons() {
+    let s = start_with(|c| {
+        c.limits.max_channels_per_socket = 2;
+        c.limits.max_members_per_channel = 2;
+    })
+    .await;
+    let mut canary = canary(s.addr).await;
+    let mut c = Client::connect(s.addr, 1).await;
+    c.join("realtime:a", None).await;
+    c.join("realtime:b", None).await;
+    let r = c.join_raw("realtime:c", json!({})).await;
+    assert_eq!(
+        c.recv_reply(&r).await.payload,
+        json!({"status": "error", "response": {"reason": "ChannelRateLimitReached: Too many channels"}})
+    );
+    // Rejoining a topic already joined is not a new channel.
+    let r = c.join_raw("realtime:a", json!({})).await;
+    assert_eq!(c.recv_reply(&r).await.payload["status"], "ok");
+
+    let mut second = Client::connect(s.addr, 2).await;
+    second.join(ROOM, Some("second")).await;
+    let mut third = Client::connect(s.addr, 2).await;
+    let r = third.join_raw(ROOM, json!({})).await;
+    assert_eq!(
+        third.recv_reply(&r).await.payload["response"]["reason"],
+        "TooManyMembers: This channel is full"
+    );
+    third.expect_silence(SHORT).await;
+    canary.track("1", ROOM, json!({"n": 2})).await;
+    canary.until_view(ROOM, |v| v["canary"][0]["n"] == 2).await;
+}
+
+#[tokio::test]
+async fn connection_caps_refuse_the_upgrade_with_429() {
+    let s = start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let mut a = Client::connect(s.addr, 2).await;
+    let _b = Client::connect(s.addr, 2).await;
+    match Client::connect_attempt(s.addr, 2).await_err().await {
+        (429, body) => assert_eq!(
+            body,
+            json!({"error": "Too many connections from this address"})
+        ),
+        other => panic!("{other:?}"),
+    }
+    a.heartbeat().await;
+    a.close().await;
+    // A place frees up when a socket ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let u = url(
+            s.addr,
+            "/realtime/v1/websocket",
+            &format!("apikey={KEY}&vsn=2.0.0"),
+        );
+        if Client::connect_url(&u, 2).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let s = start_with(|c| c.limits.max_connections = 1).await;
+    let _only = Client::connect(s.addr, 1).await;
+    let (status, body) = Client::connect_attempt(s.addr, 1).await_err().await;
+    assert_eq!(
+        (status, body),
+        (429, json!({"error": "Too many connected users"}))
+    );
+}
