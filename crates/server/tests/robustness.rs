@@ -61,6 +61,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_is_unaffected() {
     let s = start_with(|c| {
         c.outbound_queue = 16;
         c.write_timeout = Duration::from_millis(500);
+        c.limits.presence_calls_per_window = 10_000;
     })
     .await;
     let room = "realtime:slow";
