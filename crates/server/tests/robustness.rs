@@ -62,6 +62,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_is_unaffected() {
         c.outbound_queue = 16;
         c.write_timeout = Duration::from_millis(500);
         c.limits.presence_calls_per_window = 10_000;
+        c.limits.max_track_bytes = 1 << 20;
     })
     .await;
     let room = "realtime:slow";
