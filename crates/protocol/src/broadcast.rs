@@ -42,6 +42,8 @@ pub enum BinaryError {
     UnknownEncoding(u8),
     #[error("binary frame JSON payload or metadata does not parse")]
     BadJson,
+    #[error("binary frame of kind {0} is not a server user broadcast (only kind 4)")]
+    NotUserBroadcast(u8),
 }
 
 const KIND_USER_BROADCAST_PUSH: u8 = 3;
@@ -187,6 +189,62 @@ pub fn decode_binary(bytes: &[u8]) -> Result<BinaryPush, BinaryError> {
     })
 }
 
+/// A decoded kind-4 frame: a user broadcast a vsn-2 client received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinaryBroadcast {
+    pub topic: String,
+    pub broadcast: UserBroadcast,
+}
+
+/// Decode a binary frame a vsn-2 *client* received from the server.
+/// Only kind 4 exists in that direction (protocol.md §2.3).
+pub fn decode_user_broadcast(bytes: &[u8]) -> Result<BinaryBroadcast, BinaryError> {
+    let (&kind, rest) = bytes.split_first().ok_or(BinaryError::Empty)?;
+    if kind != KIND_USER_BROADCAST {
+        return Err(BinaryError::NotUserBroadcast(kind));
+    }
+    let header = rest.get(..4).ok_or(BinaryError::Truncated)?;
+    let (lens, encoding) = (&header[..3], header[3]);
+    let mut body = &rest[4..];
+    let mut take = |len: u8, name: &'static str| -> Result<String, BinaryError> {
+        let len = usize::from(len);
+        let field = body.get(..len).ok_or(BinaryError::Truncated)?;
+        body = &body[len..];
+        String::from_utf8(field.to_vec()).map_err(|_| BinaryError::NotUtf8(name))
+    };
+    let topic = take(lens[0], "topic")?;
+    let event = take(lens[1], "event")?;
+    let meta = take(lens[2], "metadata")?;
+    let body = decode_body(encoding, body)?;
+    Ok(BinaryBroadcast {
+        topic,
+        broadcast: UserBroadcast {
+            event,
+            body,
+            meta: decode_meta(&meta)?,
+        },
+    })
+}
+
+fn decode_body(encoding: u8, payload: &[u8]) -> Result<BroadcastBody, BinaryError> {
+    match encoding {
+        ENCODING_JSON => {
+            let v: Value = serde_json::from_slice(payload).map_err(|_| BinaryError::BadJson)?;
+            Ok(BroadcastBody::Json(v.to_string()))
+        }
+        ENCODING_BINARY => Ok(BroadcastBody::Binary(payload.to_vec())),
+        other => Err(BinaryError::UnknownEncoding(other)),
+    }
+}
+
+fn decode_meta(meta: &str) -> Result<Option<String>, BinaryError> {
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(meta).map_err(|_| BinaryError::BadJson)?;
+    Ok(Some(v.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +296,40 @@ mod tests {
         assert_eq!(
             f,
             [&[4u8, 10, 4, 0, 0][..], b"realtime:r", b"blob", &[1, 2, 3]].concat()
+        );
+    }
+
+    #[test]
+    fn kind4_round_trips_through_the_client_decoder() {
+        let b = UserBroadcast {
+            event: "blob".into(),
+            body: BroadcastBody::Binary(vec![1, 2, 3]),
+            meta: Some(r#"{"id":"x"}"#.into()),
+        };
+        let Some(Encoded::Binary(f)) = b.encode(Vsn::V2, "realtime:r") else {
+            panic!()
+        };
+        let got = decode_user_broadcast(&f).unwrap();
+        assert_eq!(got.topic, "realtime:r");
+        assert_eq!(got.broadcast, b);
+        let mut json = vec![4, 1, 1, 0, 1, b't', b'e'];
+        json.extend_from_slice(br#"{"a": 1}"#);
+        assert_eq!(
+            decode_user_broadcast(&json).unwrap().broadcast.body,
+            BroadcastBody::Json(r#"{"a":1}"#.into())
+        );
+        assert_eq!(decode_user_broadcast(&[]), Err(BinaryError::Empty));
+        assert_eq!(
+            decode_user_broadcast(&js_kind3()),
+            Err(BinaryError::NotUserBroadcast(3))
+        );
+        assert_eq!(
+            decode_user_broadcast(&[4, 9, 0, 0, 0, b'x']),
+            Err(BinaryError::Truncated)
+        );
+        assert_eq!(
+            decode_user_broadcast(&[4, 0, 0, 0, 7]),
+            Err(BinaryError::UnknownEncoding(7))
         );
     }
 

@@ -144,6 +144,24 @@ impl<'a> Outgoing<'a> {
         }
         out
     }
+
+    /// The text frame a *client* sends on a connection speaking `vsn`.
+    ///
+    /// Unlike [`Outgoing::encode`] (server-shaped), vsn 1 carries `join_ref`
+    /// too, as realtime-js and realtime-py send it; vsn 2 is the same array.
+    pub fn encode_client(&self, vsn: Vsn) -> String {
+        match vsn {
+            Vsn::V1 => format!(
+                "{{\"topic\":{},\"event\":{},\"payload\":{},\"ref\":{},\"join_ref\":{}}}",
+                json_str(self.topic),
+                json_str(self.event),
+                self.payload,
+                json_opt(self.ref_),
+                json_opt(self.join_ref)
+            ),
+            Vsn::V2 => self.encode(Vsn::V2),
+        }
+    }
 }
 
 fn json_str(s: &str) -> String {
@@ -185,6 +203,40 @@ mod tests {
         );
         let v2 = Outgoing::close(Some("4"), "realtime:a").encode(Vsn::V2);
         assert_eq!(v2, r#"["4","4","realtime:a","phx_close",{}]"#);
+    }
+
+    #[test]
+    fn client_frames_carry_join_ref_in_both_vsns() {
+        let push = Outgoing {
+            join_ref: Some("1"),
+            ref_: Some("2"),
+            topic: "realtime:a",
+            event: "presence",
+            payload: r#"{"event":"track"}"#,
+        };
+        let v1: Value = serde_json::from_str(&push.encode_client(Vsn::V1)).unwrap();
+        assert_eq!(
+            v1,
+            json!({"topic":"realtime:a","event":"presence","payload":{"event":"track"},"ref":"2","join_ref":"1"})
+        );
+        let back = crate::decode(Vsn::V1, &push.encode_client(Vsn::V1)).unwrap();
+        assert_eq!(back.join_ref.as_deref(), Some("1"));
+        assert_eq!(
+            push.encode_client(Vsn::V2),
+            r#"["1","2","realtime:a","presence",{"event":"track"}]"#
+        );
+        let hb = Outgoing {
+            join_ref: None,
+            ref_: Some("3"),
+            topic: "phoenix",
+            event: "heartbeat",
+            payload: "{}",
+        };
+        let v1: Value = serde_json::from_str(&hb.encode_client(Vsn::V1)).unwrap();
+        assert_eq!(
+            v1,
+            json!({"topic":"phoenix","event":"heartbeat","payload":{},"ref":"3","join_ref":null})
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ mod join;
 mod vsn;
 
 pub use broadcast::{
-    decode_binary, BinaryError, BinaryPush, BroadcastBody, Encoded, UserBroadcast,
+    decode_binary, decode_user_broadcast, BinaryBroadcast, BinaryError, BinaryPush, BroadcastBody,
+    Encoded, UserBroadcast,
 };
 pub use decode::{decode, DecodeError, Frame};
 pub use encode::{Outgoing, Reply};
