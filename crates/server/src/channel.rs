@@ -23,10 +23,15 @@ pub struct Member {
     pub out: Outbound,
     /// Its join ref, carried by pushes addressed to it alone (`presence_state`).
     pub join_ref: Option<Arc<str>>,
+    /// May receive presence diffs / broadcasts (always, on public channels).
+    pub presence_read: bool,
+    pub broadcast_read: bool,
 }
 
 pub struct Channel {
     topic: Arc<str>,
+    /// Its key in the registry (the topic, marked when private).
+    key: Arc<str>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
 }
@@ -77,7 +82,7 @@ impl Channel {
                 Outgoing::fanout(&self.topic, events::PRESENCE_DIFF, &payload).encode(vsn),
             ))
         });
-        for member in inner.members.values() {
+        for member in inner.members.values().filter(|m| m.presence_read) {
             if let Some(msg) = frame.for_vsn(member.out.vsn()) {
                 member.out.send(msg);
             }
@@ -92,7 +97,7 @@ impl Channel {
         let mut frame = SharedFrame::new(|vsn| msg.encode(vsn, &self.topic));
         let mut delivered = 0;
         for (id, member) in &inner.members {
-            if Some(*id) == sender {
+            if Some(*id) == sender || !member.broadcast_read {
                 continue;
             }
             if let Some(m) = frame.for_vsn(member.out.vsn()) {
@@ -103,6 +108,14 @@ impl Channel {
         delivered
     }
 
+    /// Update what a member may receive (after a token refresh on a private channel).
+    pub fn set_read_rights(&self, member: MemberId, presence_read: bool, broadcast_read: bool) {
+        if let Some(m) = self.inner.lock().members.get_mut(&member) {
+            m.presence_read = presence_read;
+            m.broadcast_read = broadcast_read;
+        }
+    }
+
     /// Numbers for tests and metrics: (members, distinct keys, metas).
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.inner.lock();
@@ -111,6 +124,15 @@ impl Channel {
             inner.presence.key_count(),
             inner.presence.meta_count(),
         )
+    }
+}
+
+/// Public and private channels of one topic are separate, as in rt.
+fn registry_key(topic: &str, private: bool) -> Arc<str> {
+    if private {
+        Arc::from(format!("private\u{0}{topic}"))
+    } else {
+        Arc::from(topic)
     }
 }
 
@@ -137,9 +159,11 @@ impl Registry {
     /// `send_state`, the `presence_state`, which is then exactly the state
     /// before every diff the member will receive. Refused when the channel
     /// already has `max_members` (0 = no cap).
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
         topic: &str,
+        private: bool,
         id: MemberId,
         member: Member,
         reply: &Outgoing<'_>,
@@ -150,11 +174,12 @@ impl Registry {
             let channel = self
                 .channels
                 .lock()
-                .entry(Arc::from(topic))
+                .entry(registry_key(topic, private))
                 .or_insert_with(|| {
                     self.metrics.channels.increment(1);
                     Arc::new(Channel {
                         topic: Arc::from(topic),
+                        key: registry_key(topic, private),
                         inner: Mutex::new(Inner::default()),
                         metrics: self.metrics.clone(),
                     })
@@ -170,7 +195,7 @@ impl Registry {
                 return Err(ChannelFull);
             }
             member.out.send_outgoing(reply);
-            if send_state {
+            if send_state && member.presence_read {
                 let payload = inner.presence.state_json();
                 member.out.send_outgoing(&Outgoing::push(
                     member.join_ref.as_deref(),
@@ -203,17 +228,21 @@ impl Registry {
             inner.closed = true;
             let mut channels = self.channels.lock();
             if channels
-                .get(channel.topic())
+                .get(&channel.key)
                 .is_some_and(|c| Arc::ptr_eq(c, channel))
             {
-                channels.remove(channel.topic());
+                channels.remove(&channel.key);
                 self.metrics.channels.decrement(1);
             }
         }
     }
 
-    pub fn get(&self, topic: &str) -> Option<Arc<Channel>> {
-        self.channels.lock().get(topic).cloned()
+    /// The channel of `topic`; private and public channels of one name are distinct.
+    pub fn get(&self, topic: &str, private: bool) -> Option<Arc<Channel>> {
+        self.channels
+            .lock()
+            .get(&registry_key(topic, private))
+            .cloned()
     }
 
     pub fn channel_count(&self) -> usize {

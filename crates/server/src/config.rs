@@ -102,6 +102,16 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
+    /// Refuse joins of public channels (`PrivateOnly: …`).
+    #[arg(long, env = "ROSTER_PRIVATE_ONLY")]
+    #[serde(default)]
+    pub private_only: bool,
+
+    /// Authorization policies for private channels (config file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub policies: Vec<crate::authz::Policy>,
+
     /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
     /// `sb_secret_dev`). Never use it on a reachable address.
     #[arg(long, env = "ROSTER_DEV")]
@@ -159,6 +169,8 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub max_message_bytes: usize,
     pub limits: Limits,
+    pub private_only: bool,
+    pub policies: Vec<crate::authz::Policy>,
 }
 
 pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
@@ -237,6 +249,8 @@ impl ServeArgs {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(5_000_000),
+            private_only: self.private_only || file.private_only,
+            policies: file.policies,
             limits: Limits {
                 max_channels_per_socket: self
                     .max_channels_per_socket

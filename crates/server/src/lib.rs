@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod authz;
 pub mod channel;
 pub mod config;
 pub mod connection;

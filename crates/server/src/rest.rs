@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -16,6 +18,8 @@ use roster_protocol::{BroadcastBody, UserBroadcast, TOPIC_PREFIX};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::auth::Credential;
+use crate::authz;
 use crate::server::Server;
 
 pub fn router() -> Router<Arc<Server>> {
@@ -37,8 +41,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `Authorization: Bearer <key or JWT>` first, else the `apikey` header.
-/// Returns the refusal, if any.
-fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
+/// Returns the credential or the refusal.
+fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credential, Box<Response>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -47,14 +51,23 @@ fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
-    let e = server.auth.verify_socket(bearer.or(apikey)).err()?;
-    tracing::info!(reason = %e, "REST broadcast refused");
-    server.metrics.auth_failure(e.label());
-    Some(error(StatusCode::UNAUTHORIZED, e.to_string()))
+    server.auth.verify_socket(bearer.or(apikey)).map_err(|e| {
+        tracing::info!(reason = %e, "REST broadcast refused");
+        server.metrics.auth_failure(e.label());
+        Box::new(error(StatusCode::UNAUTHORIZED, e.to_string()))
+    })
 }
 
-fn deliver(server: &Server, topic: &str, msg: &UserBroadcast) {
-    if let Some(channel) = server.registry.get(&format!("{TOPIC_PREFIX}{topic}")) {
+/// Deliver to subscribers. A private message without broadcast-write on its
+/// topic is skipped silently, as rt does.
+fn deliver(server: &Server, cred: &Credential, topic: &str, private: bool, msg: &UserBroadcast) {
+    if private && !authz::rights(&server.settings.policies, topic, cred).broadcast_write {
+        return;
+    }
+    if let Some(channel) = server
+        .registry
+        .get(&format!("{TOPIC_PREFIX}{topic}"), private)
+    {
         channel.broadcast(msg, None);
     }
 }
@@ -70,17 +83,18 @@ struct BatchMessage {
     event: String,
     #[serde(default)]
     payload: Option<Value>,
-    /// Accepted for compatibility; private channels are not enforced here yet.
-    #[serde(default, rename = "private")]
-    _private: Option<bool>,
+    /// Deliver to the private channel of that name; needs broadcast-write there.
+    #[serde(default)]
+    private: bool,
     #[serde(default)]
     id: Option<Value>,
 }
 
 async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refusal) = authorize(&server, &headers) {
-        return refusal;
-    }
+    let cred = match authorize(&server, &headers) {
+        Ok(c) => c,
+        Err(refusal) => return *refusal,
+    };
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -107,10 +121,10 @@ async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             body: BroadcastBody::Json(payload.to_string()),
             meta: m.id.map(|id| serde_json::json!({ "id": id }).to_string()),
         };
-        ready.push((m.topic, msg));
+        ready.push((m.topic, m.private, msg));
     }
-    for (topic, msg) in &ready {
-        deliver(&server, topic, msg);
+    for (topic, private, msg) in &ready {
+        deliver(&server, &cred, topic, *private, msg);
     }
     StatusCode::ACCEPTED.into_response()
 }
@@ -119,11 +133,14 @@ async fn single(
     State(server): State<Arc<Server>>,
     Path((topic, event)): Path<(String, String)>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = authorize(&server, &headers) {
-        return refusal;
-    }
+    let cred = match authorize(&server, &headers) {
+        Ok(c) => c,
+        Err(refusal) => return *refusal,
+    };
+    let private = query.get("private").is_some_and(|v| v == "true");
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -152,6 +169,6 @@ async fn single(
         body,
         meta: None,
     };
-    deliver(&server, &topic, &msg);
+    deliver(&server, &cred, &topic, private, &msg);
     StatusCode::ACCEPTED.into_response()
 }

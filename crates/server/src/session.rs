@@ -18,6 +18,7 @@ use roster_protocol::{
 };
 
 use crate::auth::{unix_now, AuthError, Credential};
+use crate::authz::{self, Rights};
 use crate::channel::{Channel, Member};
 use crate::outbound::Outbound;
 use crate::server::Server;
@@ -40,6 +41,9 @@ struct Joined {
     expires_at: Option<u64>,
     /// Fixed window of client presence calls: (start, calls).
     presence_calls: Option<(Instant, u32)>,
+    /// Private channels are authorized by policy; public ones allow all.
+    private: bool,
+    rights: Rights,
 }
 
 pub struct Session {
@@ -188,15 +192,35 @@ impl Session {
         if !self.joined.contains_key(topic) && self.joined.len() >= limits.max_channels_per_socket {
             return self.refuse_join(frame, "ChannelRateLimitReached: Too many channels");
         }
+        let settings = &self.server.settings;
+        let private = config.private;
+        if settings.private_only && !private {
+            return self.refuse_join(
+                frame,
+                "PrivateOnly: This project only allows private channels",
+            );
+        }
         // `sb_…` or no token: the socket credential stands. Otherwise the
         // token must verify, as at connect.
-        let (token, expires_at) = match config.access_token.as_deref() {
+        let (token, cred) = match config.access_token.as_deref() {
             Some(t) if !t.starts_with("sb_") => match self.server.auth.verify_jwt(t) {
-                Ok(cred) => (Some(t.to_owned()), cred.expires_at()),
+                Ok(cred) => (Some(t.to_owned()), cred),
                 Err(e) => return self.refuse_join(frame, &e.join_reason()),
             },
-            _ => (None, self.credential.expires_at()),
+            _ => (None, self.credential.clone()),
         };
+        let expires_at = cred.expires_at();
+        let rights = if private {
+            authz::rights(&settings.policies, name, &cred)
+        } else {
+            Rights::ALL
+        };
+        if !rights.can_join() {
+            return self.refuse_join(
+                frame,
+                &format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}"),
+            );
+        }
         // The socket's own JWT may have expired since it connected.
         let now = unix_now();
         if let Some(exp) = expires_at.filter(|&e| e <= now) {
@@ -221,10 +245,13 @@ impl Session {
         let reply = Outgoing::reply(frame.join_ref.as_deref(), frame.ref_.as_deref(), topic, &ok);
         let joined = self.server.registry.join(
             topic,
+            private,
             member,
             Member {
                 out: self.out.clone(),
                 join_ref: join_ref.clone(),
+                presence_read: rights.presence_read,
+                broadcast_read: rights.broadcast_read,
             },
             &reply,
             config.presence_enabled,
@@ -245,6 +272,8 @@ impl Session {
                 token,
                 expires_at,
                 presence_calls: None,
+                private,
+                rights,
             },
         );
     }
@@ -262,12 +291,31 @@ impl Session {
         if joined.token.as_deref() == Some(token.as_str()) {
             return;
         }
-        match self.server.auth.verify_jwt(&token) {
-            Ok(cred) => {
-                joined.expires_at = cred.expires_at();
-                joined.token = Some(token);
+        let cred = match self.server.auth.verify_jwt(&token) {
+            Ok(cred) => cred,
+            Err(e) => return self.shut_down(&frame.topic, &e.system_message()),
+        };
+        joined.expires_at = cred.expires_at();
+        joined.token = Some(token);
+        if joined.private {
+            // The new claims may grant other rights, or none.
+            let name = frame
+                .topic
+                .strip_prefix(TOPIC_PREFIX)
+                .unwrap_or(&frame.topic);
+            let rights = authz::rights(&self.server.settings.policies, name, &cred);
+            if !rights.can_join() {
+                let message = format!(
+                    "You no longer have permission to read from this Channel topic: {name}"
+                );
+                return self.shut_down(&frame.topic, &message);
             }
-            Err(e) => self.shut_down(&frame.topic, &e.system_message()),
+            joined.rights = rights;
+            joined.channel.set_read_rights(
+                joined.member,
+                rights.presence_read,
+                rights.broadcast_read,
+            );
         }
     }
 
@@ -283,6 +331,17 @@ impl Session {
             }
             return;
         };
+        if !joined.rights.broadcast_write {
+            if joined.broadcast_ack {
+                let name = frame
+                    .topic
+                    .strip_prefix(TOPIC_PREFIX)
+                    .unwrap_or(&frame.topic);
+                let reason = format!("Unauthorized: You do not have permissions to write to this Channel topic: {name}");
+                self.reply(frame, Reply::error(&reason));
+            }
+            return;
+        }
         let sender = (!joined.broadcast_self).then_some(joined.member);
         joined.channel.broadcast(&msg, sender);
         if joined.broadcast_ack {
@@ -310,6 +369,11 @@ impl Session {
         };
         if calls > limits.presence_calls_per_window {
             return self.shut_down(&frame.topic, "Client presence rate limit exceeded");
+        }
+        let writes = matches!(action, PresenceAction::Track(_) | PresenceAction::Untrack);
+        if writes && !joined.rights.presence_write {
+            // rt answers an RLS-denied presence write with an empty error.
+            return self.reply(frame, Reply::error_empty());
         }
         match action {
             PresenceAction::Track(payload) => match State::from_value(payload) {

@@ -31,7 +31,7 @@ async fn concurrent_join_storm_converges_exactly() {
     for t in tasks {
         clients.push(t.await.unwrap());
     }
-    let (members, keys, metas) = s.server.registry.get(ROOM).unwrap().counts();
+    let (members, keys, metas) = s.server.registry.get(ROOM, false).unwrap().counts();
     assert_eq!((members, keys, metas), (N, N, N));
     for c in clients.iter_mut() {
         c.until_view(ROOM, |v| v.len() == N && v.values().all(|m| m.len() == 1))
@@ -111,7 +111,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_is_unaffected() {
         })
         .await;
     assert!(reader.view(room).contains_key("reader"));
-    assert_eq!(s.server.registry.get(room).unwrap().counts().0, 2);
+    assert_eq!(s.server.registry.get(room, false).unwrap().counts().0, 2);
 }
 
 #[tokio::test]
