@@ -86,6 +86,8 @@ pub struct ChannelPresence {
     by_key: BTreeMap<String, Vec<Tracked>>,
     /// member → the key it tracks under, for untrack and disconnect.
     key_of: HashMap<MemberId, String>,
+    /// Sum of the tracked states' JSON lengths: what a snapshot weighs.
+    state_bytes: usize,
 }
 
 impl ChannelPresence {
@@ -123,6 +125,7 @@ impl ChannelPresence {
             }
             diff = self.untrack(member).expect("member was tracked");
         }
+        self.state_bytes += state.as_json().len();
         let meta = Meta {
             phx_ref: refs.next_ref(),
             phx_ref_prev: prev_ref,
@@ -150,6 +153,7 @@ impl ChannelPresence {
             .position(|t| t.member == member)
             .expect("key_of and by_key agree");
         let removed = metas.remove(pos);
+        self.state_bytes -= removed.meta.state.as_json().len();
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
@@ -180,6 +184,11 @@ impl ChannelPresence {
             .iter()
             .find(|t| t.member == member)
             .map(|t| &t.meta)
+    }
+
+    /// Total JSON length of all tracked states (without refs and keys).
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes
     }
 
     /// Number of distinct keys.
@@ -251,6 +260,7 @@ mod tests {
         p.untrack(1).unwrap();
         assert!(p.is_empty());
         assert_eq!(p.key_count(), 0);
+        assert_eq!(p.state_bytes(), 0);
         assert!(p.untrack(1).is_none());
     }
 }

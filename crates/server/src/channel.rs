@@ -50,14 +50,30 @@ impl Channel {
     }
 
     /// Track `state` for `member` under `key`, fanning out the diff (if any).
-    pub fn track(&self, member: MemberId, key: &str, state: State, refs: &RefGen) {
+    /// Refused when the channel's states would weigh more than `max_state_bytes`.
+    pub fn track(
+        &self,
+        member: MemberId,
+        key: &str,
+        state: State,
+        refs: &RefGen,
+        max_state_bytes: usize,
+    ) -> Result<(), StateFull> {
         let mut inner = self.inner.lock();
         if !inner.members.contains_key(&member) {
-            return;
+            return Ok(());
+        }
+        let old = inner
+            .presence
+            .meta_of(member)
+            .map_or(0, |m| m.state.as_json().len());
+        if inner.presence.state_bytes() - old + state.as_json().len() > max_state_bytes {
+            return Err(StateFull);
         }
         let keys_before = inner.presence.key_count();
         let diff = inner.presence.track(member, key, state, refs);
         self.fan_out(&inner, diff, keys_before);
+        Ok(())
     }
 
     pub fn untrack(&self, member: MemberId) {
@@ -135,6 +151,10 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
         Arc::from(topic)
     }
 }
+
+/// A track refused because the channel's presence state is full.
+#[derive(Debug)]
+pub struct StateFull;
 
 /// A join refused because the channel holds its maximum of members.
 #[derive(Debug)]

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_TRACK_BYTES")]
     pub max_track_bytes: Option<usize>,
 
+    /// Total presence state one channel may hold, in bytes of JSON [default: 524288].
+    #[arg(long, env = "ROSTER_MAX_STATE_BYTES_PER_CHANNEL")]
+    pub max_state_bytes_per_channel: Option<usize>,
+
     /// Presence calls (track, untrack) allowed per channel per window [default: 100].
     #[arg(long, env = "ROSTER_PRESENCE_CALLS_PER_WINDOW")]
     pub presence_calls_per_window: Option<u32>,
@@ -149,6 +153,7 @@ pub enum KeySource {
 pub struct Limits {
     pub max_channels_per_socket: usize,
     pub max_track_bytes: usize,
+    pub max_state_bytes_per_channel: usize,
     pub presence_calls_per_window: u32,
     pub presence_window: Duration,
     pub max_members_per_channel: usize,
@@ -260,6 +265,10 @@ impl ServeArgs {
                     .max_track_bytes
                     .or(file.max_track_bytes)
                     .unwrap_or(32 * 1024),
+                max_state_bytes_per_channel: self
+                    .max_state_bytes_per_channel
+                    .or(file.max_state_bytes_per_channel)
+                    .unwrap_or(512 * 1024),
                 presence_calls_per_window: self
                     .presence_calls_per_window
                     .or(file.presence_calls_per_window)

@@ -383,10 +383,20 @@ impl Session {
                 Ok(state) => {
                     // Diff before reply: when `await track()` resolves, the
                     // client's own state already shows it.
-                    joined
-                        .channel
-                        .track(joined.member, &joined.key, state, &self.server.refs);
-                    self.reply(frame, Reply::ok());
+                    let tracked = joined.channel.track(
+                        joined.member,
+                        &joined.key,
+                        state,
+                        &self.server.refs,
+                        limits.max_state_bytes_per_channel,
+                    );
+                    match tracked {
+                        Ok(()) => self.reply(frame, Reply::ok()),
+                        Err(_) => self.reply(
+                            frame,
+                            Reply::error("PresenceStateFull: This channel's presence state is at its size limit"),
+                        ),
+                    }
                 }
                 Err(e) => self.reply(frame, Reply::error(&e.to_string())),
             },

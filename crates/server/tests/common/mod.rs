@@ -124,6 +124,15 @@ impl Client {
         self.ws.send(Message::Text(text.into())).await.unwrap();
     }
 
+    /// A text frame whose bytes are not UTF-8 (a protocol violation).
+    pub async fn send_invalid_utf8_text(&mut self) {
+        use tokio_tungstenite::tungstenite::protocol::frame::{
+            coding::Data, coding::OpCode, Frame,
+        };
+        let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.unwrap();
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::Binary(bytes.into())).await.unwrap();
     }
