@@ -50,6 +50,18 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// JWKS file (JSON) with public keys for RS256/ES256/EdDSA tokens, chosen by `kid`.
+    #[arg(long, env = "ROSTER_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Require this `iss` claim in JWTs.
+    #[arg(long, env = "ROSTER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Require this `aud` claim in JWTs.
+    #[arg(long, env = "ROSTER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Log filter, e.g. `info` or `roster_server=debug` [default: info].
     #[arg(long, env = "ROSTER_LOG")]
     pub log: Option<String>,
@@ -167,6 +179,7 @@ pub struct Settings {
     pub listen: String,
     pub keys: Keys,
     pub key_source: KeySource,
+    pub jwt: crate::auth::JwtOptions,
     pub log: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
@@ -226,6 +239,22 @@ impl ServeArgs {
         if keys.publishable == keys.secret {
             anyhow::bail!("the publishable and secret keys must differ");
         }
+        let jwks = match self.jwks_file.or(file.jwks_file) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("JWKS {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let jwt = crate::auth::JwtOptions {
+            jwks,
+            issuer: self.jwt_issuer.or(file.jwt_issuer),
+            audience: self.jwt_audience.or(file.jwt_audience),
+        };
         Ok(Settings {
             listen: self
                 .listen
@@ -233,6 +262,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| "127.0.0.1:4000".into()),
             keys,
             key_source,
+            jwt,
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             idle_timeout: Duration::from_millis(
@@ -344,6 +374,37 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("nonsense_setting"), "{err}");
+    }
+
+    #[test]
+    fn jwks_file_and_policies_load_from_files() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = std::env::temp_dir().join(format!("roster-pol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roster.toml");
+        std::fs::write(
+            &path,
+            "private_only = true\n[[policies]]\ntopic = \"room:*\"\nallow = [\"presence-read\"]\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path),
+            jwks_file: Some(fixtures.join("jwks.json")),
+            jwt_issuer: Some("me".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.jwt.jwks.unwrap().keys.len(), 3);
+        assert_eq!(s.jwt.issuer.as_deref(), Some("me"));
+        assert!(s.private_only);
+        assert_eq!(s.policies.len(), 1);
+        let bad = ServeArgs {
+            jwks_file: Some(fixtures.join("rsa.pem")),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(bad.unwrap_err().to_string().contains("JWKS"));
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Server {
         uuid_node[0] |= 0x01;
         let metrics = Arc::new(Metrics::new());
         Arc::new(Server {
-            auth: Auth::new(settings.keys.clone()),
+            auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
             settings,
             registry: Registry::new(metrics.clone()),
             metrics,
