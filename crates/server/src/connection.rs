@@ -171,11 +171,20 @@ pub async fn run(
         End::Overflow => Some((1008, "too slow: outbound queue overflow")),
         _ => None,
     };
-    if let Some((code, reason)) = close {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = timeout(std::time::Duration::from_secs(1), ws.send(frame)).await;
-    }
+    let goodbye = async {
+        match close {
+            Some((code, reason)) => {
+                let frame = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                ws.send(frame).await
+            }
+            // The client's Close was answered by tungstenite's queued echo;
+            // flushing sends it, so the client sees a clean close (RFC 6455
+            // §5.5.1), not 1006 — realtime-py reconnects on 1006.
+            None => ws.flush().await,
+        }
+    };
+    let _ = timeout(Duration::from_secs(1), goodbye).await;
 }

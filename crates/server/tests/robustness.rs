@@ -132,3 +132,15 @@ async fn shutdown_closes_every_socket_with_going_away() {
         "every membership cleaned up"
     );
 }
+
+/// A client's Close frame is answered with a Close (RFC 6455 §5.5.1), not a
+/// dropped connection: realtime-py treats the latter as an error and reconnects.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let s = start().await;
+    for vsn in [1, 2] {
+        let mut c = Client::connect(s.addr, vsn).await;
+        c.join(ROOM, Some("closer")).await;
+        assert_eq!(c.close_handshake().await, Some(1000));
+    }
+}

@@ -362,6 +362,23 @@ impl Client {
         let _ = self.ws.close(None).await;
     }
 
+    /// Send a Close frame and return the server's answering Close code, if any.
+    pub async fn close_handshake(mut self) -> Option<u16> {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        };
+        self.ws.send(Message::Close(Some(frame))).await.ok()?;
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.ok()?? {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Drop the TCP connection without a close frame.
     pub fn drop_abruptly(self) {
         drop(self.ws);

@@ -1,0 +1,230 @@
+"""Shared fixtures for the realtime-py (2.34.1) tests against a real roster.
+
+The server contract: ``$ROSTER_BIN serve --listen 127.0.0.1:0`` prints
+``roster listening on http://127.0.0.1:PORT`` on stdout once bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+from realtime import AsyncRealtimeClient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROSTER_BIN = os.environ.get("ROSTER_BIN") or str(REPO_ROOT / "target" / "debug" / "roster")
+PUBLISHABLE_KEY = "sb_publishable_test"
+SECRET_KEY = "sb_secret_test"
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
+UUID_V1 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+LISTEN_RE = re.compile(r"roster listening on (http://127\.0\.0\.1:(\d+))")
+
+_live: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        if proc.poll() is None:
+            proc.kill()
+
+
+class RosterServer:
+    """A running roster process; `url` is the project URL."""
+
+    def __init__(self, port: int = 0, env: dict[str, str] | None = None) -> None:
+        if not Path(ROSTER_BIN).exists():
+            raise RuntimeError(f"roster binary not found at {ROSTER_BIN} (set ROSTER_BIN or build it)")
+        self._env_extra = env or {}
+        self._output: list[str] = []
+        self._listening = threading.Event()
+        self.url = ""
+        self.port = 0
+        full_env = {
+            **os.environ,
+            "ROSTER_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
+            "ROSTER_SECRET_KEY": SECRET_KEY,
+            "ROSTER_JWT_SECRET": JWT_SECRET,
+            "ROSTER_LOG": "info",
+            **self._env_extra,
+        }
+        self.proc = subprocess.Popen(
+            [ROSTER_BIN, "serve", "--listen", f"127.0.0.1:{port}"],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        _live.add(self.proc)
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"roster did not start listening within 10 s:\n{self.logs()}")
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._output.append(line)
+            if not self._listening.is_set():
+                m = LISTEN_RE.search(line)
+                if m:
+                    self.url, self.port = m.group(1), int(m.group(2))
+                    self._listening.set()
+
+    @property
+    def realtime_url(self) -> str:
+        return f"{self.url}/realtime/v1"
+
+    def logs(self) -> str:
+        return "".join(self._output)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 3 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        _live.discard(self.proc)
+
+
+@pytest.fixture(scope="module")
+def roster():
+    server = RosterServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def room() -> str:
+    return f"room-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_unrecognized_frames(caplog):
+    """realtime-py logs and drops every server frame its models reject."""
+    caplog.set_level(logging.DEBUG, logger="realtime")
+    yield
+    bad = [r.getMessage() for r in caplog.records if "Unrecognized message format" in r.getMessage()]
+    assert not bad, "realtime-py could not parse server frames:\n" + "\n".join(bad)
+
+
+@pytest.fixture
+async def make_client(roster):
+    """Factory for connected AsyncRealtimeClients; all are closed at teardown."""
+    clients: list[AsyncRealtimeClient] = []
+
+    async def make(**kwargs: Any) -> AsyncRealtimeClient:
+        client = AsyncRealtimeClient(roster.realtime_url, PUBLISHABLE_KEY, **kwargs)
+        await asyncio.wait_for(client.connect(), 10)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        try:
+            await asyncio.wait_for(client.close(), 5)
+        except Exception:
+            pass
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] | None = None,
+) -> Any:
+    """Poll `predicate` (sync or async) until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            msg = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s: {msg or predicate}")
+        await asyncio.sleep(interval)
+
+
+class Recorder:
+    """Presence callbacks of one channel, recorded in order (deep copies)."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+        self.events: list[dict[str, Any]] = []
+        self.statuses: list[str] = []
+        channel.on_presence_sync(self._on_sync)
+        channel.on_presence_join(self._on_join)
+        channel.on_presence_leave(self._on_leave)
+
+    @staticmethod
+    def _copy(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    def _on_sync(self) -> None:
+        self.events.append({"event": "sync", "state": self._copy(self.channel.presence_state())})
+
+    def _on_join(self, key, current, new) -> None:
+        self.events.append({"event": "join", "key": key, "current": self._copy(current), "new": self._copy(new)})
+
+    def _on_leave(self, key, current, left) -> None:
+        self.events.append({"event": "leave", "key": key, "current": self._copy(current), "left": self._copy(left)})
+
+    def on_status(self, status, err) -> None:
+        self.statuses.append(str(getattr(status, "value", status)))
+
+    def state(self) -> dict[str, list[dict[str, Any]]]:
+        return self._copy(self.channel.presence_state())
+
+    def joins(self, key: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "join" and (key is None or e["key"] == key)]
+
+    def leaves(self, key: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "leave" and (key is None or e["key"] == key)]
+
+    def syncs(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "sync"]
+
+
+async def join_room(client: AsyncRealtimeClient, room: str, key: str | None = None) -> Recorder:
+    """Channel with presence callbacks registered before subscribe; waits for SUBSCRIBED + first sync."""
+    params = {"config": {"presence": {"key": key, "enabled": True}}} if key is not None else None
+    channel = client.channel(room, params)
+    rec = Recorder(channel)
+    await asyncio.wait_for(channel.subscribe(rec.on_status), 10)
+    assert rec.statuses and rec.statuses[-1] == "SUBSCRIBED", f"join failed: {rec.statuses}"
+    await wait_for(lambda: rec.syncs(), message=f"no presence sync after joining {room} (presence_state missing?)")
+    return rec
+
+
+def without_refs(state: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {k: [{f: v for f, v in p.items() if f != "presence_ref"} for p in ps] for k, ps in sorted(state.items())}
+
+
+def assert_presence_objects(presences: list[dict[str, Any]], where: str = "") -> None:
+    assert isinstance(presences, list), f"{where}: presences must be a list"
+    for p in presences:
+        assert isinstance(p.get("presence_ref"), str) and p["presence_ref"], f"{where}: bad presence_ref in {p}"
+        assert "phx_ref" not in p and "phx_ref_prev" not in p, f"{where}: phx_ref leaked in {p}"
