@@ -30,6 +30,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::rest::router())
+        .merge(crate::demo::router())
         .with_state(server)
 }
 

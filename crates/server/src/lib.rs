@@ -16,6 +16,7 @@ pub mod authz;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod outbound;

@@ -39,6 +39,7 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 fn print_banner(settings: &Settings, addr: std::net::SocketAddr) {
     let url = format!("http://{addr}");
     println!("roster listening on {url}");
+    println!("demo page: {url}/demo   metrics: {url}/metrics");
     match settings.key_source {
         KeySource::Configured => println!("using the configured keys"),
         KeySource::Dev => println!(

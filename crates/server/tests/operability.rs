@@ -16,6 +16,20 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn the_demo_page_is_served_with_its_config() {
+    let s = start().await;
+    let (status, html) = http_get(s.addr, "/demo").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("/demo/app.js") && html.contains("/demo/config.js"));
+    let (status, config) = http_get(s.addr, "/demo/config.js").await;
+    assert_eq!(status, 200);
+    assert!(config.contains(&format!("\"{KEY}\"")), "{config}");
+    assert_eq!(http_get(s.addr, "/demo/app.js").await.0, 200);
+    assert_eq!(http_get(s.addr, "/demo/style.css").await.0, 200);
+    assert_eq!(http_get(s.addr, "/").await.0, 307);
+}
+
+#[tokio::test]
 async fn health_ready_and_metrics_follow_connections_and_presence() {
     let s = start().await;
     assert_eq!(http_get(s.addr, "/health").await, (200, "ok".to_string()));

@@ -1,0 +1,1 @@
+// Built by demo/build.sh from demo/src; see demo/README.md.
