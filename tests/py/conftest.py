@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -44,10 +49,24 @@ def _kill_leftovers() -> None:
 class RosterServer:
     """A running roster process; `url` is the project URL."""
 
-    def __init__(self, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        config: str | None = None,
+    ) -> None:
+        """`args` are extra `serve` flags; `config` is TOML text passed with `--config`."""
         if not Path(ROSTER_BIN).exists():
             raise RuntimeError(f"roster binary not found at {ROSTER_BIN} (set ROSTER_BIN or build it)")
         self._env_extra = env or {}
+        self._args = list(args or [])
+        self._config_dir: str | None = None
+        if config is not None:
+            self._config_dir = tempfile.mkdtemp(prefix="roster-test-")
+            config_path = Path(self._config_dir) / "roster.toml"
+            config_path.write_text(config)
+            self._args += ["--config", str(config_path)]
         self._output: list[str] = []
         self._listening = threading.Event()
         self.url = ""
@@ -61,7 +80,7 @@ class RosterServer:
             **self._env_extra,
         }
         self.proc = subprocess.Popen(
-            [ROSTER_BIN, "serve", "--listen", f"127.0.0.1:{port}"],
+            [ROSTER_BIN, "serve", "--listen", f"127.0.0.1:{port}", *self._args],
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -104,6 +123,8 @@ class RosterServer:
                 self.proc.kill()
                 self.proc.wait(5)
         _live.discard(self.proc)
+        if self._config_dir:
+            shutil.rmtree(self._config_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +134,24 @@ def roster():
         yield server
     finally:
         server.stop()
+
+
+def make_jwt(claims: dict[str, Any], secret: str = JWT_SECRET) -> str:
+    """An HS256 JWT over `claims`, signed with the test server's JWT secret."""
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64url(sig)}"
+
+
+def user_jwt(sub: str = "user", role: str = "authenticated", expires_in: int = 3600, **claims: Any) -> str:
+    """A user token: `role`, `sub` and `exp` = now + `expires_in` seconds (negative = already expired)."""
+    now = int(time.time())
+    return make_jwt({"sub": sub, "role": role, "iat": now + min(0, expires_in) - 1, "exp": now + expires_in, **claims})
 
 
 @pytest.fixture
@@ -228,3 +267,87 @@ def assert_presence_objects(presences: list[dict[str, Any]], where: str = "") ->
     for p in presences:
         assert isinstance(p.get("presence_ref"), str) and p["presence_ref"], f"{where}: bad presence_ref in {p}"
         assert "phx_ref" not in p and "phx_ref_prev" not in p, f"{where}: phx_ref leaked in {p}"
+
+
+JS_HELPERS = REPO_ROOT / "tests" / "js" / "helpers"
+
+
+class NodePeer:
+    """A node helper script from tests/js/helpers: JSON lines on stdout, commands on stdin."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.stderr = b""
+        self._reader = asyncio.create_task(self._read())
+        self._err_reader = asyncio.create_task(self._read_err())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            try:
+                self.lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                self.lines.append({"type": "garbage", "line": raw.decode(errors="replace")})
+
+    async def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr = await self.proc.stderr.read()
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [l for l in self.lines if l.get("type") == kind]
+
+    def last_state(self) -> dict | None:
+        syncs = self.of_type("sync")
+        return syncs[-1]["state"] if syncs else None
+
+    async def send(self, command: dict) -> None:
+        """Write one JSON command line to the peer's stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    def describe(self) -> str:
+        return f"peer lines: {self.lines}\npeer stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+
+    async def close(self) -> int:
+        if self.proc.stdin and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 8)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            for t in (self._reader, self._err_reader):
+                t.cancel()
+
+
+@pytest.fixture
+async def spawn_node():
+    """Factory: `await spawn_node("presence-peer.js", *args)` runs a tests/js/helpers script; all are closed at teardown."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is required for the mixed-client tests")
+    if not (REPO_ROOT / "tests" / "js" / "node_modules" / "@supabase" / "supabase-js").exists():
+        pytest.fail("run `npm ci` in tests/js first")
+    peers: list[NodePeer] = []
+
+    async def start(script: str, *args: str) -> NodePeer:
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_HELPERS / script), *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(JS_HELPERS),
+        )
+        peer = NodePeer(proc)
+        peers.append(peer)
+        return peer
+
+    yield start
+    for peer in peers:
+        try:
+            await peer.close()
+        except Exception:
+            pass

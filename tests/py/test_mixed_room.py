@@ -2,85 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, assert_presence_objects, join_room, wait_for, without_refs
-
-PEER = REPO_ROOT / "tests" / "js" / "helpers" / "presence-peer.js"
-
-
-class NodePeer:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict] = []
-        self.stderr = b""
-        self._reader = asyncio.create_task(self._read())
-        self._err_reader = asyncio.create_task(self._read_err())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            try:
-                self.lines.append(json.loads(raw))
-            except json.JSONDecodeError:
-                self.lines.append({"type": "garbage", "line": raw.decode(errors="replace")})
-
-    async def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr = await self.proc.stderr.read()
-
-    def last_state(self) -> dict | None:
-        syncs = [l for l in self.lines if l.get("type") == "sync"]
-        return syncs[-1]["state"] if syncs else None
-
-    def describe(self) -> str:
-        return f"peer lines: {self.lines}\npeer stderr: {self.stderr.decode(errors='replace')[-2000:]}"
-
-    async def close(self) -> int:
-        if self.proc.stdin and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()
-        try:
-            return await asyncio.wait_for(self.proc.wait(), 8)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            for t in (self._reader, self._err_reader):
-                t.cancel()
+from conftest import assert_presence_objects, join_room, wait_for, without_refs
 
 
 @pytest.fixture
-async def node_peer(roster):
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is required for the mixed-room test")
-    if not (REPO_ROOT / "tests" / "js" / "node_modules" / "@supabase" / "supabase-js").exists():
-        pytest.fail("run `npm ci` in tests/js first")
-    peers: list[NodePeer] = []
+def node_peer(roster, spawn_node):
+    async def start(room: str, key: str, payload: dict):
+        return await spawn_node("presence-peer.js", roster.url, room, key, json.dumps(payload))
 
-    async def start(room: str, key: str, payload: dict) -> NodePeer:
-        proc = await asyncio.create_subprocess_exec(
-            node, str(PEER), roster.url, room, key, json.dumps(payload),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(PEER.parent),
-        )
-        peer = NodePeer(proc)
-        peers.append(peer)
-        return peer
-
-    yield start
-    for peer in peers:
-        try:
-            await peer.close()
-        except Exception:
-            pass
+    return start
 
 
 async def test_js_and_python_clients_see_each_other_in_one_room(make_client, room, node_peer):

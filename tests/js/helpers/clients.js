@@ -7,10 +7,15 @@ export const UUID_V1 = /^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-
 
 const openClients = new Set()
 
-/** A supabase-js client for the project URL (Node 20 has no global WebSocket: use `ws`). */
-export function newClient(url, realtime = {}) {
+/**
+ * A supabase-js client for the project URL (Node 20 has no global WebSocket: use `ws`).
+ * `realtime` adds realtime-js options; `options` adds createClient options
+ * (e.g. `accessToken: async () => jwt` for a signed-in user).
+ */
+export function newClient(url, realtime = {}, options = {}) {
   const client = createClient(url, PUBLISHABLE_KEY, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    ...options,
     realtime: { transport: WebSocket, ...realtime },
   })
   openClients.add(client)

@@ -3,7 +3,8 @@
 // Contract: `$ROSTER_BIN serve --listen 127.0.0.1:0` prints
 // `roster listening on http://127.0.0.1:PORT` on stdout once it is bound.
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -20,13 +21,28 @@ const LISTEN_RE = /roster listening on (http:\/\/127\.0\.0\.1:(\d+))/
 // Every process started here, so that nothing outlives the test file even when
 // a test throws before its cleanup runs.
 const live = new Set()
+const tempDirs = new Set()
 process.on('exit', () => {
   for (const child of live) {
     try {
       child.kill('SIGKILL')
     } catch {}
   }
+  for (const dir of tempDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true })
+    } catch {}
+  }
 })
+
+/** Write `toml` to a temporary file (removed at exit) and return its path. */
+export function writeConfigFile(toml) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'roster-test-'))
+  tempDirs.add(dir)
+  const file = path.join(dir, 'roster.toml')
+  writeFileSync(file, toml)
+  return file
+}
 
 function exited(child) {
   return child.exitCode !== null || child.signalCode !== null
@@ -35,8 +51,13 @@ function exited(child) {
 /**
  * Start roster. Resolves to a handle with `url` (project URL), `port`, `stop()`,
  * `restart()` (same port, fresh state) and `logs()` (stdout + stderr so far).
+ * `env` adds environment variables, `args` extra `serve` flags, and `config`
+ * (TOML text, e.g. `[[policies]]`) is written to a temp file passed as `--config`.
  */
-export async function startServer({ port = 0, env = {}, args = [] } = {}) {
+export async function startServer({ port = 0, env = {}, args = [], config } = {}) {
+  if (config !== undefined && !args.includes('--config')) {
+    args = [...args, '--config', writeConfigFile(config)]
+  }
   if (!existsSync(ROSTER_BIN)) {
     throw new Error(`roster binary not found at ${ROSTER_BIN} (set ROSTER_BIN or build it)`)
   }
