@@ -1,0 +1,521 @@
+//! A channel handle: callbacks, subscribe, presence, broadcast.
+//!
+//! The handle only talks to the client's background task (see `socket.rs`);
+//! the presence view, status and callbacks live in [`ChannelShared`], which
+//! the task updates and the handle reads.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use roster_presence::{ClientPresence, PresenceEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::client::ClientShared;
+use crate::command::{Command, PushKind};
+use crate::presence::{decode_state, state_of};
+use crate::{
+    BroadcastMessage, ChannelOptions, Error, Presence, PresenceChange, PresenceChanges,
+    PresenceState,
+};
+
+/// Where a channel stands. [`RealtimeChannel::subscribe`] returns the outcome
+/// of the join; [`RealtimeChannel::status_changes`] follows every change
+/// (including rejoins after a reconnection).
+///
+/// ```
+/// use roster_client::ChannelStatus;
+///
+/// let s = ChannelStatus::ChannelError("MalformedJWT: The token provided is not a valid JWT".into());
+/// assert!(!s.is_subscribed());
+/// assert!(s.into_result().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelStatus {
+    /// Not joined (initial state, or after unsubscribe / removal / `phx_close`).
+    Closed,
+    /// A join is on its way (or waits for the connection).
+    Joining,
+    /// Joined.
+    Subscribed,
+    /// The join got no answer in time; the client keeps retrying.
+    TimedOut,
+    /// The join was refused (the server's reason), or the connection failed
+    /// or was lost; the client keeps retrying with backoff.
+    ChannelError(String),
+}
+
+impl ChannelStatus {
+    /// `true` for [`ChannelStatus::Subscribed`].
+    ///
+    /// ```
+    /// assert!(roster_client::ChannelStatus::Subscribed.is_subscribed());
+    /// ```
+    pub fn is_subscribed(&self) -> bool {
+        matches!(self, ChannelStatus::Subscribed)
+    }
+
+    /// `Ok(())` when subscribed, otherwise the matching [`Error`]
+    /// (`TimedOut`, `Rejected(reason)`, `ChannelClosed`), for use with `?`.
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: roster_client::RealtimeChannel) -> Result<(), roster_client::Error> {
+    /// channel.subscribe().await.into_result()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_result(self) -> Result<(), Error> {
+        match self {
+            ChannelStatus::Subscribed => Ok(()),
+            ChannelStatus::TimedOut | ChannelStatus::Joining => Err(Error::TimedOut),
+            ChannelStatus::ChannelError(reason) => Err(Error::Rejected(reason)),
+            ChannelStatus::Closed => Err(Error::ChannelClosed),
+        }
+    }
+}
+
+type SyncFn = Arc<dyn Fn() + Send + Sync>;
+type PresenceFn = Arc<dyn Fn(&str, &[Presence], &[Presence]) + Send + Sync>;
+type BroadcastFn = Arc<dyn Fn(&BroadcastMessage) + Send + Sync>;
+
+#[derive(Default)]
+struct Handlers {
+    sync: Vec<SyncFn>,
+    join: Vec<PresenceFn>,
+    leave: Vec<PresenceFn>,
+    broadcast: Vec<(String, BroadcastFn)>,
+    streams: Vec<mpsc::UnboundedSender<PresenceChange>>,
+}
+
+/// One channel's state shared by its handles and the background task.
+pub(crate) struct ChannelShared {
+    pub(crate) topic: String,
+    pub(crate) options: ChannelOptions,
+    presence: Mutex<ClientPresence>,
+    status: watch::Sender<ChannelStatus>,
+    handlers: Mutex<Handlers>,
+}
+
+/// Lock, ignoring poisoning: user callbacks never run under these locks.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run a user callback; a panic in it is logged, not propagated into the
+/// background task.
+fn guarded(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(callback = what, "a channel callback panicked");
+    }
+}
+
+impl ChannelShared {
+    pub(crate) fn new(topic: String, options: ChannelOptions) -> Self {
+        ChannelShared {
+            topic,
+            options,
+            presence: Mutex::new(ClientPresence::new()),
+            status: watch::channel(ChannelStatus::Closed).0,
+            handlers: Mutex::new(Handlers::default()),
+        }
+    }
+
+    pub(crate) fn set_status(&self, status: ChannelStatus) {
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    pub(crate) fn status(&self) -> ChannelStatus {
+        self.status.borrow().clone()
+    }
+
+    pub(crate) fn state(&self) -> PresenceState {
+        state_of(lock(&self.presence).view())
+    }
+
+    /// A (re)join was sent: buffer diffs until its snapshot (phx-js).
+    pub(crate) fn rejoined(&self) {
+        lock(&self.presence).rejoined();
+    }
+
+    /// Apply a `presence_state` (`snapshot`) or `presence_diff` and fire callbacks.
+    pub(crate) fn on_presence(&self, payload: &Value, snapshot: bool) {
+        let events = {
+            let mut presence = lock(&self.presence);
+            if snapshot {
+                presence.on_state(payload)
+            } else {
+                presence.on_diff(payload)
+            }
+        };
+        match events {
+            Ok(events) => self.dispatch_presence(events),
+            Err(e) => tracing::warn!(topic = %self.topic, error = %e, "malformed presence message"),
+        }
+    }
+
+    fn dispatch_presence(&self, events: Vec<PresenceEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let (sync, join, leave) = {
+            let mut h = lock(&self.handlers);
+            h.streams.retain(|s| !s.is_closed());
+            (h.sync.clone(), h.join.clone(), h.leave.clone())
+        };
+        for event in events {
+            let change = PresenceChange::from_event(event);
+            match &change {
+                PresenceChange::Sync => {
+                    for f in &sync {
+                        guarded("presence sync", || f());
+                    }
+                }
+                PresenceChange::Join { key, current, new } => {
+                    for f in &join {
+                        guarded("presence join", || f(key, current, new));
+                    }
+                }
+                PresenceChange::Leave { key, current, left } => {
+                    for f in &leave {
+                        guarded("presence leave", || f(key, current, left));
+                    }
+                }
+            }
+            for s in &lock(&self.handlers).streams {
+                let _ = s.send(change.clone());
+            }
+        }
+    }
+
+    pub(crate) fn dispatch_broadcast(&self, msg: &BroadcastMessage) {
+        let matching: Vec<BroadcastFn> = lock(&self.handlers)
+            .broadcast
+            .iter()
+            .filter(|(event, _)| event == "*" || *event == msg.event)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in matching {
+            guarded("broadcast", || f(msg));
+        }
+    }
+}
+
+/// A channel (`realtime:<name>`), from [`RealtimeClient::channel`](crate::RealtimeClient::channel).
+/// Cheap to clone; clones are the same channel.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), roster_client::Error> {
+/// use roster_client::RealtimeClient;
+///
+/// let client = RealtimeClient::new("http://127.0.0.1:4000", "sb_publishable_dev")?;
+/// let room = client.channel("room_01");
+/// room.on_presence_sync({
+///     let room = room.clone();
+///     move || println!("synced: {:?}", room.presence_state())
+/// })
+/// .on_presence_join(|key, _current, new| println!("join {key}: {new:?}"))
+/// .on_presence_leave(|key, _current, left| println!("leave {key}: {left:?}"));
+/// room.subscribe().await.into_result()?;
+/// room.track(&serde_json::json!({"online_at": "2026-05-01T10:00:00Z"})).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RealtimeChannel {
+    pub(crate) inner: Arc<ChannelShared>,
+    pub(crate) client: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for RealtimeChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealtimeChannel")
+            .field("topic", &self.inner.topic)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl RealtimeChannel {
+    /// The wire topic, `realtime:<name>`.
+    ///
+    /// ```
+    /// let client = roster_client::RealtimeClient::new("http://127.0.0.1:4000", "k").unwrap();
+    /// assert_eq!(client.channel("room_01").topic(), "realtime:room_01");
+    /// ```
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// Call `f` after every change of the presence state (realtime-js
+    /// `on('presence', {event: 'sync'})`). Callbacks run on the client's
+    /// background task: keep them short and never block in them.
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// let r = room.clone();
+    /// room.on_presence_sync(move || println!("{:?}", r.presence_state()));
+    /// # }
+    /// ```
+    pub fn on_presence_sync(&self, f: impl Fn() + Send + Sync + 'static) -> &Self {
+        lock(&self.inner.handlers).sync.push(Arc::new(f));
+        self
+    }
+
+    /// Call `f(key, current, new)` when presences join `key`; `current` is
+    /// what the key had before (realtime-js `{event: 'join'}`).
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// room.on_presence_join(|key, current, new| {
+    ///     println!("{key}: {} before, {} joined", current.len(), new.len());
+    /// });
+    /// # }
+    /// ```
+    pub fn on_presence_join(
+        &self,
+        f: impl Fn(&str, &[Presence], &[Presence]) + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.inner.handlers).join.push(Arc::new(f));
+        self
+    }
+
+    /// Call `f(key, current, left)` when presences leave `key`; `current` is
+    /// what the key has after (realtime-js `{event: 'leave'}`).
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// room.on_presence_leave(|key, current, left| {
+    ///     println!("{key}: {} left, {} remain", left.len(), current.len());
+    /// });
+    /// # }
+    /// ```
+    pub fn on_presence_leave(
+        &self,
+        f: impl Fn(&str, &[Presence], &[Presence]) + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.inner.handlers).leave.push(Arc::new(f));
+        self
+    }
+
+    /// Call `f` for each broadcast whose event is `event`, or every
+    /// broadcast for `"*"`.
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// room.on_broadcast("cursor", |msg| println!("cursor at {}", msg.payload));
+    /// room.on_broadcast("*", |msg| println!("{}: {}", msg.event, msg.payload));
+    /// # }
+    /// ```
+    pub fn on_broadcast(
+        &self,
+        event: impl Into<String>,
+        f: impl Fn(&BroadcastMessage) + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.inner.handlers)
+            .broadcast
+            .push((event.into(), Arc::new(f)));
+        self
+    }
+
+    /// A [`Stream`](futures_util::Stream) of every presence change from now
+    /// on, like Swift's `presenceChange()` or Kotlin's flow.
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) {
+    /// use futures_util::StreamExt;
+    /// let mut changes = room.presence_changes();
+    /// while let Some(change) = changes.next().await {
+    ///     println!("{change:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn presence_changes(&self) -> PresenceChanges {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.handlers).streams.push(tx);
+        PresenceChanges { rx }
+    }
+
+    /// Join the channel and wait for the outcome (at most the client's
+    /// timeout). Connects first if needed. After `TimedOut` or
+    /// `ChannelError` the client keeps retrying in the background, as the
+    /// official clients do; follow it with [`status_changes`](Self::status_changes).
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) {
+    /// use roster_client::ChannelStatus;
+    /// match room.subscribe().await {
+    ///     ChannelStatus::Subscribed => println!("joined"),
+    ///     ChannelStatus::ChannelError(reason) => eprintln!("refused: {reason}"),
+    ///     other => eprintln!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn subscribe(&self) -> ChannelStatus {
+        let (tx, rx) = oneshot::channel();
+        self.client.send(Command::Subscribe(self.inner.clone(), tx));
+        // The task answers within its timeout; this is only a safety net.
+        let grace = self.client.options().timeout + std::time::Duration::from_secs(1);
+        match tokio::time::timeout(grace, rx).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(_)) => ChannelStatus::Closed,
+            Err(_) => ChannelStatus::TimedOut,
+        }
+    }
+
+    /// The current status.
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// if room.status().is_subscribed() { println!("joined"); }
+    /// # }
+    /// ```
+    pub fn status(&self) -> ChannelStatus {
+        self.inner.status()
+    }
+
+    /// A `watch` receiver following the status (e.g. `Subscribed` →
+    /// `ChannelError("connection lost…")` → `Joining` → `Subscribed` across a reconnection).
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) {
+    /// let mut status = room.status_changes();
+    /// while status.changed().await.is_ok() {
+    ///     println!("now {:?}", *status.borrow());
+    /// }
+    /// # }
+    /// ```
+    pub fn status_changes(&self) -> watch::Receiver<ChannelStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Track `state` as this client's presence (an object; its fields show
+    /// up in everyone's presence state). A second call updates it. Resolves
+    /// when the server replies: `Err(Error::TimedOut)` without a reply,
+    /// `Err(Error::Rejected(reason))` when refused. The payload is kept and
+    /// re-tracked after a rejoin unless [`ChannelOptions::auto_retrack`] is off.
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) -> Result<(), roster_client::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct Me<'a> { user: &'a str, online_at: &'a str }
+    /// room.track(&Me { user: "user-1", online_at: "2026-05-01T10:00:00Z" }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn track(&self, state: &impl Serialize) -> Result<(), Error> {
+        let state = serde_json::to_value(state).map_err(|e| Error::Serialize(e.to_string()))?;
+        let payload = json!({"type": "presence", "event": "track", "payload": state});
+        self.push(
+            roster_protocol::events::PRESENCE,
+            payload,
+            PushKind::Track(state),
+        )
+        .await
+    }
+
+    /// Stop tracking (and stop re-tracking after rejoins).
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) -> Result<(), roster_client::Error> {
+    /// room.untrack().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn untrack(&self) -> Result<(), Error> {
+        let payload = json!({"type": "presence", "event": "untrack"});
+        self.push(
+            roster_protocol::events::PRESENCE,
+            payload,
+            PushKind::Untrack,
+        )
+        .await
+    }
+
+    /// The presences of the channel: key → one [`Presence`] per tracking
+    /// client, each with its `presence_ref` (realtime-js `presenceState()`).
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// for (key, presences) in room.presence_state() {
+    ///     println!("{key}: {} connection(s)", presences.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn presence_state(&self) -> PresenceState {
+        self.inner.state()
+    }
+
+    /// [`presence_state`](Self::presence_state) with each presence's fields decoded as `T`.
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) -> Result<(), serde_json::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct User { user: String }
+    /// for (key, users) in room.presence_state_as::<User>()? {
+    ///     println!("{key}: {:?}", users.iter().map(|u| &u.user).collect::<Vec<_>>());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn presence_state_as<T: DeserializeOwned>(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<T>>, serde_json::Error> {
+        decode_state(&self.presence_state())
+    }
+
+    /// Send a broadcast to the channel's other members (and to this client
+    /// too with [`ChannelOptions::broadcast_self`]). Sent as a JSON text
+    /// frame. With [`ChannelOptions::broadcast_ack`] it waits for the
+    /// server's acknowledgement; otherwise it resolves once sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) -> Result<(), roster_client::Error> {
+    /// room.send_broadcast("cursor", &serde_json::json!({"x": 10, "y": 20})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_broadcast(&self, event: &str, payload: &impl Serialize) -> Result<(), Error> {
+        let payload = serde_json::to_value(payload).map_err(|e| Error::Serialize(e.to_string()))?;
+        let payload = json!({"type": "broadcast", "event": event, "payload": payload});
+        let ack = self.inner.options.broadcast_ack;
+        self.push(
+            roster_protocol::events::BROADCAST,
+            payload,
+            PushKind::Broadcast { ack },
+        )
+        .await
+    }
+
+    /// Leave the channel (`phx_leave`); its presence, if tracked, leaves
+    /// too. The channel can be subscribed again later.
+    ///
+    /// ```no_run
+    /// # async fn demo(room: roster_client::RealtimeChannel) {
+    /// let _ = room.unsubscribe().await;
+    /// # }
+    /// ```
+    pub async fn unsubscribe(&self) -> Result<(), Error> {
+        self.client.leave(&self.inner.topic, false).await
+    }
+
+    async fn push(&self, event: &'static str, payload: Value, kind: PushKind) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Push {
+            topic: self.inner.topic.clone(),
+            event,
+            payload,
+            kind,
+            reply: tx,
+        };
+        if self.client.send_running(cmd).is_err() {
+            return Err(Error::NotSubscribed);
+        }
+        let grace = self.client.options().timeout + std::time::Duration::from_secs(1);
+        match tokio::time::timeout(grace, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Disconnected),
+            Err(_) => Err(Error::TimedOut),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Messages from the handles to the background task.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::channel::{ChannelShared, ChannelStatus};
+use crate::Error;
+
+/// What a push is, for the task's bookkeeping.
+#[derive(Debug)]
+pub(crate) enum PushKind {
+    /// Remembered for re-tracking after a rejoin.
+    Track(Value),
+    Untrack,
+    /// Without `ack` the push resolves once written.
+    Broadcast {
+        ack: bool,
+    },
+}
+
+impl PushKind {
+    pub(crate) fn is_presence(&self) -> bool {
+        matches!(self, PushKind::Track(_) | PushKind::Untrack)
+    }
+}
+
+pub(crate) enum Command {
+    /// Open the socket (and keep it open); answer with the first outcome.
+    Connect(oneshot::Sender<Result<(), Error>>),
+    /// Join (and keep rejoining) a channel; answer with the join's outcome.
+    Subscribe(Arc<ChannelShared>, oneshot::Sender<ChannelStatus>),
+    Push {
+        topic: String,
+        event: &'static str,
+        payload: Value,
+        kind: PushKind,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Leave a channel; `remove` also forgets it.
+    Leave {
+        topic: String,
+        remove: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// The access token changed: push it to every joined channel.
+    AccessToken(String),
+    /// Close the socket and end the task.
+    Disconnect(oneshot::Sender<()>),
+}
