@@ -108,6 +108,7 @@ pub async fn run(
             _ = &mut overflowed => break End::Overflow,
             Some(first) = rx.recv() => {
                 // Coalesce what is already queued into one flush.
+                metrics.outbound_queue_depth.record((rx.len() + 1) as f64);
                 let write = async {
                     let mut frames = 1;
                     let mut bytes = message_len(&first);

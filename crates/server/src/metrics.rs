@@ -4,7 +4,7 @@
 //! servers can run in one process, as the tests do. Hot paths hold metric
 //! handles and bump them once per batch or event, never per recipient.
 
-use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 pub struct Metrics {
@@ -25,6 +25,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub frames_out: Counter,
     pub bytes_out: Counter,
+    /// Frames waiting in a socket's queue when its writer woke (sampled per write).
+    pub outbound_queue_depth: Histogram,
 }
 
 const META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
@@ -50,6 +52,8 @@ impl Metrics {
             bytes_in: counter("roster_bytes_in_total"),
             frames_out: counter("roster_frames_out_total"),
             bytes_out: counter("roster_bytes_out_total"),
+            outbound_queue_depth: recorder
+                .register_histogram(&Key::from_static_name("roster_outbound_queue_depth"), &META),
             recorder,
         }
     }
@@ -74,6 +78,12 @@ impl Metrics {
     /// A join refused, by the code of its reason (`TopicNameRequired`, …).
     pub fn join_refused(&self, code: &str) {
         self.labelled("roster_join_refusals_total", "code", code)
+            .increment(1);
+    }
+
+    /// A channel the server shut down (`system` error + `phx_close`), by why.
+    pub fn channel_shutdown(&self, reason: &str) {
+        self.labelled("roster_channel_shutdowns_total", "reason", reason)
             .increment(1);
     }
 

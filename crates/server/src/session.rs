@@ -106,7 +106,7 @@ impl Session {
             let e = AuthError::Expired {
                 seconds_ago: now - exp,
             };
-            self.shut_down(&topic, &e.system_message());
+            self.shut_down(&topic, "token_expired", &e.system_message());
         }
     }
 
@@ -129,7 +129,8 @@ impl Session {
 
     /// The server ends a channel (token expired, limit hit): a `system`
     /// error, then `phx_close`, as rt does; its presence leaves.
-    fn shut_down(&mut self, topic: &str, message: &str) {
+    /// `label` names the cause in metrics.
+    fn shut_down(&mut self, topic: &str, label: &'static str, message: &str) {
         let Some(joined) = self.joined.remove(topic) else {
             return;
         };
@@ -146,6 +147,7 @@ impl Session {
             .send_outgoing(&Outgoing::push(join_ref, topic, events::SYSTEM, &payload));
         self.out.send_outgoing(&Outgoing::close(join_ref, topic));
         tracing::debug!(topic, message, "channel shut down");
+        self.server.metrics.channel_shutdown(label);
     }
 
     fn handle(&mut self, frame: Frame) {
@@ -293,7 +295,7 @@ impl Session {
         }
         let cred = match self.server.auth.verify_jwt(&token) {
             Ok(cred) => cred,
-            Err(e) => return self.shut_down(&frame.topic, &e.system_message()),
+            Err(e) => return self.shut_down(&frame.topic, e.label(), &e.system_message()),
         };
         joined.expires_at = cred.expires_at();
         joined.token = Some(token);
@@ -308,7 +310,7 @@ impl Session {
                 let message = format!(
                     "You no longer have permission to read from this Channel topic: {name}"
                 );
-                return self.shut_down(&frame.topic, &message);
+                return self.shut_down(&frame.topic, "unauthorized", &message);
             }
             joined.rights = rights;
             joined.channel.set_read_rights(
@@ -368,7 +370,11 @@ impl Session {
             }
         };
         if calls > limits.presence_calls_per_window {
-            return self.shut_down(&frame.topic, "Client presence rate limit exceeded");
+            return self.shut_down(
+                &frame.topic,
+                "presence_rate",
+                "Client presence rate limit exceeded",
+            );
         }
         let writes = matches!(action, PresenceAction::Track(_) | PresenceAction::Untrack);
         if writes && !joined.rights.presence_write {
@@ -378,7 +384,7 @@ impl Session {
         match action {
             PresenceAction::Track(payload) => match State::from_value(payload) {
                 Ok(state) if state.as_json().len() > limits.max_track_bytes => {
-                    self.shut_down(&frame.topic, "Track message size exceeded");
+                    self.shut_down(&frame.topic, "track_size", "Track message size exceeded");
                 }
                 Ok(state) => {
                     // Diff before reply: when `await track()` resolves, the

@@ -191,6 +191,16 @@ async fn item33_presence_rate_and_track_size_limits_shut_down_without_reply() {
             v["canary"][0]["alive"] == "still" && !v.contains_key("big")
         })
         .await;
+    // Operators see both shutdowns, by cause.
+    let (_, metrics) = http_get(s.addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"roster_channel_shutdowns_total{reason="presence_rate"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"roster_channel_shutdowns_total{reason="track_size"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ async fn health_ready_and_metrics_follow_connections_and_presence() {
         text.contains(r#"roster_auth_failures_total{reason="malformed"} 1"#),
         "{text}"
     );
+    assert!(text.contains("roster_outbound_queue_depth_count"), "{text}");
 
     b.close().await;
     a.until_view(room, |v| v.get("same").is_some_and(|m| m.len() == 1))
