@@ -18,6 +18,8 @@ use tokio_tungstenite::WebSocketStream;
 pub enum Phase {
     Join,
     Update,
+    /// Every client sends broadcasts at the rate.
+    Broadcast,
     /// Share of clients that drop abruptly and rejoin, over and over.
     Churn(f64),
     Settle,
@@ -37,6 +39,10 @@ pub struct Shared {
     phase: watch::Sender<Phase>,
     /// Each client's last tracked sequence number: the truth to converge to.
     final_seq: Vec<AtomicU64>,
+    /// Broadcasts each client has sent.
+    sent: Vec<AtomicU64>,
+    /// Broadcasts received out of order, twice, or from nowhere.
+    pub broadcast_errors: AtomicUsize,
     pub connected: AtomicUsize,
     pub joined: AtomicUsize,
     pub converged: AtomicUsize,
@@ -87,6 +93,8 @@ impl Shared {
             epoch: Instant::now(),
             phase: watch::channel(Phase::Join).0,
             final_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            broadcast_errors: AtomicUsize::new(0),
             connected: AtomicUsize::new(0),
             joined: AtomicUsize::new(0),
             converged: AtomicUsize::new(0),
@@ -152,6 +160,8 @@ struct Client {
     join_ref: String,
     presence: ClientPresence,
     seq: u64,
+    /// Last broadcast sequence number seen from each sender (allocated on first use).
+    last_seen: Vec<u64>,
 }
 
 async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
@@ -206,6 +216,47 @@ impl Client {
         Ok(())
     }
 
+    async fn broadcast(&mut self) -> anyhow::Result<()> {
+        let seq = self.shared.sent[self.i].load(Ordering::Relaxed) + 1;
+        let t = self.shared.now_us();
+        let payload = json!({"type": "broadcast", "event": "tick", "payload": {"i": self.i, "seq": seq, "t": t}});
+        self.send("broadcast", payload).await?;
+        self.shared.sent[self.i].store(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A broadcast from sender `i` must be its next one: none lost, none twice, in order.
+    fn on_broadcast(&mut self, payload: &Value, measure: bool) {
+        let inner = &payload["payload"];
+        let (Some(from), Some(seq)) = (inner["i"].as_u64(), inner["seq"].as_u64()) else {
+            self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.last_seen.is_empty() {
+            self.last_seen = vec![0; self.shared.n];
+        }
+        match self.last_seen.get_mut(from as usize) {
+            Some(last) if *last + 1 == seq => *last = seq,
+            _ => {
+                self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if measure {
+            if let Some(t) = inner["t"].as_u64() {
+                let ms = self.shared.now_us().saturating_sub(t) as f64 / 1000.0;
+                self.shared.update_ms.lock().unwrap().push(ms);
+            }
+        }
+    }
+
+    /// Has every other client's every broadcast arrived?
+    fn broadcasts_complete(&self) -> bool {
+        (0..self.shared.n).filter(|&k| k != self.i).all(|k| {
+            let sent = self.shared.sent[k].load(Ordering::Relaxed);
+            sent == 0 || self.last_seen.get(k).copied() == Some(sent)
+        })
+    }
+
     /// Apply one inbound frame; returns true for our join's `ok` reply.
     fn handle(&mut self, msg: Message, measure: bool) -> bool {
         let Message::Text(text) = msg else {
@@ -223,6 +274,7 @@ impl Client {
                 return f.ref_.as_deref() == Some(self.join_ref.as_str())
                     && f.payload["status"] == "ok"
             }
+            "broadcast" => self.on_broadcast(&f.payload, measure),
             "presence_state" => {
                 let _ = self.presence.on_state(&f.payload);
             }
@@ -314,6 +366,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         join_ref: String::new(),
         presence: ClientPresence::new(),
         seq: 0,
+        last_seen: Vec::new(),
     };
     if c.join_and_track().await.is_err() {
         return failed;
@@ -362,8 +415,9 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
                     return report.unwrap_or(failed);
                 }
             }
-            _ = ticker.tick(), if phase == Phase::Update => {
-                if c.track().await.is_err() { return failed; }
+            _ = ticker.tick(), if matches!(phase, Phase::Update | Phase::Broadcast) => {
+                let sent = if phase == Phase::Update { c.track().await } else { c.broadcast().await };
+                if sent.is_err() { return failed; }
             }
             _ = tokio::time::sleep_until(next_churn), if churns(phase) => {
                 // Drop abruptly (no close frame), reconnect, rejoin, re-track.
@@ -382,12 +436,14 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         if !quiet {
             continue;
         }
-        if !settled && matches!(phase, Phase::Settle | Phase::Verify) && c.check().exact {
+        let settling = matches!(phase, Phase::Settle | Phase::Verify);
+        if !settled && settling && c.check().exact && c.broadcasts_complete() {
             settled = true;
             shared.settled.fetch_add(1, Ordering::Relaxed);
         }
         if !verified && phase == Phase::Verify {
-            let r = c.check();
+            let mut r = c.check();
+            r.exact &= c.broadcasts_complete();
             if r.exact {
                 verified = true;
                 shared.verified.fetch_add(1, Ordering::Relaxed);
