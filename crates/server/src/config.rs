@@ -74,6 +74,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
 
+    /// Time a client has to send its HTTP request headers [default: 10000].
+    #[arg(long, env = "ROSTER_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+
     /// Frames queued per socket before it is dropped as too slow [default: 8192].
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -183,6 +187,7 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub outbound_queue: usize,
     pub write_timeout: Duration,
     pub max_message_bytes: usize,
@@ -269,6 +274,11 @@ impl ServeArgs {
                 self.idle_timeout_ms
                     .or(file.idle_timeout_ms)
                     .unwrap_or(60_000),
+            ),
+            handshake_timeout: Duration::from_millis(
+                self.handshake_timeout_ms
+                    .or(file.handshake_timeout_ms)
+                    .unwrap_or(10_000),
             ),
             outbound_queue: self
                 .outbound_queue

@@ -12,10 +12,15 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
 use roster_protocol::Vsn;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::connection;
 use crate::server::Server;
@@ -34,18 +39,50 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
+/// Accept connections until shutdown. Our own loop rather than
+/// `axum::serve`, for a timer on HTTP/1 request headers: a client that
+/// opens a connection and trickles its headers (slowloris) is cut off after
+/// the handshake timeout instead of holding a socket and a task forever.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Result<()> {
-    let shutdown = server.shutdown.clone();
-    let listener = listener.tap_io(|tcp| {
+    let app = router(server.clone());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.settings.handshake_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = server.shutdown.cancelled() => break,
+        };
         // Presence frames are small and latency matters more than packet count.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router(server).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+        });
+    }
+    // Plain HTTP requests in flight get a moment; upgraded sockets are
+    // closed by their own tasks, which watch the same shutdown token.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Accepting joins? 503 once shutdown began.

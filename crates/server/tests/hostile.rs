@@ -138,3 +138,30 @@ async fn a_channel_presence_state_is_capped_with_a_clear_refusal() {
     b.expect_silence(SHORT).await;
     still_alive(&mut canary, &j, 4).await;
 }
+
+/// Slowloris: a connection that never finishes its request headers is cut
+/// off after the handshake timeout, and holds nothing after.
+#[tokio::test]
+async fn trickled_request_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let (mut canary, j) = canary(s.addr).await;
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /realtime/v1/websocket?apikey=x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // a 408 response may come first
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    still_alive(&mut canary, &j, 5).await;
+}
