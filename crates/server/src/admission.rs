@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 #[derive(Default)]
 pub struct Admission {
     counts: Mutex<Counts>,
+    joins: Mutex<RateWindow>,
 }
 
 #[derive(Default)]
@@ -44,6 +45,32 @@ impl Refusal {
     }
 }
 
+/// A fixed one-second window counter: `allow` says whether one more event
+/// fits under `max` per second (0 = no cap).
+#[derive(Debug, Default)]
+pub struct RateWindow {
+    window: Option<(std::time::Instant, u32)>,
+}
+
+impl RateWindow {
+    pub fn allow(&mut self, max: u32, period: std::time::Duration) -> bool {
+        if max == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        match &mut self.window {
+            Some((start, count)) if now.duration_since(*start) < period => {
+                *count += 1;
+                *count <= max
+            }
+            window => {
+                *window = Some((now, 1));
+                true
+            }
+        }
+    }
+}
+
 /// Held by a connection; frees its place when dropped.
 pub struct Permit {
     admission: Arc<Admission>,
@@ -51,6 +78,13 @@ pub struct Permit {
 }
 
 impl Admission {
+    /// One more channel join on this node, under `max` per second?
+    pub fn allow_join(&self, max: u32) -> bool {
+        self.joins
+            .lock()
+            .allow(max, std::time::Duration::from_secs(1))
+    }
+
     /// Take a place for `ip` under the caps (0 = no cap).
     pub fn admit(
         self: &Arc<Self>,

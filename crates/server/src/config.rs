@@ -110,6 +110,14 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_PRESENCE_WINDOW_MS")]
     pub presence_window_ms: Option<u64>,
 
+    /// Channel joins per second on this node, all sockets together; 0 = no cap [default: 0].
+    #[arg(long, env = "ROSTER_MAX_JOINS_PER_SECOND")]
+    pub max_joins_per_second: Option<u32>,
+
+    /// Broadcasts one socket may send per second; 0 = no cap [default: 200].
+    #[arg(long, env = "ROSTER_MAX_EVENTS_PER_SECOND_PER_SOCKET")]
+    pub max_events_per_second_per_socket: Option<u32>,
+
     /// Members one channel may hold; 0 = no cap [default: 0].
     #[arg(long, env = "ROSTER_MAX_MEMBERS_PER_CHANNEL")]
     pub max_members_per_channel: Option<usize>,
@@ -173,6 +181,8 @@ pub struct Limits {
     pub presence_calls_per_window: u32,
     pub presence_window: Duration,
     pub max_members_per_channel: usize,
+    pub max_joins_per_second: u32,
+    pub max_events_per_second_per_socket: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -322,6 +332,14 @@ impl ServeArgs {
                     .max_members_per_channel
                     .or(file.max_members_per_channel)
                     .unwrap_or(0),
+                max_joins_per_second: self
+                    .max_joins_per_second
+                    .or(file.max_joins_per_second)
+                    .unwrap_or(0),
+                max_events_per_second_per_socket: self
+                    .max_events_per_second_per_socket
+                    .or(file.max_events_per_second_per_socket)
+                    .unwrap_or(200),
                 max_connections: self.max_connections.or(file.max_connections).unwrap_or(0),
                 max_connections_per_ip: self
                     .max_connections_per_ip

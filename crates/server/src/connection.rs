@@ -30,6 +30,8 @@ enum End {
     Overflow,
     WriteStalled,
     Shutdown,
+    /// A rule says this socket must go (e.g. the join rate).
+    Policy(&'static str),
     #[allow(dead_code)] // read through Debug in the log line
     Error(String),
 }
@@ -42,6 +44,7 @@ impl End {
             End::Overflow => "overflow",
             End::WriteStalled => "write_stalled",
             End::Shutdown => "shutdown",
+            End::Policy(_) => "policy",
             End::Error(_) => "error",
         }
     }
@@ -144,6 +147,9 @@ pub async fn run(
                     Some(Ok(Message::Text(text))) => {
                         session.handle_text(&text);
                         rearm(&session, &mut expiry_at, expiry.as_mut());
+                        if let Some(reason) = session.close_reason() {
+                            break End::Policy(reason);
+                        }
                     }
                     Some(Ok(Message::Binary(bytes))) => session.handle_binary(&bytes),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -170,9 +176,17 @@ pub async fn run(
         End::Shutdown => Some((1001, "server shutting down")),
         End::IdleTimeout => Some((1000, "idle timeout")),
         End::Overflow => Some((1008, "too slow: outbound queue overflow")),
+        End::Policy(reason) => Some((1008, reason)),
         _ => None,
     };
+    // A policy close follows a reply that explains it: send what is queued first.
+    let flush_queue = matches!(end, End::Policy(_));
     let goodbye = async {
+        if flush_queue {
+            while let Ok(msg) = rx.try_recv() {
+                ws.feed(msg).await?;
+            }
+        }
         match close {
             Some((code, reason)) => {
                 let frame = Message::Close(Some(CloseFrame {

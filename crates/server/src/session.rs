@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use roster_presence::{MemberId, State};
 use roster_protocol::{
@@ -17,6 +16,7 @@ use roster_protocol::{
     UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
+use crate::admission::RateWindow;
 use crate::auth::{unix_now, AuthError, Credential};
 use crate::authz::{self, Rights};
 use crate::channel::{Channel, Member};
@@ -39,8 +39,8 @@ struct Joined {
     token: Option<String>,
     /// When the channel's credential expires (Unix seconds); API keys never do.
     expires_at: Option<u64>,
-    /// Fixed window of client presence calls: (start, calls).
-    presence_calls: Option<(Instant, u32)>,
+    /// Client presence calls in the current window.
+    presence_calls: RateWindow,
     /// Private channels are authorized by policy; public ones allow all.
     private: bool,
     rights: Rights,
@@ -51,6 +51,10 @@ pub struct Session {
     out: Outbound,
     credential: Credential,
     joined: HashMap<String, Joined>,
+    /// Broadcasts sent by this socket in the current second.
+    events: RateWindow,
+    /// Set when the socket must be closed (a join rate violation, as rt does).
+    close: Option<&'static str>,
 }
 
 impl Session {
@@ -60,7 +64,14 @@ impl Session {
             out,
             credential,
             joined: HashMap::new(),
+            events: RateWindow::default(),
+            close: None,
         }
+    }
+
+    /// Why the socket must now be closed, if it must.
+    pub fn close_reason(&self) -> Option<&'static str> {
+        self.close
     }
 
     fn vsn(&self) -> Vsn {
@@ -194,6 +205,18 @@ impl Session {
         if !self.joined.contains_key(topic) && self.joined.len() >= limits.max_channels_per_socket {
             return self.refuse_join(frame, "ChannelRateLimitReached: Too many channels");
         }
+        if !self
+            .server
+            .admission
+            .allow_join(limits.max_joins_per_second)
+        {
+            // rt refuses the join and then disconnects the whole socket.
+            self.close = Some("join rate limit");
+            return self.refuse_join(
+                frame,
+                "ClientJoinRateLimitReached: Too many joins per second",
+            );
+        }
         let settings = &self.server.settings;
         let private = config.private;
         if settings.private_only && !private {
@@ -273,7 +296,7 @@ impl Session {
                 broadcast_ack: config.broadcast_ack,
                 token,
                 expires_at,
-                presence_calls: None,
+                presence_calls: RateWindow::default(),
                 private,
                 rights,
             },
@@ -323,9 +346,15 @@ impl Session {
 
     /// `self: false` → everyone but the sender; `ack: true` → an `ok` reply.
     fn broadcast(&mut self, frame: &Frame, msg: Option<UserBroadcast>) {
-        let Some(joined) = self.joined.get(&frame.topic) else {
+        if !self.joined.contains_key(&frame.topic) {
             return self.reply(frame, Reply::error("unmatched topic"));
-        };
+        }
+        // Every broadcast push counts against the socket's rate, as in rt.
+        let max = self.server.settings.limits.max_events_per_second_per_socket;
+        if !self.events.allow(max, std::time::Duration::from_secs(1)) {
+            return self.shut_down(&frame.topic, "event_rate", "Too many messages per second");
+        }
+        let joined = &self.joined[&frame.topic];
         let Some(msg) = msg else {
             // No event name: nothing to deliver; tell the client if it asked.
             if joined.broadcast_ack {
@@ -358,18 +387,10 @@ impl Session {
             return self.reply(frame, Reply::error("unmatched topic"));
         };
         // Every presence push counts against the channel's window.
-        let now = Instant::now();
-        let calls = match &mut joined.presence_calls {
-            Some((start, calls)) if now.duration_since(*start) < limits.presence_window => {
-                *calls += 1;
-                *calls
-            }
-            window => {
-                *window = Some((now, 1));
-                1
-            }
-        };
-        if calls > limits.presence_calls_per_window {
+        if !joined
+            .presence_calls
+            .allow(limits.presence_calls_per_window, limits.presence_window)
+        {
             return self.shut_down(
                 &frame.topic,
                 "presence_rate",

@@ -273,3 +273,57 @@ async fn connection_caps_refuse_the_upgrade_with_429() {
         (429, json!({"error": "Too many connected users"}))
     );
 }
+
+#[tokio::test]
+async fn join_rate_refuses_then_disconnects_and_event_rate_shuts_the_channel() {
+    let s = start_with(|c| {
+        c.limits.max_joins_per_second = 2;
+        c.limits.max_events_per_second_per_socket = 5;
+    })
+    .await;
+    let mut canary = canary(s.addr).await;
+    // Start from a fresh one-second window, then three joins in a burst.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut greedy = Client::connect(s.addr, 2).await;
+    let refs: Vec<String> = {
+        let mut refs = Vec::new();
+        for topic in ["realtime:j1", "realtime:j2", "realtime:j3"] {
+            refs.push(greedy.join_raw(topic, json!({})).await);
+        }
+        refs
+    };
+    assert_eq!(greedy.recv_reply(&refs[0]).await.payload["status"], "ok");
+    assert_eq!(greedy.recv_reply(&refs[1]).await.payload["status"], "ok");
+    assert_eq!(
+        greedy.recv_reply(&refs[2]).await.payload["response"]["reason"],
+        "ClientJoinRateLimitReached: Too many joins per second"
+    );
+    assert_eq!(
+        greedy.expect_closed(Duration::from_secs(2)).await,
+        Some(1008)
+    );
+
+    // Broadcasts: the sixth within a second ends the sender's channel.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut chatty = Client::connect(s.addr, 1).await;
+    let j = chatty.join(ROOM, Some("chatty")).await;
+    for i in 0..6 {
+        chatty
+            .push(
+                &j,
+                ROOM,
+                "broadcast",
+                json!({"type": "broadcast", "event": "e", "payload": {"i": i}}),
+            )
+            .await;
+    }
+    expect_shutdown(&mut chatty, &j, "Too many messages per second").await;
+    // The canary got the five allowed ones, and keeps working.
+    for _ in 0..5 {
+        assert_eq!(canary.recv_event("broadcast").await.payload["event"], "e");
+    }
+    canary.track("1", ROOM, json!({"alive": "after"})).await;
+    canary
+        .until_view(ROOM, |v| v["canary"][0]["alive"] == "after")
+        .await;
+}
