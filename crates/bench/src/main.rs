@@ -48,6 +48,9 @@ struct Args {
     vsn: String,
     #[arg(long, default_value = "bench")]
     room: String,
+    /// Clients per room (the `rooms` layout); default: everyone in one room.
+    #[arg(long, default_value_t = 0)]
+    room_size: usize,
     /// Re-tracks per second per client (update scenario).
     #[arg(long, default_value_t = 2.0)]
     rate: f64,
@@ -76,15 +79,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let n = args.clients;
-    let shared = Arc::new(Shared::new(
-        &args.url,
-        &args.key,
-        &args.room,
-        n,
-        &args.vsn,
-        args.sources,
-        args.rate,
-    )?);
+    let shared = Arc::new(
+        Shared::new(
+            &args.url,
+            &args.key,
+            &args.room,
+            n,
+            &args.vsn,
+            args.sources,
+            args.rate,
+        )?
+        .with_room_size(args.room_size),
+    );
     let server = args.server_pid.map(proc_stats::Process::new);
     let before = server.as_ref().and_then(|p| p.sample());
 

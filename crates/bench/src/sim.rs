@@ -30,8 +30,10 @@ pub enum Phase {
 pub struct Shared {
     pub url: String,
     server: String,
-    topic: String,
+    room: String,
     pub n: usize,
+    /// Clients per room; `n` puts everyone in one room.
+    room_size: usize,
     vsn: String,
     sources: u8,
     rate: f64,
@@ -85,8 +87,9 @@ impl Shared {
         Ok(Shared {
             url: format!("{url}?apikey={key}"),
             server,
-            topic: format!("realtime:{room}"),
+            room: room.to_owned(),
             n,
+            room_size: n.max(1),
             vsn: vsn.to_owned(),
             sources: sources.max(1),
             rate,
@@ -107,6 +110,28 @@ impl Shared {
             join_ms: Mutex::new(Vec::new()),
             update_ms: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Rooms of `size` clients each (client i is in room i / size).
+    pub fn with_room_size(mut self, size: usize) -> Self {
+        if size > 0 {
+            self.room_size = size;
+        }
+        self
+    }
+
+    /// The clients sharing client i's room.
+    fn members(&self, i: usize) -> std::ops::Range<usize> {
+        let start = i / self.room_size * self.room_size;
+        start..(start + self.room_size).min(self.n)
+    }
+
+    fn topic(&self, i: usize) -> String {
+        if self.room_size >= self.n {
+            format!("realtime:{}", self.room)
+        } else {
+            format!("realtime:{}-{}", self.room, i / self.room_size)
+        }
     }
 
     pub fn set_phase(&self, phase: Phase) {
@@ -156,6 +181,8 @@ struct Client {
     i: usize,
     vsn: Vsn,
     ws: Ws,
+    topic: String,
+    members: std::ops::Range<usize>,
     next_ref: u64,
     join_ref: String,
     presence: ClientPresence,
@@ -178,7 +205,12 @@ async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
     socket.set_nodelay(true)?;
     let stream = socket.connect(addr).await?;
     let url = format!("{}&vsn={}", shared.url, vsn.as_str());
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Small buffers: the generator holds many connections (tungstenite's
+    // default read buffer is 128 KiB each).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -186,14 +218,7 @@ impl Client {
     async fn send(&mut self, event: &str, payload: Value) -> anyhow::Result<u64> {
         let r = self.next_ref;
         self.next_ref += 1;
-        let msg = frame(
-            self.vsn,
-            &self.join_ref,
-            r,
-            &self.shared.topic,
-            event,
-            payload,
-        );
+        let msg = frame(self.vsn, &self.join_ref, r, &self.topic, event, payload);
         self.ws.send(msg).await?;
         Ok(r)
     }
@@ -251,7 +276,7 @@ impl Client {
 
     /// Has every other client's every broadcast arrived?
     fn broadcasts_complete(&self) -> bool {
-        (0..self.shared.n).filter(|&k| k != self.i).all(|k| {
+        self.members.clone().filter(|&k| k != self.i).all(|k| {
             let sent = self.shared.sent[k].load(Ordering::Relaxed);
             sent == 0 || self.last_seen.get(k).copied() == Some(sent)
         })
@@ -302,7 +327,7 @@ impl Client {
 
     fn converged(&self) -> bool {
         let view = self.presence.view();
-        view.len() == self.shared.n && view.values().all(|m| m.len() == 1)
+        view.len() == self.members.len() && view.values().all(|m| m.len() == 1)
     }
 
     /// Compare the view with the truth: every client's key, one meta, its last seq.
@@ -310,7 +335,8 @@ impl Client {
         let view = self.presence.view();
         let mut missing = 0;
         let mut ghosts = 0;
-        for k in 0..self.shared.n {
+        let n = self.members.len();
+        for k in self.members.clone() {
             let want = self.shared.final_seq[k].load(Ordering::Relaxed);
             match view.get(&format!("u{k}")) {
                 None => missing += 1,
@@ -322,11 +348,9 @@ impl Client {
                 }
             }
         }
-        ghosts += view
-            .len()
-            .saturating_sub(self.shared.n - missing.min(self.shared.n));
+        ghosts += view.len().saturating_sub(n - missing.min(n));
         Report {
-            exact: missing == 0 && ghosts == 0 && view.len() == self.shared.n,
+            exact: missing == 0 && ghosts == 0 && view.len() == n,
             ghosts,
             missing,
         }
@@ -362,6 +386,8 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         shared: shared.clone(),
         i,
         ws,
+        topic: shared.topic(i),
+        members: shared.members(i),
         next_ref: 1,
         join_ref: String::new(),
         presence: ClientPresence::new(),

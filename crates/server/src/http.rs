@@ -158,7 +158,7 @@ async fn websocket(
         .max_frame_size(settings.max_message_bytes)
         // Small buffers: memory per idle connection matters more than
         // throughput per connection for presence.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024);
     let tasks = server.tasks.clone();
     upgrade
