@@ -301,7 +301,7 @@ impl Client {
             }
             "broadcast" => self.on_broadcast(&f.payload, measure),
             "presence_state" => {
-                let _ = self.presence.on_state(&f.payload);
+                let _ = self.presence.on_state_owned(f.payload);
             }
             "presence_diff" => {
                 if measure {
@@ -318,7 +318,7 @@ impl Client {
                         self.shared.update_ms.lock().unwrap().extend(lat);
                     }
                 }
-                let _ = self.presence.on_diff(&f.payload);
+                let _ = self.presence.on_diff_owned(f.payload);
             }
             _ => {}
         }
@@ -390,7 +390,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         members: shared.members(i),
         next_ref: 1,
         join_ref: String::new(),
-        presence: ClientPresence::new(),
+        presence: ClientPresence::silent(),
         seq: 0,
         last_seen: Vec::new(),
     };
@@ -411,6 +411,12 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
     let churns =
         |p: Phase| matches!(p, Phase::Churn(share) if (i as f64) < share * shared.n as f64);
     let mut next_churn = tokio::time::Instant::now() + Duration::from_millis(500) + offset;
+    // Heartbeats like the official clients (every 25 s), or long runs are
+    // cut by the server's idle timeout.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(20),
+        Duration::from_secs(20),
+    );
     loop {
         let idle = tokio::time::sleep(Duration::from_millis(25));
         let mut quiet = false;
@@ -455,6 +461,12 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
                 shared.rejoins.fetch_add(1, Ordering::Relaxed);
                 if c.join_and_track().await.is_err() { return failed; }
                 next_churn = tokio::time::Instant::now() + Duration::from_millis(1000) + offset;
+            }
+            _ = heartbeat.tick() => {
+                let r = c.next_ref;
+                c.next_ref += 1;
+                let msg = frame(c.vsn, "", r, "phoenix", "heartbeat", json!({}));
+                if c.ws.send(msg).await.is_err() { return failed; }
             }
             _ = idle, if matches!(phase, Phase::Settle | Phase::Verify) => quiet = true,
         }

@@ -54,6 +54,8 @@ pub struct ClientPresence {
     /// Whether a snapshot arrived for the current join.
     synced: bool,
     pending: Vec<RawDiff>,
+    /// Skip building events (their clones cost more than the sync itself).
+    silent: bool,
 }
 
 fn phx_ref(meta: &ClientMeta) -> Option<&str> {
@@ -63,6 +65,15 @@ fn phx_ref(meta: &ClientMeta) -> Option<&str> {
 impl ClientPresence {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A view that only keeps state and reports just `Sync`: for load
+    /// generators and anyone with no join/leave callbacks.
+    pub fn silent() -> Self {
+        ClientPresence {
+            silent: true,
+            ..Self::default()
+        }
     }
 
     /// The channel (re)joined: wait for its snapshot before applying diffs.
@@ -79,7 +90,15 @@ impl ClientPresence {
 
     /// Apply a `presence_state` payload. Returns the events to fire (ending in `Sync`).
     pub fn on_state(&mut self, payload: &Value) -> Result<Vec<PresenceEvent>, serde_json::Error> {
-        let new_state: BTreeMap<String, Entry> = Deserialize::deserialize(payload)?;
+        self.on_state_owned(payload.clone())
+    }
+
+    /// [`Self::on_state`], consuming the payload (no copy of its strings).
+    pub fn on_state_owned(
+        &mut self,
+        payload: Value,
+    ) -> Result<Vec<PresenceEvent>, serde_json::Error> {
+        let new_state: BTreeMap<String, Entry> = serde_json::from_value(payload)?;
         let mut diff = RawDiff::default();
         for (key, current) in &self.view {
             if !new_state.contains_key(key) {
@@ -130,7 +149,15 @@ impl ClientPresence {
     /// Apply a `presence_diff` payload. Before the join's snapshot it is
     /// buffered and no events are returned.
     pub fn on_diff(&mut self, payload: &Value) -> Result<Vec<PresenceEvent>, serde_json::Error> {
-        let diff: RawDiff = Deserialize::deserialize(payload)?;
+        self.on_diff_owned(payload.clone())
+    }
+
+    /// [`Self::on_diff`], consuming the payload (no copy of its strings).
+    pub fn on_diff_owned(
+        &mut self,
+        payload: Value,
+    ) -> Result<Vec<PresenceEvent>, serde_json::Error> {
+        let diff: RawDiff = serde_json::from_value(payload)?;
         if !self.synced {
             self.pending.push(diff);
             return Ok(Vec::new());
@@ -144,17 +171,17 @@ impl ClientPresence {
     /// phx-js `syncDiff`: joins first (keeping other metas in front), then leaves by ref.
     fn apply(&mut self, diff: RawDiff, events: &mut Vec<PresenceEvent>) {
         for (key, entry) in diff.joins {
-            let current = self.view.get(&key).cloned().unwrap_or_default();
-            let mut metas: Vec<_> = current
-                .iter()
-                .filter(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)))
-                .cloned()
-                .collect();
-            metas.extend(entry.metas.iter().cloned());
-            self.view.insert(key.clone(), metas);
+            let slot = self.view.entry(key.clone()).or_default();
+            let before = (!self.silent).then(|| slot.clone());
+            slot.retain(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)));
+            if self.silent {
+                slot.extend(entry.metas);
+                continue;
+            }
+            slot.extend(entry.metas.iter().cloned());
             events.push(PresenceEvent::Join {
                 key,
-                current,
+                current: before.unwrap_or_default(),
                 joined: entry.metas,
             });
         }
@@ -163,15 +190,17 @@ impl ClientPresence {
                 continue;
             };
             current.retain(|c| !entry.metas.iter().any(|m| phx_ref(m) == phx_ref(c)));
-            let remaining = current.clone();
-            if remaining.is_empty() {
+            let remaining = (!self.silent).then(|| current.clone());
+            if current.is_empty() {
                 self.view.remove(&key);
             }
-            events.push(PresenceEvent::Leave {
-                key,
-                current: remaining,
-                left: entry.metas,
-            });
+            if let Some(remaining) = remaining {
+                events.push(PresenceEvent::Leave {
+                    key,
+                    current: remaining,
+                    left: entry.metas,
+                });
+            }
         }
     }
 }

@@ -87,7 +87,17 @@ fn deliver(client: &mut Client, n: usize) {
 fn run(ops: Vec<Op>) {
     let refs = RefGen::new(42);
     let mut server = ChannelPresence::new();
-    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::default()).collect();
+    // Half the clients build events, half are silent: both must track the truth.
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| Client {
+            presence: if i % 2 == 0 {
+                ClientPresence::new()
+            } else {
+                ClientPresence::silent()
+            },
+            ..Client::default()
+        })
+        .collect();
     let mut next_member: MemberId = 1;
     let mut fresh_key = 0;
 
