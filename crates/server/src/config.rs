@@ -82,6 +82,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
 
+    /// Coalesce a busy socket's frames into one write per this many ms; 0 = write at once [default: 5].
+    #[arg(long, env = "ROSTER_WRITE_COALESCE_MS")]
+    pub write_coalesce_ms: Option<u64>,
+
     /// Drop a socket whose pending writes make no progress for this long [default: 10000].
     #[arg(long, env = "ROSTER_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
@@ -200,6 +204,7 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub outbound_queue: usize,
     pub write_timeout: Duration,
+    pub write_coalesce: Duration,
     pub max_message_bytes: usize,
     pub limits: Limits,
     pub private_only: bool,
@@ -295,6 +300,11 @@ impl ServeArgs {
                 .or(file.outbound_queue)
                 .unwrap_or(8192)
                 .max(16),
+            write_coalesce: Duration::from_millis(
+                self.write_coalesce_ms
+                    .or(file.write_coalesce_ms)
+                    .unwrap_or(5),
+            ),
             write_timeout: Duration::from_millis(
                 self.write_timeout_ms
                     .or(file.write_timeout_ms)

@@ -20,7 +20,7 @@ use crate::server::Server;
 use crate::session::Session;
 
 /// Most queued frames written before one flush.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 256;
 
 /// Why a socket ended, for the log.
 #[derive(Debug)]
@@ -88,6 +88,8 @@ pub async fn run(
     let settings = &server.settings;
     let idle_timeout = settings.idle_timeout;
     let write_timeout = settings.write_timeout;
+    // At most one write per socket per this long while frames keep coming.
+    let coalesce = settings.write_coalesce;
     let (out, mut rx, overflow) = Outbound::new(settings.outbound_queue, vsn);
     let shutdown = server.shutdown.clone();
     let mut session = Session::new(server.clone(), out, credential);
@@ -104,6 +106,7 @@ pub async fn run(
     let expiry = sleep(NEVER);
     let mut expiry_at: Option<u64> = None;
     tokio::pin!(idle, cancelled, overflowed, expiry);
+    let mut last_flush = Instant::now() - coalesce;
     let end = loop {
         tokio::select! {
             biased;
@@ -111,6 +114,12 @@ pub async fn run(
             _ = &mut overflowed => break End::Overflow,
             Some(first) = rx.recv() => {
                 // Coalesce what is already queued into one flush.
+                // Under load, wait out the rest of the coalescing window so
+                // one write carries many frames (each write is a syscall).
+                let since = last_flush.elapsed();
+                if since < coalesce {
+                    tokio::time::sleep(coalesce - since).await;
+                }
                 metrics.outbound_queue_depth.record((rx.len() + 1) as f64);
                 let write = async {
                     let mut frames = 1;
@@ -128,7 +137,9 @@ pub async fn run(
                     }
                     ws.flush().await.map(|()| (frames, bytes))
                 };
-                match timeout(write_timeout, write).await {
+                let written = timeout(write_timeout, write).await;
+                last_flush = Instant::now();
+                match written {
                     Ok(Ok((frames, bytes))) => {
                         metrics.frames_out.increment(frames as u64);
                         metrics.bytes_out.increment(bytes as u64);
