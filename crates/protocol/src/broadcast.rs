@@ -151,41 +151,18 @@ pub fn decode_binary(bytes: &[u8]) -> Result<BinaryPush, BinaryError> {
     if kind != KIND_USER_BROADCAST_PUSH {
         return Err(BinaryError::UnknownKind(kind));
     }
-    let header = rest.get(..6).ok_or(BinaryError::Truncated)?;
-    let (lens, encoding) = (&header[..5], header[5]);
-    let mut body = &rest[6..];
-    let mut take = |len: u8, name: &'static str| -> Result<String, BinaryError> {
-        let len = usize::from(len);
-        let field = body.get(..len).ok_or(BinaryError::Truncated)?;
-        body = &body[len..];
-        String::from_utf8(field.to_vec()).map_err(|_| BinaryError::NotUtf8(name))
-    };
-    let join_ref = take(lens[0], "join_ref")?;
-    let ref_ = take(lens[1], "ref")?;
-    let topic = take(lens[2], "topic")?;
-    let event = take(lens[3], "event")?;
-    let meta = take(lens[4], "metadata")?;
-    let payload = body;
-    let body = match encoding {
-        ENCODING_JSON => {
-            let v: Value = serde_json::from_slice(payload).map_err(|_| BinaryError::BadJson)?;
-            BroadcastBody::Json(v.to_string())
-        }
-        ENCODING_BINARY => BroadcastBody::Binary(payload.to_vec()),
-        other => return Err(BinaryError::UnknownEncoding(other)),
-    };
-    let meta = if meta.is_empty() {
-        None
-    } else {
-        let v: Value = serde_json::from_str(&meta).map_err(|_| BinaryError::BadJson)?;
-        Some(v.to_string())
-    };
+    let ([join_ref, ref_, topic, event, meta], encoding, payload) =
+        split_fields(rest, ["join_ref", "ref", "topic", "event", "metadata"])?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     Ok(BinaryPush {
         join_ref: non_empty(join_ref),
         ref_: non_empty(ref_),
         topic,
-        broadcast: UserBroadcast { event, body, meta },
+        broadcast: UserBroadcast {
+            event,
+            body: decode_body(encoding, payload)?,
+            meta: decode_meta(&meta)?,
+        },
     })
 }
 
@@ -203,27 +180,35 @@ pub fn decode_user_broadcast(bytes: &[u8]) -> Result<BinaryBroadcast, BinaryErro
     if kind != KIND_USER_BROADCAST {
         return Err(BinaryError::NotUserBroadcast(kind));
     }
-    let header = rest.get(..4).ok_or(BinaryError::Truncated)?;
-    let (lens, encoding) = (&header[..3], header[3]);
-    let mut body = &rest[4..];
-    let mut take = |len: u8, name: &'static str| -> Result<String, BinaryError> {
-        let len = usize::from(len);
-        let field = body.get(..len).ok_or(BinaryError::Truncated)?;
-        body = &body[len..];
-        String::from_utf8(field.to_vec()).map_err(|_| BinaryError::NotUtf8(name))
-    };
-    let topic = take(lens[0], "topic")?;
-    let event = take(lens[1], "event")?;
-    let meta = take(lens[2], "metadata")?;
-    let body = decode_body(encoding, body)?;
+    let ([topic, event, meta], encoding, payload) =
+        split_fields(rest, ["topic", "event", "metadata"])?;
     Ok(BinaryBroadcast {
         topic,
         broadcast: UserBroadcast {
             event,
-            body,
+            body: decode_body(encoding, payload)?,
             meta: decode_meta(&meta)?,
         },
     })
+}
+
+/// Both binary kinds, after the kind byte: N one-byte lengths, the payload
+/// encoding byte, the N UTF-8 fields, then the payload to the end.
+fn split_fields<'a, const N: usize>(
+    rest: &'a [u8],
+    names: [&'static str; N],
+) -> Result<([String; N], u8, &'a [u8]), BinaryError> {
+    let header = rest.get(..=N).ok_or(BinaryError::Truncated)?;
+    let (lens, encoding) = (&header[..N], header[N]);
+    let mut body = &rest[N + 1..];
+    let mut fields: [String; N] = std::array::from_fn(|_| String::new());
+    for ((field, &len), name) in fields.iter_mut().zip(lens).zip(names) {
+        let len = usize::from(len);
+        let bytes = body.get(..len).ok_or(BinaryError::Truncated)?;
+        body = &body[len..];
+        *field = String::from_utf8(bytes.to_vec()).map_err(|_| BinaryError::NotUtf8(name))?;
+    }
+    Ok((fields, encoding, body))
 }
 
 fn decode_body(encoding: u8, payload: &[u8]) -> Result<BroadcastBody, BinaryError> {

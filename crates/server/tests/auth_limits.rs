@@ -4,31 +4,18 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use roster_server::config::DEV_JWT_SECRET;
 use serde_json::{json, Value};
 
 const ROOM: &str = "realtime:guarded";
 const SHORT: Duration = Duration::from_millis(300);
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn token(exp_in: i64) -> String {
     let exp = now() as i64 + exp_in;
-    encode(
-        &Header::default(),
-        &json!({"role": "authenticated", "exp": exp}),
-        &EncodingKey::from_secret(DEV_JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
+    jwt(json!({"role": "authenticated", "exp": exp}), DEV_JWT_SECRET)
 }
 
 async fn canary(addr: std::net::SocketAddr) -> Client {

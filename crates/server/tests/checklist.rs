@@ -3,32 +3,15 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ROOM: &str = "realtime:room_01";
 const SHORT: Duration = Duration::from_millis(300);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn jwt(claims: Value, secret: &str) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// Connect and return the HTTP refusal (status, JSON body), or panic if it upgraded.
 async fn refused(url: &str) -> (u16, Value) {

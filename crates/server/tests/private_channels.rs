@@ -3,29 +3,20 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use roster_server::Settings;
 use serde_json::{json, Value};
 
 const SHORT: Duration = Duration::from_millis(300);
 
-fn jwt(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = json!({"role": "authenticated", "sub": sub, "exp": exp});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(DEV_JWT_SECRET.as_bytes()),
+fn user_jwt(sub: &str) -> String {
+    jwt(
+        json!({"role": "authenticated", "sub": sub, "exp": now() + 600}),
+        DEV_JWT_SECRET,
     )
-    .unwrap()
 }
 
 fn with_policies(c: &mut Settings) {
@@ -71,7 +62,7 @@ async fn policies_decide_who_joins_and_what_they_may_do() {
     );
     // Alice's own room: every right.
     let mut alice = Client::connect(s.addr, 2).await;
-    let token = jwt("alice");
+    let token = user_jwt("alice");
     assert_eq!(
         join_private(&mut alice, "realtime:room:alice", Some(&token), "alice").await["status"],
         "ok"
@@ -84,7 +75,7 @@ async fn policies_decide_who_joins_and_what_they_may_do() {
         .await;
     // Bob is refused Alice's room.
     let mut bob = Client::connect(s.addr, 1).await;
-    let bob_token = jwt("bob");
+    let bob_token = user_jwt("bob");
     let refused = join_private(&mut bob, "realtime:room:alice", Some(&bob_token), "bob").await;
     assert_eq!(refused["status"], "error");
 
@@ -149,7 +140,7 @@ async fn policies_decide_who_joins_and_what_they_may_do() {
 #[tokio::test]
 async fn public_and_private_channels_of_one_name_are_separate() {
     let s = start_with(with_policies).await;
-    let token = jwt("alice");
+    let token = user_jwt("alice");
     let mut private = Client::connect(s.addr, 2).await;
     join_private(&mut private, "realtime:room:alice", Some(&token), "secret").await;
     private.track("1", "realtime:room:alice", json!({})).await;
@@ -190,7 +181,7 @@ async fn private_only_refuses_public_joins() {
 #[tokio::test]
 async fn rest_private_broadcast_needs_write_rights() {
     let s = start_with(with_policies).await;
-    let token = jwt("alice");
+    let token = user_jwt("alice");
     let mut alice = Client::connect(s.addr, 2).await;
     join_private(&mut alice, "realtime:room:alice", Some(&token), "alice").await;
     alice.clear_stash();
