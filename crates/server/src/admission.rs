@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 pub struct Admission {
     counts: Mutex<Counts>,
     joins: Mutex<RateWindow>,
+    presence_events: Mutex<RateWindow>,
 }
 
 #[derive(Default)]
@@ -78,6 +79,13 @@ pub struct Permit {
 }
 
 impl Admission {
+    /// One more presence call on this node, under `max` per second?
+    pub fn allow_presence_event(&self, max: u32) -> bool {
+        self.presence_events
+            .lock()
+            .allow(max, std::time::Duration::from_secs(1))
+    }
+
     /// One more channel join on this node, under `max` per second?
     pub fn allow_join(&self, max: u32) -> bool {
         self.joins

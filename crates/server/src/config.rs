@@ -118,6 +118,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_JOINS_PER_SECOND")]
     pub max_joins_per_second: Option<u32>,
 
+    /// Presence calls (track, untrack) per second on this node, all channels together; 0 = no cap [default: 0].
+    #[arg(long, env = "ROSTER_MAX_PRESENCE_EVENTS_PER_SECOND")]
+    pub max_presence_events_per_second: Option<u32>,
+
     /// Broadcasts one socket may send per second; 0 = no cap [default: 200].
     #[arg(long, env = "ROSTER_MAX_EVENTS_PER_SECOND_PER_SOCKET")]
     pub max_events_per_second_per_socket: Option<u32>,
@@ -186,6 +190,7 @@ pub struct Limits {
     pub presence_window: Duration,
     pub max_members_per_channel: usize,
     pub max_joins_per_second: u32,
+    pub max_presence_events_per_second: u32,
     pub max_events_per_second_per_socket: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -345,6 +350,10 @@ impl ServeArgs {
                 max_joins_per_second: self
                     .max_joins_per_second
                     .or(file.max_joins_per_second)
+                    .unwrap_or(0),
+                max_presence_events_per_second: self
+                    .max_presence_events_per_second
+                    .or(file.max_presence_events_per_second)
                     .unwrap_or(0),
                 max_events_per_second_per_socket: self
                     .max_events_per_second_per_socket

@@ -398,6 +398,22 @@ impl Session {
             );
         }
         let writes = matches!(action, PresenceAction::Track(_) | PresenceAction::Untrack);
+        if writes
+            && !self
+                .server
+                .admission
+                .allow_presence_event(limits.max_presence_events_per_second)
+        {
+            return self.shut_down(
+                &frame.topic,
+                "presence_events",
+                "Too many presence messages per second",
+            );
+        }
+        let joined = self
+            .joined
+            .get_mut(&frame.topic)
+            .expect("joined: checked above");
         if writes && !joined.rights.presence_write {
             // rt answers an RLS-denied presence write with an empty error.
             return self.reply(frame, Reply::error_empty());

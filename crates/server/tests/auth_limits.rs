@@ -314,3 +314,29 @@ async fn join_rate_refuses_then_disconnects_and_event_rate_shuts_the_channel() {
         .until_view(ROOM, |v| v["canary"][0]["alive"] == "after")
         .await;
 }
+
+#[tokio::test]
+async fn node_wide_presence_event_rate_shuts_the_offending_channel() {
+    let s = start_with(|c| c.limits.max_presence_events_per_second = 3).await;
+    // Start from a fresh window: the canary's own track counts too.
+    let mut canary = canary(s.addr).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut busy = Client::connect(s.addr, 2).await;
+    let j = busy.join(ROOM, Some("busy")).await;
+    for i in 0..4 {
+        busy.push(
+            &j,
+            ROOM,
+            "presence",
+            json!({"event": "track", "payload": {"i": i}}),
+        )
+        .await;
+    }
+    expect_shutdown(&mut busy, &j, "Too many presence messages per second").await;
+    canary.until_view(ROOM, |v| !v.contains_key("busy")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    canary.track("1", ROOM, json!({"alive": "later"})).await;
+    canary
+        .until_view(ROOM, |v| v["canary"][0]["alive"] == "later")
+        .await;
+}
