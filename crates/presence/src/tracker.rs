@@ -177,6 +177,23 @@ impl ChannelPresence {
         out
     }
 
+    /// Up to `limit` keys after `after` (in key order) with their metas:
+    /// a stable page for listing a large channel.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<(&str, Vec<&Meta>)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, Excluded);
+        self.by_key
+            .range::<str, _>((start, Unbounded))
+            .take(limit)
+            .map(|(key, metas)| (key.as_str(), metas.iter().map(|t| &t.meta).collect()))
+            .collect()
+    }
+
+    /// Does anyone track under `key`?
+    pub fn has_key(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     /// The meta `member` tracks, if any.
     pub fn meta_of(&self, member: MemberId) -> Option<&Meta> {
         let key = self.key_of.get(&member)?;
@@ -244,6 +261,25 @@ mod tests {
         assert_ne!(new.phx_ref, old.phx_ref);
         assert_eq!(new.phx_ref_prev.as_deref(), Some(&*old.phx_ref));
         assert_eq!(p.meta_count(), 1);
+    }
+
+    #[test]
+    fn pages_walk_the_keys_in_order() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        for (m, k) in [(1, "c"), (2, "a"), (3, "b"), (4, "a")] {
+            p.track(m, k, State::empty(), &refs);
+        }
+        let first = p.page(None, 2);
+        assert_eq!(
+            first.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(first[0].1.len(), 2);
+        let rest = p.page(Some("b"), 2);
+        assert_eq!(rest.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["c"]);
+        assert!(p.page(Some("c"), 2).is_empty());
+        assert!(p.has_key("a") && !p.has_key("z"));
     }
 
     #[test]

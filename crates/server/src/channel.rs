@@ -132,6 +132,35 @@ impl Channel {
         }
     }
 
+    /// A page of the presence state: `(key, metas as JSON values)` after `after`.
+    pub fn presence_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, Vec<serde_json::Value>)> {
+        let inner = self.inner.lock();
+        inner
+            .presence
+            .page(after, limit)
+            .into_iter()
+            .map(|(key, metas)| (key.to_owned(), metas.iter().map(|m| m.to_value()).collect()))
+            .collect()
+    }
+
+    /// Which of `keys` are tracked here.
+    pub fn keys_present<'k>(&self, keys: &'k [String]) -> Vec<&'k str> {
+        let inner = self.inner.lock();
+        keys.iter()
+            .filter(|k| inner.presence.has_key(k))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Whether this is a private channel.
+    pub fn is_private(&self) -> bool {
+        *self.key != *self.topic
+    }
+
     /// Numbers for tests and metrics: (members, distinct keys, metas).
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.inner.lock();
@@ -263,6 +292,11 @@ impl Registry {
             .lock()
             .get(&registry_key(topic, private))
             .cloned()
+    }
+
+    /// Every channel, at this moment.
+    pub fn all(&self) -> Vec<Arc<Channel>> {
+        self.channels.lock().values().cloned().collect()
     }
 
     pub fn channel_count(&self) -> usize {

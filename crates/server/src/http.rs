@@ -35,6 +35,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::rest::router())
+        .merge(crate::presence_api::router())
         .merge(crate::demo::router())
         .with_state(server)
 }

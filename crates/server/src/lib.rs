@@ -20,6 +20,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod outbound;
+pub mod presence_api;
 pub mod rest;
 pub mod server;
 pub mod session;

@@ -36,13 +36,13 @@ pub fn router() -> Router<Arc<Server>> {
     router.layer(tower_http::cors::CorsLayer::permissive())
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 /// `Authorization: Bearer <key or JWT>` first, else the `apikey` header.
 /// Returns the credential or the refusal.
-fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credential, Box<Response>> {
+pub(crate) fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credential, Box<Response>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -52,7 +52,7 @@ fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credential, Box<Res
         });
     let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
     server.auth.verify_socket(bearer.or(apikey)).map_err(|e| {
-        tracing::info!(reason = %e, "REST broadcast refused");
+        tracing::info!(reason = %e, "REST call refused");
         server.metrics.auth_failure(e.label());
         Box::new(error(StatusCode::UNAUTHORIZED, e.to_string()))
     })

@@ -1,0 +1,181 @@
+//! Server-side presence API: who is in a channel, how many, and which keys
+//! are online where, for backends. Only the secret key or a `service_role`
+//! JWT may ask. The OpenAPI document is served at
+//! `/api/presence/openapi.json` (also under `/realtime/v1`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use roster_protocol::TOPIC_PREFIX;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::rest::{authorize, error};
+use crate::server::Server;
+
+const OPENAPI: &str = include_str!("../assets/openapi.json");
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const MAX_QUERY_KEYS: usize = 1000;
+
+pub fn router() -> Router<Arc<Server>> {
+    let mut router = Router::new();
+    for prefix in ["", "/realtime/v1"] {
+        router = router
+            .route(&format!("{prefix}/api/presence/openapi.json"), get(openapi))
+            .route(&format!("{prefix}/api/presence/query"), post(query))
+            .route(
+                &format!("{prefix}/api/presence/{{topic}}/members"),
+                get(members),
+            )
+            .route(
+                &format!("{prefix}/api/presence/{{topic}}/count"),
+                get(count),
+            );
+    }
+    router
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The refusal, unless the caller holds the secret key or a service_role JWT.
+fn service_only(server: &Server, headers: &HeaderMap) -> Option<Response> {
+    match authorize(server, headers) {
+        Err(refusal) => Some(*refusal),
+        Ok(cred) if cred.role != "service_role" => Some(error(
+            StatusCode::FORBIDDEN,
+            "the presence API needs the secret key or a service_role JWT",
+        )),
+        Ok(_) => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct PageParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    #[serde(default)]
+    private: bool,
+}
+
+async fn members(
+    State(server): State<Arc<Server>>,
+    Path(topic): Path<String>,
+    Query(params): Query<PageParams>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = service_only(&server, &headers) {
+        return refusal;
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1..={MAX_PAGE}"),
+        );
+    }
+    let page = server
+        .registry
+        .get(&format!("{TOPIC_PREFIX}{topic}"), params.private)
+        .map(|c| c.presence_page(params.cursor.as_deref(), limit))
+        .unwrap_or_default();
+    // A full page may have more after it; the last key is where to go on.
+    let next_cursor = (page.len() == limit)
+        .then(|| page.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let members: Vec<_> = page
+        .into_iter()
+        .map(|(key, metas)| json!({"key": key, "metas": metas}))
+        .collect();
+    Json(json!({"topic": topic, "members": members, "next_cursor": next_cursor})).into_response()
+}
+
+#[derive(Deserialize)]
+struct CountParams {
+    #[serde(default)]
+    private: bool,
+}
+
+async fn count(
+    State(server): State<Arc<Server>>,
+    Path(topic): Path<String>,
+    Query(params): Query<CountParams>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = service_only(&server, &headers) {
+        return refusal;
+    }
+    let (connections, keys, presences) = server
+        .registry
+        .get(&format!("{TOPIC_PREFIX}{topic}"), params.private)
+        .map(|c| c.counts())
+        .unwrap_or_default();
+    Json(json!({"topic": topic, "connections": connections, "keys": keys, "presences": presences}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    keys: Vec<String>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    private: bool,
+}
+
+async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refusal) = service_only(&server, &headers) {
+        return refusal;
+    }
+    let q: KeyQuery = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expected {{\"keys\": [..], \"topics\"?: [..], \"private\"?: bool}}: {e}"),
+            )
+        }
+    };
+    if q.keys.len() > MAX_QUERY_KEYS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("at most {MAX_QUERY_KEYS} keys"),
+        );
+    }
+    let wanted: Option<HashSet<String>> = q.topics.map(|t| {
+        t.into_iter()
+            .map(|t| format!("{TOPIC_PREFIX}{t}"))
+            .collect()
+    });
+    let mut online: BTreeMap<&str, Vec<String>> =
+        q.keys.iter().map(|k| (k.as_str(), Vec::new())).collect();
+    for channel in server.registry.all() {
+        if channel.is_private() != q.private
+            || wanted
+                .as_ref()
+                .is_some_and(|w| !w.contains(channel.topic()))
+        {
+            continue;
+        }
+        let name = channel
+            .topic()
+            .strip_prefix(TOPIC_PREFIX)
+            .unwrap_or(channel.topic());
+        for key in channel.keys_present(&q.keys) {
+            online.entry(key).or_default().push(name.to_owned());
+        }
+    }
+    for topics in online.values_mut() {
+        topics.sort();
+    }
+    Json(json!({ "online": online })).into_response()
+}

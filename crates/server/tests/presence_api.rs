@@ -1,0 +1,181 @@
+//! The server-side presence API: members (paged), counts, key queries, its
+//! authorization, and its OpenAPI document.
+
+mod common;
+
+use common::*;
+use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
+use serde_json::{json, Value};
+
+async fn get(addr: std::net::SocketAddr, path: &str, key: &str) -> (u16, Value) {
+    let (status, body) = http_request(addr, "GET", path, &[("apikey", key)], b"").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn members_are_paged_in_key_order_and_counted() {
+    let s = start().await;
+    let mut clients = Vec::new();
+    for key in ["k3", "k0", "k4", "k1", "k2"] {
+        let mut c = Client::connect(s.addr, 2).await;
+        let j = c.join("realtime:room", Some(key)).await;
+        c.track(&j, "realtime:room", json!({"name": key})).await;
+        clients.push(c);
+    }
+    // A second socket under k0: one key, two metas.
+    let mut twin = Client::connect(s.addr, 1).await;
+    let j = twin.join("realtime:room", Some("k0")).await;
+    twin.track(&j, "realtime:room", json!({"name": "k0-phone"}))
+        .await;
+
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/presence/room/members?limit=2&cursor={c}"),
+            None => "/api/presence/room/members?limit=2".to_string(),
+        };
+        let (status, page) = get(s.addr, &path, DEV_SECRET_KEY).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["topic"], "room");
+        for m in page["members"].as_array().unwrap() {
+            keys.push(m["key"].as_str().unwrap().to_owned());
+            for meta in m["metas"].as_array().unwrap() {
+                assert!(meta["phx_ref"].is_string() && meta["name"].is_string());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+
+    let (status, counts) = get(
+        s.addr,
+        "/realtime/v1/api/presence/room/count",
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        counts,
+        json!({"topic": "room", "connections": 6, "keys": 5, "presences": 6})
+    );
+    let (_, empty) = get(s.addr, "/api/presence/nobody/count", DEV_SECRET_KEY).await;
+    assert_eq!(
+        empty,
+        json!({"topic": "nobody", "connections": 0, "keys": 0, "presences": 0})
+    );
+    assert_eq!(
+        get(s.addr, "/api/presence/room/members?limit=0", DEV_SECRET_KEY)
+            .await
+            .0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn query_says_which_keys_are_online_where() {
+    let s = start().await;
+    let mut held = Vec::new();
+    for (room, key) in [("a", "alice"), ("b", "alice"), ("b", "carol")] {
+        let mut c = Client::connect(s.addr, 2).await;
+        let topic = format!("realtime:{room}");
+        let j = c.join(&topic, Some(key)).await;
+        c.track(&j, &topic, json!({})).await;
+        held.push(c);
+    }
+    let bearer = format!("Bearer {DEV_SECRET_KEY}");
+    let ask = |body: Value| {
+        let bearer = bearer.clone();
+        async move {
+            let (status, text) = http_post(
+                s.addr,
+                "/api/presence/query",
+                &[("Authorization", &bearer)],
+                body.to_string().as_bytes(),
+            )
+            .await;
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    let (status, res) = ask(json!({"keys": ["alice", "bob", "carol"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        res,
+        json!({"online": {"alice": ["a", "b"], "bob": [], "carol": ["b"]}})
+    );
+    let (_, res) = ask(json!({"keys": ["alice"], "topics": ["b"]})).await;
+    assert_eq!(res, json!({"online": {"alice": ["b"]}}));
+    // Untrack: gone from the answer.
+    held[2]
+        .push("1", "realtime:b", "presence", json!({"event": "untrack"}))
+        .await;
+    held[2].recv_event("presence_diff").await;
+    let (_, res) = ask(json!({"keys": ["carol"]})).await;
+    assert_eq!(res, json!({"online": {"carol": []}}));
+    assert_eq!(ask(json!({"nope": 1})).await.0, 422);
+}
+
+#[tokio::test]
+async fn only_the_service_role_may_ask() {
+    let s = start().await;
+    assert_eq!(get(s.addr, "/api/presence/room/count", KEY).await.0, 403);
+    assert_eq!(
+        get(s.addr, "/api/presence/room/count", "wrong").await.0,
+        401
+    );
+    let service = jwt(
+        json!({"role": "service_role", "exp": now() + 60}),
+        DEV_JWT_SECRET,
+    );
+    assert_eq!(
+        get(s.addr, "/api/presence/room/count", &service).await.0,
+        200
+    );
+    let user = jwt(
+        json!({"role": "authenticated", "exp": now() + 60}),
+        DEV_JWT_SECRET,
+    );
+    assert_eq!(get(s.addr, "/api/presence/room/count", &user).await.0, 403);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let s = start().await;
+    let (status, doc) = http_get(s.addr, "/api/presence/openapi.json").await;
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths: Vec<_> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/presence/query",
+            "/api/presence/{topic}/count",
+            "/api/presence/{topic}/members"
+        ]
+    );
+    // The schemas' required fields are what the routes return.
+    let required = |schema: &str| -> Vec<String> {
+        doc["components"]["schemas"][schema]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, counts) = get(s.addr, "/api/presence/x/count", DEV_SECRET_KEY).await;
+    assert!(
+        required("Counts").iter().all(|f| counts.get(f).is_some()),
+        "{counts}"
+    );
+    let (_, page) = get(s.addr, "/api/presence/x/members", DEV_SECRET_KEY).await;
+    assert!(
+        required("MembersPage")
+            .iter()
+            .all(|f| page.get(f).is_some()),
+        "{page}"
+    );
+}
