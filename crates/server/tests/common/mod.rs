@@ -22,7 +22,26 @@ pub async fn start() -> Running {
     start_with(|_| {}).await
 }
 
+/// A panic outside the test code itself (in the server, or a library it
+/// calls) aborts the whole test binary, so no server panic can pass unseen:
+/// tokio would otherwise just end that one task.
+fn abort_on_server_panic() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let in_tests = info.location().is_some_and(|l| l.file().contains("tests/"));
+            if !in_tests {
+                eprintln!("a panic outside the tests: aborting the test run");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Running {
+    abort_on_server_panic();
     let mut settings = Settings::for_tests();
     tweak(&mut settings);
     roster_server::start(settings).await.expect("server starts")
