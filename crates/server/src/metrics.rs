@@ -87,6 +87,12 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Fold recorded histogram samples into their summaries. Without it the
+    /// samples of an unscraped server would pile up without bound.
+    pub fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.recorder.handle().render()

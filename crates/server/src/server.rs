@@ -83,6 +83,16 @@ pub async fn start(settings: Settings) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let server = Server::new(settings);
     let handle = tokio::spawn(http::serve(listener, server.clone()));
+    let upkeep = server.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = every.tick() => upkeep.metrics.upkeep(),
+                _ = upkeep.shutdown.cancelled() => break,
+            }
+        }
+    });
     Ok(Running {
         addr,
         server,
