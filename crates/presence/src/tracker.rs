@@ -5,7 +5,7 @@
 //! presence key fixed at its join. Several members may share a key; the key
 //! then lists several metas.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{Meta, RefGen, State};
 
@@ -88,6 +88,9 @@ pub struct ChannelPresence {
     key_of: HashMap<MemberId, String>,
     /// Sum of the tracked states' JSON lengths: what a snapshot weighs.
     state_bytes: usize,
+    /// Members whose socket went away but whose meta is kept for a grace
+    /// period, to be adopted by a rejoin tracking the same state.
+    orphans: HashSet<MemberId>,
 }
 
 impl ChannelPresence {
@@ -110,6 +113,9 @@ impl ChannelPresence {
         state: State,
         refs: &RefGen,
     ) -> Option<Diff> {
+        if !self.key_of.contains_key(&member) && self.adopt(member, key, &state) {
+            return None;
+        }
         let mut diff = Diff::default();
         let mut prev_ref = None;
         if let Some(old_key) = self.key_of.get(&member) {
@@ -143,10 +149,43 @@ impl ChannelPresence {
         Some(diff)
     }
 
+    /// Keep `member`'s meta although its socket is gone (the leave grace
+    /// period): no diff now. It leaves later by [`Self::untrack`], unless a
+    /// member tracking the same state under the same key adopts it first.
+    /// Returns whether there was a meta to keep.
+    pub fn orphan(&mut self, member: MemberId) -> bool {
+        self.key_of.contains_key(&member) && self.orphans.insert(member)
+    }
+
+    /// A new member tracking exactly an orphan's state under its key takes
+    /// the orphan's meta over, `phx_ref` and all: nobody sees a leave or a join.
+    fn adopt(&mut self, member: MemberId, key: &str, state: &State) -> bool {
+        let Some(metas) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        let Some(entry) = metas
+            .iter_mut()
+            .find(|t| self.orphans.contains(&t.member) && t.meta.state == *state)
+        else {
+            return false;
+        };
+        let old = std::mem::replace(&mut entry.member, member);
+        self.orphans.remove(&old);
+        self.key_of.remove(&old);
+        self.key_of.insert(member, key.to_owned());
+        true
+    }
+
+    /// Is `member`'s meta kept for a grace period?
+    pub fn is_orphan(&self, member: MemberId) -> bool {
+        self.orphans.contains(&member)
+    }
+
     /// Remove `member`'s meta. `None` when it tracked nothing.
     /// Also the right call when a member leaves or its socket goes away.
     pub fn untrack(&mut self, member: MemberId) -> Option<Diff> {
         let key = self.key_of.remove(&member)?;
+        self.orphans.remove(&member);
         let metas = self.by_key.get_mut(&key).expect("key_of and by_key agree");
         let pos = metas
             .iter()
@@ -261,6 +300,42 @@ mod tests {
         assert_ne!(new.phx_ref, old.phx_ref);
         assert_eq!(new.phx_ref_prev.as_deref(), Some(&*old.phx_ref));
         assert_eq!(p.meta_count(), 1);
+    }
+
+    #[test]
+    fn an_orphan_is_adopted_by_the_same_state_under_the_same_key() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let joined = p.track(1, "u", state(json!({"s": 1})), &refs).unwrap();
+        let original = joined.joins[0].1.clone();
+        assert!(p.orphan(1));
+        assert!(
+            !p.orphan(9),
+            "nothing to keep for a member that tracked nothing"
+        );
+        // Another state, or another key: no adoption, a normal join.
+        assert!(p.track(2, "u", state(json!({"s": 2})), &refs).is_some());
+        assert!(p.track(3, "v", state(json!({"s": 1})), &refs).is_some());
+        // The same state under the same key: adopted silently, ref kept.
+        assert!(p.track(4, "u", state(json!({"s": 1})), &refs).is_none());
+        assert_eq!(p.meta_of(4), Some(&original));
+        assert!(!p.is_orphan(1) && p.meta_of(1).is_none());
+        assert!(
+            p.untrack(1).is_none(),
+            "the orphan's own expiry finds nothing"
+        );
+        assert_eq!(p.meta_count(), 3);
+    }
+
+    #[test]
+    fn an_orphan_not_adopted_leaves_on_untrack() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        p.track(1, "u", state(json!({})), &refs);
+        p.orphan(1);
+        let d = p.untrack(1).unwrap();
+        assert_eq!(d.leaves.len(), 1);
+        assert!(p.is_empty() && !p.is_orphan(1));
     }
 
     #[test]

@@ -26,6 +26,10 @@ enum Op {
     Leave(usize),
     /// Deliver up to n queued messages to a client.
     Deliver(usize, u8),
+    /// The socket drops with a leave grace period: the meta is kept.
+    Drop(usize),
+    /// The grace period of one kept meta ends.
+    Expire(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,7 +39,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (c.clone(), 0u8..4).prop_map(|(c, p)| Op::Track(c, p)),
         1 => (c.clone()).prop_map(Op::Untrack),
         1 => (c.clone()).prop_map(Op::Leave),
-        3 => (c, 1u8..6).prop_map(|(c, n)| Op::Deliver(c, n)),
+        3 => (c.clone(), 1u8..6).prop_map(|(c, n)| Op::Deliver(c, n)),
+        1 => c.prop_map(Op::Drop),
+        1 => any::<u8>().prop_map(Op::Expire),
     ]
 }
 
@@ -99,6 +105,8 @@ fn run(ops: Vec<Op>) {
         })
         .collect();
     let mut next_member: MemberId = 1;
+    // Members dropped with a grace period, whose meta may still be kept.
+    let mut orphans: Vec<MemberId> = Vec::new();
     let mut fresh_key = 0;
 
     let broadcast = |clients: &mut Vec<Client>, diff: Option<roster_presence::Diff>| {
@@ -158,6 +166,22 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Deliver(i, n) => deliver(&mut clients[i], n as usize),
+            Op::Drop(i) => {
+                if let Some((member, _)) = clients[i].member.take() {
+                    clients[i].inbox.clear();
+                    if server.orphan(member) {
+                        orphans.push(member);
+                    }
+                }
+            }
+            Op::Expire(k) => {
+                if !orphans.is_empty() {
+                    let member = orphans.remove(k as usize % orphans.len());
+                    // Adopted in the meantime: nothing left to expire, no diff.
+                    let diff = server.untrack(member);
+                    broadcast(&mut clients, diff);
+                }
+            }
         }
         let expected = truth(&server);
         for (i, c) in clients.iter().enumerate() {

@@ -271,18 +271,56 @@ impl Registry {
         let keys_before = inner.presence.key_count();
         let diff = inner.presence.untrack(member);
         channel.fan_out(&inner, diff, keys_before);
-        if inner.members.is_empty() {
-            // Lock order: channel, then registry. `join` never holds the
-            // registry lock while taking a channel lock, so this cannot deadlock.
-            inner.closed = true;
-            let mut channels = self.channels.lock();
-            if channels
-                .get(&channel.key)
-                .is_some_and(|c| Arc::ptr_eq(c, channel))
-            {
-                channels.remove(&channel.key);
-                self.metrics.channels.decrement(1);
-            }
+        self.close_if_empty(channel, &mut inner);
+    }
+
+    /// A member whose socket went away (no `phx_leave`): with a grace
+    /// period its meta stays, and no diff goes out, until [`Self::expire`]
+    /// or until a rejoin tracking the same state adopts it. Returns whether
+    /// a meta was kept (and so whether `expire` must be scheduled).
+    pub fn depart(&self, channel: &Arc<Channel>, member: MemberId, grace: bool) -> bool {
+        if !grace {
+            self.leave(channel, member);
+            return false;
+        }
+        let mut inner = channel.inner.lock();
+        if inner.members.swap_remove(&member).is_none() {
+            return false;
+        }
+        self.metrics.channel_leaves.increment(1);
+        let kept = inner.presence.orphan(member);
+        self.close_if_empty(channel, &mut inner);
+        kept
+    }
+
+    /// The grace period of `member`'s kept meta is over: it leaves, unless
+    /// it was adopted meanwhile (then there is nothing left to remove).
+    pub fn expire(&self, channel: &Arc<Channel>, member: MemberId) {
+        let mut inner = channel.inner.lock();
+        if !inner.presence.is_orphan(member) {
+            return;
+        }
+        let keys_before = inner.presence.key_count();
+        let diff = inner.presence.untrack(member);
+        channel.fan_out(&inner, diff, keys_before);
+        self.close_if_empty(channel, &mut inner);
+    }
+
+    /// Drop a channel with no members and no kept metas from the registry.
+    fn close_if_empty(&self, channel: &Arc<Channel>, inner: &mut Inner) {
+        if !inner.members.is_empty() || !inner.presence.is_empty() {
+            return;
+        }
+        // Lock order: channel, then registry. `join` never holds the
+        // registry lock while taking a channel lock, so this cannot deadlock.
+        inner.closed = true;
+        let mut channels = self.channels.lock();
+        if channels
+            .get(&channel.key)
+            .is_some_and(|c| Arc::ptr_eq(c, channel))
+        {
+            channels.remove(&channel.key);
+            self.metrics.channels.decrement(1);
         }
     }
 

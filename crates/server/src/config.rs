@@ -78,6 +78,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
 
+    /// Keep a dropped socket's presences this long; a rejoin tracking the same state takes them over with no leave or join (0 = off, as Supabase) [default: 0].
+    #[arg(long, env = "ROSTER_PRESENCE_GRACE_MS")]
+    pub presence_grace_ms: Option<u64>,
+
     /// Frames queued per socket before it is dropped as too slow [default: 8192].
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -206,6 +210,7 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
+    pub presence_grace: Duration,
     pub handshake_timeout: Duration,
     pub outbound_queue: usize,
     pub write_timeout: Duration,
@@ -294,6 +299,11 @@ impl ServeArgs {
                 self.idle_timeout_ms
                     .or(file.idle_timeout_ms)
                     .unwrap_or(60_000),
+            ),
+            presence_grace: Duration::from_millis(
+                self.presence_grace_ms
+                    .or(file.presence_grace_ms)
+                    .unwrap_or(0),
             ),
             handshake_timeout: Duration::from_millis(
                 self.handshake_timeout_ms

@@ -459,9 +459,22 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// The socket is gone without a `phx_leave`: with a leave grace period
+    /// the presences stay a while (a quick reconnect takes them over with no
+    /// churn); without one they leave now.
     fn drop(&mut self) {
+        let grace = self.server.settings.presence_grace;
+        let shutting_down = self.server.shutdown.is_cancelled();
         for (_, joined) in self.joined.drain() {
-            self.server.registry.leave(&joined.channel, joined.member);
+            let keep = !grace.is_zero() && !shutting_down;
+            let registry = &self.server.registry;
+            if registry.depart(&joined.channel, joined.member, keep) {
+                let server = self.server.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    server.registry.expire(&joined.channel, joined.member);
+                });
+            }
         }
     }
 }
