@@ -470,10 +470,14 @@ impl Drop for Session {
             let registry = &self.server.registry;
             if registry.depart(&joined.channel, joined.member, keep) {
                 let server = self.server.clone();
-                tokio::spawn(async move {
+                let expire = async move {
                     tokio::time::sleep(grace).await;
                     server.registry.expire(&joined.channel, joined.member);
-                });
+                };
+                // Without a runtime the process is ending: nobody to tell.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(expire);
+                }
             }
         }
     }
