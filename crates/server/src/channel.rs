@@ -70,22 +70,26 @@ impl Channel {
         if inner.presence.state_bytes() - old + state.as_json().len() > max_state_bytes {
             return Err(StateFull);
         }
-        let keys_before = inner.presence.key_count();
-        let diff = inner.presence.track(member, key, state, refs);
-        self.fan_out(&inner, diff, keys_before);
+        self.change(&mut inner, |p| p.track(member, key, state, refs));
         Ok(())
     }
 
     pub fn untrack(&self, member: MemberId) {
         let mut inner = self.inner.lock();
+        self.change(&mut inner, |p| p.untrack(member));
+    }
+
+    /// Apply one presence change and queue its `presence_diff` (if any) to
+    /// every member; the one place presence changes, so gauges stay right.
+    fn change(&self, inner: &mut Inner, apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>) {
         let keys_before = inner.presence.key_count();
-        let diff = inner.presence.untrack(member);
-        self.fan_out(&inner, diff, keys_before);
+        if let Some(diff) = apply(&mut inner.presence) {
+            self.fan_out(inner, diff, keys_before);
+        }
     }
 
     /// Queue a `presence_diff` to every member, encoded once per vsn.
-    fn fan_out(&self, inner: &Inner, diff: Option<Diff>, keys_before: usize) {
-        let Some(diff) = diff else { return };
+    fn fan_out(&self, inner: &Inner, diff: Diff, keys_before: usize) {
         let m = &self.metrics;
         m.presence_diffs.increment(1);
         m.presences.increment(diff.joins.len() as f64);
@@ -268,9 +272,7 @@ impl Registry {
             return;
         }
         self.metrics.channel_leaves.increment(1);
-        let keys_before = inner.presence.key_count();
-        let diff = inner.presence.untrack(member);
-        channel.fan_out(&inner, diff, keys_before);
+        channel.change(&mut inner, |p| p.untrack(member));
         self.close_if_empty(channel, &mut inner);
     }
 
@@ -300,9 +302,7 @@ impl Registry {
         if !inner.presence.is_orphan(member) {
             return;
         }
-        let keys_before = inner.presence.key_count();
-        let diff = inner.presence.untrack(member);
-        channel.fan_out(&inner, diff, keys_before);
+        channel.change(&mut inner, |p| p.untrack(member));
         self.close_if_empty(channel, &mut inner);
     }
 
