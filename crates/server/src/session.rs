@@ -142,10 +142,6 @@ impl Session {
     /// error, then `phx_close`, as rt does; its presence leaves.
     /// `label` names the cause in metrics.
     fn shut_down(&mut self, topic: &str, label: &'static str, message: &str) {
-        let Some(joined) = self.joined.remove(topic) else {
-            return;
-        };
-        self.server.registry.leave(&joined.channel, joined.member);
         let payload = serde_json::json!({
             "extension": "system",
             "status": "error",
@@ -153,12 +149,27 @@ impl Session {
             "channel": topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic),
         })
         .to_string();
+        if self.close_channel(topic, Some(&payload)) {
+            tracing::debug!(topic, message, "channel shut down");
+            self.server.metrics.channel_shutdown(label);
+        }
+    }
+
+    /// End this socket's membership of `topic` now (its presence leaves at
+    /// once) and tell the client with `phx_close`, after an optional
+    /// `system` payload. False when the topic was not joined.
+    fn close_channel(&mut self, topic: &str, system: Option<&str>) -> bool {
+        let Some(joined) = self.joined.remove(topic) else {
+            return false;
+        };
+        self.server.registry.leave(&joined.channel, joined.member);
         let join_ref = joined.join_ref.as_deref();
-        self.out
-            .send_outgoing(&Outgoing::push(join_ref, topic, events::SYSTEM, &payload));
+        if let Some(payload) = system {
+            self.out
+                .send_outgoing(&Outgoing::push(join_ref, topic, events::SYSTEM, payload));
+        }
         self.out.send_outgoing(&Outgoing::close(join_ref, topic));
-        tracing::debug!(topic, message, "channel shut down");
-        self.server.metrics.channel_shutdown(label);
+        true
     }
 
     fn handle(&mut self, frame: Frame) {
@@ -167,11 +178,7 @@ impl Session {
             ClientEvent::Join(config) => self.join(&frame, config),
             ClientEvent::Leave => {
                 self.reply(&frame, Reply::ok());
-                if let Some(joined) = self.joined.remove(&frame.topic) {
-                    self.server.registry.leave(&joined.channel, joined.member);
-                    self.out
-                        .send_outgoing(&Outgoing::close(joined.join_ref.as_deref(), &frame.topic));
-                }
+                self.close_channel(&frame.topic, None);
             }
             ClientEvent::Presence(action) => self.presence(&frame, action),
             ClientEvent::AccessToken(token) => self.access_token(&frame, token),
@@ -201,7 +208,8 @@ impl Session {
                 "Unsupported: postgres_changes are not available on this server",
             );
         }
-        let limits = &self.server.settings.limits;
+        let server = Arc::clone(&self.server);
+        let limits = &server.settings.limits;
         if !self.joined.contains_key(topic) && self.joined.len() >= limits.max_channels_per_socket {
             return self.refuse_join(frame, "ChannelRateLimitReached: Too many channels");
         }
@@ -217,7 +225,7 @@ impl Session {
                 "ClientJoinRateLimitReached: Too many joins per second",
             );
         }
-        let settings = &self.server.settings;
+        let settings = &server.settings;
         let private = config.private;
         if settings.private_only && !private {
             return self.refuse_join(
@@ -255,11 +263,7 @@ impl Session {
             return self.refuse_join(frame, &e.join_reason());
         }
         // A second join of the same topic closes the first.
-        if let Some(old) = self.joined.remove(topic) {
-            self.server.registry.leave(&old.channel, old.member);
-            self.out
-                .send_outgoing(&Outgoing::close(old.join_ref.as_deref(), topic));
-        }
+        self.close_channel(topic, None);
         let key: Arc<str> = match config.presence_key {
             Some(k) => k.into(),
             None => self.server.generate_key().into(),
