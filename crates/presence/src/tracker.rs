@@ -28,6 +28,35 @@ impl Diff {
         self.joins.is_empty() && self.leaves.is_empty()
     }
 
+    /// Append `other` (a later change) to this diff.
+    pub fn extend(&mut self, other: Diff) {
+        self.joins.extend(other.joins);
+        self.leaves.extend(other.leaves);
+    }
+
+    /// The net effect: a ref that both leaves and joins under the same key
+    /// (a meta moved between owners, e.g. adopted or re-asserted) is no
+    /// change at all. Sending both would be wrong, not just wasteful:
+    /// phx-js applies joins before leaves, so the meta would vanish.
+    pub fn net(mut self) -> Diff {
+        let moved: HashSet<(String, std::sync::Arc<str>)> = self
+            .joins
+            .iter()
+            .map(|(k, m)| (k.clone(), m.phx_ref.clone()))
+            .filter(|jk| {
+                self.leaves
+                    .iter()
+                    .any(|(k, m)| k == &jk.0 && m.phx_ref == jk.1)
+            })
+            .collect();
+        if !moved.is_empty() {
+            let keep = |(k, m): &(String, Meta)| !moved.contains(&(k.clone(), m.phx_ref.clone()));
+            self.joins.retain(keep);
+            self.leaves.retain(keep);
+        }
+        self
+    }
+
     /// The `presence_diff` payload: `{"joins":{key:{"metas":[..]}},"leaves":{..}}`.
     /// Both sides are always present (realtime-py requires it).
     pub fn to_json(&self) -> String {
@@ -147,6 +176,29 @@ impl ChannelPresence {
         self.key_of.insert(member, key.to_owned());
         diff.joins.push((key.to_owned(), meta));
         Some(diff)
+    }
+
+    /// Put a meta made elsewhere (another node) under `member`, replacing
+    /// what `member` had. The diff says what changed, nothing if the same
+    /// meta was there already.
+    pub fn insert(&mut self, member: MemberId, key: &str, meta: Meta) -> Diff {
+        if self.meta_of(member) == Some(&meta)
+            && self.key_of.get(&member).map(String::as_str) == Some(key)
+        {
+            return Diff::default();
+        }
+        let mut diff = self.untrack(member).unwrap_or_default();
+        self.state_bytes += meta.state.as_json().len();
+        self.by_key
+            .entry(key.to_owned())
+            .or_default()
+            .push(Tracked {
+                member,
+                meta: meta.clone(),
+            });
+        self.key_of.insert(member, key.to_owned());
+        diff.joins.push((key.to_owned(), meta));
+        diff
     }
 
     /// Keep `member`'s meta although its socket is gone (the leave grace
@@ -336,6 +388,34 @@ mod tests {
         let d = p.untrack(1).unwrap();
         assert_eq!(d.leaves.len(), 1);
         assert!(p.is_empty() && !p.is_orphan(1));
+    }
+
+    #[test]
+    fn insert_replaces_and_net_cancels_a_moved_ref() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let meta = |r: &str| Meta {
+            phx_ref: r.into(),
+            phx_ref_prev: None,
+            state: State::empty(),
+        };
+        let d = p.insert(1, "u", meta("a"));
+        assert_eq!(d.joins.len(), 1);
+        assert!(
+            p.insert(1, "u", meta("a")).is_empty(),
+            "same meta: no change"
+        );
+        let d = p.insert(1, "u", meta("b"));
+        assert_eq!((d.joins.len(), d.leaves.len()), (1, 1));
+        // Ref "b" moves from member 1 to member 2: leave + join of one ref.
+        let mut moved = p.untrack(1).unwrap();
+        moved.extend(p.insert(2, "u", meta("b")));
+        assert!(moved.net().is_empty());
+        // A real change survives `net`.
+        let mut d = p.insert(3, "v", meta("c"));
+        d.extend(p.track(2, "u", State::empty(), &refs).unwrap_or_default());
+        assert_eq!(d.net().joins.len(), 1);
+        assert_eq!(p.meta_count(), 2);
     }
 
     #[test]

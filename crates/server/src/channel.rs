@@ -6,15 +6,23 @@
 //! snapshot with no diff missed or repeated. Fan-out only queues shared
 //! bytes (no I/O, no per-recipient encoding), so the lock is held briefly.
 //! Unrelated channels never contend.
+//!
+//! With a cluster (Redis), a channel's presence is a replica of Redis's:
+//! a track or untrack becomes an op in the channel's write queue, written
+//! by one writer task per channel in batches; its diff comes back numbered
+//! (from the write's reply or from pub/sub) and is applied and fanned out
+//! in Redis's order, like everyone else's. Acks wait for that, so when
+//! `await track()` resolves the client's own state shows it, as on one node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{ChannelPresence, Diff, MemberId, RefGen, State};
+use roster_presence::{ChannelPresence, Diff, MemberId, Meta, RefGen, State};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
+use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
 
@@ -28,12 +36,18 @@ pub struct Member {
     pub broadcast_read: bool,
 }
 
+/// Sends a deferred reply (a track's `ok` once its diff is out).
+pub type Ack = Box<dyn FnOnce() + Send>;
+
 pub struct Channel {
     topic: Arc<str>,
     /// Its key in the registry (the topic, marked when private).
     key: Arc<str>,
+    private: bool,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
+    /// Set with a cluster: the channel's Redis hash tag and the node.
+    cluster: Option<(Arc<Cluster>, String)>,
 }
 
 #[derive(Default)]
@@ -42,6 +56,98 @@ struct Inner {
     members: IndexMap<MemberId, Member>,
     /// Set once the last member left and the channel was dropped from the registry.
     closed: bool,
+    /// Cluster mode only.
+    sync: Option<Sync>,
+}
+
+/// A channel's side of the cluster: what this node owns, the write queue,
+/// the replica, and the acks waiting for their diffs.
+#[derive(Default)]
+struct Sync {
+    replica: Replica,
+    /// This node's entries: the truth it re-asserts when Redis lost it.
+    owned: HashMap<MemberId, Owned>,
+    /// Owned entries of departed sockets, kept for the grace period.
+    orphans: HashSet<MemberId>,
+    /// Ops not yet sent, and whether the writer task is running.
+    queue: Vec<Op>,
+    writing: bool,
+    /// Id of the batch that `queue` will become.
+    next_batch: u64,
+    /// Where sent batches landed (`None`: failed, retried later).
+    landed: BTreeMap<u64, Option<(Arc<str>, u64)>>,
+    acks: VecDeque<(u64, Ack)>,
+    /// Members that joined before the first snapshot: their state is owed.
+    waiting: Vec<MemberId>,
+    /// The node id under which this channel is in the node's channel set.
+    registered_as: Option<Arc<str>>,
+    resyncing: bool,
+    /// Another resync was asked for while one ran.
+    resync_again: bool,
+    hole_timer: bool,
+}
+
+struct Owned {
+    key: Arc<str>,
+    meta: Meta,
+    entry: String,
+}
+
+impl Sync {
+    /// The batch an ack must wait for: the queued one, else the one in
+    /// flight, else the last ack's; `None` = nothing pending, ack now.
+    fn ack_batch(&self) -> Option<u64> {
+        if !self.queue.is_empty() {
+            Some(self.next_batch)
+        } else if self.writing {
+            Some(self.next_batch - 1)
+        } else {
+            self.acks.back().map(|a| a.0)
+        }
+    }
+
+    fn add_ack(&mut self, ack: Ack) {
+        match self.ack_batch() {
+            Some(batch) => self.acks.push_back((batch, ack)),
+            None => ack(),
+        }
+    }
+
+    /// Send the acks whose writes are visible in the replica.
+    fn release_acks(&mut self) {
+        while let Some((batch, _)) = self.acks.front() {
+            let ready = match self.landed.get(batch) {
+                None => false,
+                Some(None) => true,
+                Some(Some((epoch, seq))) => match self.replica.position() {
+                    Some((e, s)) if e == &**epoch => s >= *seq,
+                    // Another epoch: that write's life is over unless a resync is coming.
+                    Some(_) => !self.resyncing,
+                    None => false,
+                },
+            };
+            if !ready {
+                break;
+            }
+            let (_, ack) = self.acks.pop_front().expect("front exists");
+            ack();
+        }
+        let keep_from = self.acks.front().map_or(self.next_batch, |a| a.0);
+        self.landed.retain(|b, _| *b >= keep_from);
+    }
+
+    fn put(&mut self, member: MemberId, key: Arc<str>, meta: Meta) {
+        let entry = wire::encode_entry(&key, &meta);
+        self.queue.push((member, Some(entry.clone())));
+        self.owned.insert(member, Owned { key, meta, entry });
+    }
+
+    fn delete(&mut self, member: MemberId) {
+        self.orphans.remove(&member);
+        if self.owned.remove(&member).is_some() {
+            self.queue.push((member, None));
+        }
+    }
 }
 
 impl Channel {
@@ -49,53 +155,340 @@ impl Channel {
         &self.topic
     }
 
-    /// Track `state` for `member` under `key`, fanning out the diff (if any).
-    /// Refused when the channel's states would weigh more than `max_state_bytes`.
+    /// The channel's Redis hash tag (empty without a cluster).
+    pub fn tag(&self) -> &str {
+        self.cluster.as_ref().map_or("", |(_, tag)| tag)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
+
+    /// Track `state` for `member` under `key`, fanning out the diff (if
+    /// any), then `ack`. Refused when the channel's states would weigh
+    /// more than `max_state_bytes`.
     pub fn track(
-        &self,
+        self: &Arc<Self>,
         member: MemberId,
         key: &str,
         state: State,
         refs: &RefGen,
         max_state_bytes: usize,
+        ack: Ack,
     ) -> Result<(), StateFull> {
         let mut inner = self.inner.lock();
         if !inner.members.contains_key(&member) {
+            ack();
             return Ok(());
         }
-        let old = inner
-            .presence
-            .meta_of(member)
-            .map_or(0, |m| m.state.as_json().len());
-        if inner.presence.state_bytes() - old + state.as_json().len() > max_state_bytes {
+        let old = match &inner.sync {
+            Some(sync) => sync.owned.get(&member).map(|o| &o.meta),
+            None => inner.presence.meta_of(member),
+        }
+        .map_or(0, |m| m.state.as_json().len());
+        if inner.presence.state_bytes() - old.min(inner.presence.state_bytes())
+            + state.as_json().len()
+            > max_state_bytes
+        {
             return Err(StateFull);
         }
-        self.change(&mut inner, |p| p.track(member, key, state, refs));
+        let Some(sync) = inner.sync.as_mut() else {
+            self.change(&mut inner, |p| p.track(member, key, state, refs));
+            ack();
+            return Ok(());
+        };
+        match sync.owned.get(&member) {
+            Some(o) if &*o.key == key && o.meta.state == state => {}
+            Some(o) => {
+                let meta = Meta {
+                    phx_ref: refs.next_ref(),
+                    phx_ref_prev: (&*o.key == key).then(|| o.meta.phx_ref.clone()),
+                    state,
+                };
+                sync.put(member, Arc::from(key), meta);
+            }
+            None => {
+                // Within the grace period, the same state under the same
+                // key takes a departed socket's meta over, ref and all.
+                let orphan = sync.orphans.iter().copied().find(|o| {
+                    sync.owned
+                        .get(o)
+                        .is_some_and(|x| &*x.key == key && x.meta.state == state)
+                });
+                let meta = match orphan {
+                    Some(o) => {
+                        let meta = sync.owned[&o].meta.clone();
+                        sync.delete(o);
+                        meta
+                    }
+                    None => Meta {
+                        phx_ref: refs.next_ref(),
+                        phx_ref_prev: None,
+                        state,
+                    },
+                };
+                sync.put(member, Arc::from(key), meta);
+            }
+        }
+        sync.add_ack(ack);
+        self.write(&mut inner);
         Ok(())
     }
 
-    pub fn untrack(&self, member: MemberId) {
+    pub fn untrack(self: &Arc<Self>, member: MemberId, ack: Ack) {
         let mut inner = self.inner.lock();
-        self.change(&mut inner, |p| p.untrack(member));
-    }
-
-    /// Apply one presence change and queue its `presence_diff` (if any) to
-    /// every member; the one place presence changes, so gauges stay right.
-    fn change(&self, inner: &mut Inner, apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>) {
-        let keys_before = inner.presence.key_count();
-        if let Some(diff) = apply(&mut inner.presence) {
-            self.fan_out(inner, diff, keys_before);
+        match inner.sync.as_mut() {
+            Some(sync) => {
+                sync.delete(member);
+                sync.add_ack(ack);
+                self.write(&mut inner);
+            }
+            None => {
+                self.change(&mut inner, |p| p.untrack(member));
+                ack();
+            }
         }
     }
 
-    /// Queue a `presence_diff` to every member, encoded once per vsn.
-    fn fan_out(&self, inner: &Inner, diff: Diff, keys_before: usize) {
+    /// Remove `member`'s presence (it left): locally, or as a cluster op.
+    fn remove(self: &Arc<Self>, inner: &mut Inner, member: MemberId) {
+        match inner.sync.as_mut() {
+            Some(sync) => {
+                sync.delete(member);
+                self.write(inner);
+            }
+            None => self.change(inner, |p| p.untrack(member)),
+        }
+    }
+
+    /// Start the writer task if there is something to write.
+    fn write(self: &Arc<Self>, inner: &mut Inner) {
+        let Some(sync) = inner.sync.as_mut() else {
+            return;
+        };
+        if sync.writing || sync.queue.is_empty() {
+            return;
+        }
+        sync.writing = true;
+        let channel = self.clone();
+        if let Some((cluster, _)) = &self.cluster {
+            cluster.writer_running(true);
+        }
+        tokio::spawn(async move { channel.write_loop().await });
+    }
+
+    /// Write the queue in batches, one in flight at a time, so this node's
+    /// changes to the channel land in the order they were made.
+    async fn write_loop(self: Arc<Self>) {
+        let (cluster, tag) = self.cluster.clone().expect("cluster mode");
+        loop {
+            let nid = cluster.nid();
+            let (batch, ops, register) = {
+                let mut inner = self.inner.lock();
+                let sync = inner.sync.as_mut().expect("cluster mode");
+                if sync.queue.is_empty() {
+                    sync.writing = false;
+                    cluster.writer_running(false);
+                    return;
+                }
+                let batch = sync.next_batch;
+                sync.next_batch += 1;
+                // Ops are absolute (put this, delete that): a member's last one wins.
+                let mut ops: Vec<Op> = Vec::with_capacity(sync.queue.len());
+                for op in sync.queue.drain(..).rev() {
+                    if !ops.iter().any(|o| o.0 == op.0) {
+                        ops.push(op);
+                    }
+                }
+                ops.reverse();
+                let register = sync.registered_as.as_deref() != Some(&*nid);
+                (batch, ops, register)
+            };
+            let result = cluster
+                .apply(&tag, &self.topic, self.private, &ops, register)
+                .await;
+            let failed = {
+                let mut inner = self.inner.lock();
+                let sync = inner.sync.as_mut().expect("cluster mode");
+                match result {
+                    Ok(applied) => {
+                        if register {
+                            sync.registered_as = Some(nid);
+                        }
+                        sync.landed
+                            .insert(batch, Some((applied.epoch, applied.seq)));
+                        match applied.update {
+                            Some(update) => self.receive_locked(&mut inner, update),
+                            None => sync.release_acks(),
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, topic = %self.topic, "presence write failed; will retry");
+                        // Keep the ops (they are idempotent) ahead of newer
+                        // ones; the acks go now: the change is accepted and
+                        // lands when the node is back in touch with Redis.
+                        let newer = std::mem::replace(&mut sync.queue, ops);
+                        sync.queue.extend(newer);
+                        sync.landed.insert(batch, None);
+                        sync.release_acks();
+                        true
+                    }
+                }
+            };
+            if failed {
+                tokio::time::sleep(cluster.settings.heartbeat / 2).await;
+                cluster.until_healthy().await;
+            }
+        }
+    }
+
+    /// A numbered update from Redis (pub/sub).
+    pub fn receive(self: &Arc<Self>, update: wire::Update) {
+        let mut inner = self.inner.lock();
+        self.receive_locked(&mut inner, update);
+    }
+
+    fn receive_locked(self: &Arc<Self>, inner: &mut Inner, update: wire::Update) {
+        let Some(sync) = inner.sync.as_mut() else {
+            return;
+        };
+        let keys_before = inner.presence.key_count();
+        match sync.replica.receive(update, &mut inner.presence) {
+            Received::Applied(diff) => {
+                let diff = diff.net();
+                self.count(inner, &diff, keys_before);
+                if !diff.is_empty() {
+                    self.send_diff(inner, &diff);
+                }
+            }
+            Received::Stale => {}
+            Received::Parked => self.watch_hole(inner),
+            Received::Resync => self.request_resync(inner),
+        }
+        if let Some(sync) = inner.sync.as_mut() {
+            sync.release_acks();
+        }
+    }
+
+    /// An update is missing: if it has not come within a second, resync.
+    fn watch_hole(self: &Arc<Self>, inner: &mut Inner) {
+        let sync = inner.sync.as_mut().expect("cluster mode");
+        if !sync.replica.is_synced() || sync.hole_timer {
+            return;
+        }
+        sync.hole_timer = true;
+        let seen = sync.replica.position().map(|(_, s)| s);
+        let channel = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let mut inner = channel.inner.lock();
+            let sync = inner.sync.as_mut().expect("cluster mode");
+            sync.hole_timer = false;
+            if sync.replica.has_gap() && sync.replica.position().map(|(_, s)| s) == seen {
+                tracing::debug!(topic = %channel.topic, "presence update missing; resyncing");
+                channel.request_resync(&mut inner);
+            } else if sync.replica.has_gap() {
+                channel.watch_hole(&mut inner);
+            }
+        });
+    }
+
+    fn request_resync(self: &Arc<Self>, inner: &mut Inner) {
+        let sync = inner.sync.as_mut().expect("cluster mode");
+        if sync.resyncing {
+            sync.resync_again = true;
+            return;
+        }
+        sync.resyncing = true;
+        let (cluster, _) = self.cluster.clone().expect("cluster mode");
+        tokio::spawn(cluster.resync(self.clone()));
+    }
+
+    /// Install a snapshot: members waiting for their first state get it;
+    /// members that had a state get the difference. False when another
+    /// resync was asked for meanwhile (the caller goes round again).
+    pub fn install(self: &Arc<Self>, snapshot: Snapshot) -> bool {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let Some(sync) = inner.sync.as_mut() else {
+            return true;
+        };
+        if std::mem::take(&mut sync.resync_again) {
+            return false;
+        }
+        sync.resyncing = false;
+        let keys_before = inner.presence.key_count();
+        let first = !sync.replica.is_synced();
+        let diff = sync.replica.install(snapshot, &mut inner.presence);
+        let waiting = std::mem::take(&mut sync.waiting);
+        sync.release_acks();
+        self.count(inner, &diff, keys_before);
+        if !first && !diff.is_empty() {
+            self.send_diff(inner, &diff);
+        }
+        if !waiting.is_empty() {
+            let payload = inner.presence.state_json();
+            for id in waiting {
+                if let Some(m) = inner.members.get(&id) {
+                    m.out.send_outgoing(&Outgoing::push(
+                        m.join_ref.as_deref(),
+                        &self.topic,
+                        events::PRESENCE_STATE,
+                        &payload,
+                    ));
+                }
+            }
+        }
+        true
+    }
+
+    /// Queue every owned entry again (Redis may have lost them); entries
+    /// Redis still has are left alone by the script.
+    pub fn reassert(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        let Some(sync) = inner.sync.as_mut() else {
+            return;
+        };
+        let ops: Vec<Op> = sync
+            .owned
+            .iter()
+            .map(|(m, o)| (*m, Some(o.entry.clone())))
+            .collect();
+        // Ahead of newer ops, which must win.
+        let newer = std::mem::replace(&mut sync.queue, ops);
+        sync.queue.extend(newer);
+        sync.registered_as = None;
+        self.write(&mut inner);
+    }
+
+    /// Apply one presence change and queue its `presence_diff` (if any) to
+    /// every member; the one place presence changes on a single node, so
+    /// gauges stay right.
+    fn change(&self, inner: &mut Inner, apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>) {
+        let keys_before = inner.presence.key_count();
+        if let Some(diff) = apply(&mut inner.presence) {
+            self.count(inner, &diff, keys_before);
+            self.send_diff(inner, &diff);
+        }
+    }
+
+    /// Keep the presence gauges in step with a change.
+    fn count(&self, inner: &Inner, diff: &Diff, keys_before: usize) {
+        if inner.closed {
+            // A closed cluster channel took its presences off the gauges.
+            return;
+        }
         let m = &self.metrics;
-        m.presence_diffs.increment(1);
         m.presences.increment(diff.joins.len() as f64);
         m.presences.decrement(diff.leaves.len() as f64);
         m.presence_keys.increment(inner.presence.key_count() as f64);
         m.presence_keys.decrement(keys_before as f64);
+    }
+
+    /// Queue a `presence_diff` to every member, encoded once per vsn.
+    fn send_diff(&self, inner: &Inner, diff: &Diff) {
+        self.metrics.presence_diffs.increment(1);
         let payload = diff.to_json();
         let mut frame = SharedFrame::new(|vsn| {
             Some(Encoded::Text(
@@ -109,9 +502,17 @@ impl Channel {
         }
     }
 
-    /// Deliver a broadcast to every member but `sender` (when given), each in
-    /// the form its vsn can receive. Returns how many got it.
+    /// Deliver a broadcast here and, with a cluster, on the other nodes.
     pub fn broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
+        if let Some((cluster, tag)) = &self.cluster {
+            relay_broadcast(cluster, tag.clone(), msg);
+        }
+        self.deliver_broadcast(msg, sender)
+    }
+
+    /// Deliver a broadcast to this node's members but `sender` (when given),
+    /// each in the form its vsn can receive. Returns how many got it.
+    pub fn deliver_broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
         let inner = self.inner.lock();
         self.metrics.broadcasts.increment(1);
         let mut frame = SharedFrame::new(|vsn| msg.encode(vsn, &self.topic));
@@ -162,7 +563,7 @@ impl Channel {
 
     /// Whether this is a private channel.
     pub fn is_private(&self) -> bool {
-        *self.key != *self.topic
+        self.private
     }
 
     /// Numbers for tests and metrics: (members, distinct keys, metas).
@@ -185,6 +586,13 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
     }
 }
 
+/// Publish a broadcast for the other nodes, without waiting for Redis.
+pub fn relay_broadcast(cluster: &Arc<Cluster>, tag: String, msg: &UserBroadcast) {
+    let cluster = cluster.clone();
+    let msg = msg.clone();
+    tokio::spawn(async move { cluster.publish_broadcast(tag, &msg).await });
+}
+
 /// A track refused because the channel's presence state is full.
 #[derive(Debug)]
 pub struct StateFull;
@@ -197,14 +605,20 @@ pub struct ChannelFull;
 pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, cluster: Option<Arc<Cluster>>) -> Self {
         Registry {
             channels: Mutex::default(),
             metrics,
+            cluster,
         }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Add a member to `topic`, creating the channel if needed. Under the
@@ -224,20 +638,35 @@ impl Registry {
         max_members: usize,
     ) -> Result<Arc<Channel>, ChannelFull> {
         loop {
+            let mut created = false;
             let channel = self
                 .channels
                 .lock()
                 .entry(registry_key(topic, private))
                 .or_insert_with(|| {
                     self.metrics.channels.increment(1);
+                    created = true;
                     Arc::new(Channel {
                         topic: Arc::from(topic),
                         key: registry_key(topic, private),
-                        inner: Mutex::new(Inner::default()),
+                        private,
+                        inner: Mutex::new(Inner {
+                            sync: self.cluster.as_ref().map(|_| Sync::default()),
+                            ..Inner::default()
+                        }),
                         metrics: self.metrics.clone(),
+                        cluster: self
+                            .cluster
+                            .as_ref()
+                            .map(|c| (c.clone(), wire::tag(topic, private))),
                     })
                 })
                 .clone();
+            if created {
+                if let Some(cluster) = &self.cluster {
+                    tokio::spawn(cluster.clone().open(channel.clone()));
+                }
+            }
             let mut inner = channel.inner.lock();
             if inner.closed {
                 // Lost a race with the last member leaving; the registry has
@@ -248,7 +677,13 @@ impl Registry {
                 return Err(ChannelFull);
             }
             member.out.send_outgoing(reply);
-            if send_state && member.presence_read {
+            let owed_state = send_state && member.presence_read;
+            if let Some(sync) = inner.sync.as_mut().filter(|s| !s.replica.is_synced()) {
+                // Sent when the first snapshot is in.
+                if owed_state {
+                    sync.waiting.push(id);
+                }
+            } else if owed_state {
                 let payload = inner.presence.state_json();
                 member.out.send_outgoing(&Outgoing::push(
                     member.join_ref.as_deref(),
@@ -272,7 +707,7 @@ impl Registry {
             return;
         }
         self.metrics.channel_leaves.increment(1);
-        channel.change(&mut inner, |p| p.untrack(member));
+        channel.remove(&mut inner, member);
         self.close_if_empty(channel, &mut inner);
     }
 
@@ -290,7 +725,10 @@ impl Registry {
             return false;
         }
         self.metrics.channel_leaves.increment(1);
-        let kept = inner.presence.orphan(member);
+        let kept = match inner.sync.as_mut() {
+            Some(sync) => sync.owned.contains_key(&member) && sync.orphans.insert(member),
+            None => inner.presence.orphan(member),
+        };
         self.close_if_empty(channel, &mut inner);
         kept
     }
@@ -299,17 +737,33 @@ impl Registry {
     /// it was adopted meanwhile (then there is nothing left to remove).
     pub fn expire(&self, channel: &Arc<Channel>, member: MemberId) {
         let mut inner = channel.inner.lock();
-        if !inner.presence.is_orphan(member) {
+        let orphan = match &inner.sync {
+            Some(sync) => sync.orphans.contains(&member),
+            None => inner.presence.is_orphan(member),
+        };
+        if !orphan {
             return;
         }
-        channel.change(&mut inner, |p| p.untrack(member));
+        channel.remove(&mut inner, member);
         self.close_if_empty(channel, &mut inner);
     }
 
     /// Drop a channel with no members and no kept metas from the registry.
     fn close_if_empty(&self, channel: &Arc<Channel>, inner: &mut Inner) {
-        if !inner.members.is_empty() || !inner.presence.is_empty() {
+        // With a cluster, other nodes' entries do not keep a channel here;
+        // the writer task still flushes this node's last deletes.
+        let holds = match &inner.sync {
+            Some(sync) => !sync.owned.is_empty(),
+            None => !inner.presence.is_empty(),
+        };
+        if !inner.members.is_empty() || holds {
             return;
+        }
+        if let Some(cluster) = &self.cluster {
+            let m = &self.metrics;
+            m.presences.decrement(inner.presence.meta_count() as f64);
+            m.presence_keys.decrement(inner.presence.key_count() as f64);
+            cluster.close(channel);
         }
         // Lock order: channel, then registry. `join` never holds the
         // registry lock while taking a channel lock, so this cannot deadlock.

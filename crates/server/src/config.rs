@@ -142,6 +142,34 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
+    /// Redis URL (`redis://host:port`): nodes sharing it share presence and broadcasts. Unset = one node, no Redis.
+    #[arg(long, env = "ROSTER_REDIS")]
+    pub redis: Option<String>,
+
+    /// This node's name in a cluster (letters, digits, `-`, `_`, `.`) [default: roster].
+    #[arg(long, env = "ROSTER_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// How often a node renews its lease in Redis [default: 1000].
+    #[arg(long, env = "ROSTER_CLUSTER_HEARTBEAT_MS")]
+    pub cluster_heartbeat_ms: Option<u64>,
+
+    /// A node silent this long is dead: its presences leave [default: 6000].
+    #[arg(long, env = "ROSTER_CLUSTER_LEASE_MS")]
+    pub cluster_lease_ms: Option<u64>,
+
+    /// Extra wait past an expired lease before reaping [default: 1000].
+    #[arg(long, env = "ROSTER_CLUSTER_REAP_GRACE_MS")]
+    pub cluster_reap_grace_ms: Option<u64>,
+
+    /// After Redis comes back, wait this long for every node to re-assert its presences before reporting leaves [default: 2000].
+    #[arg(long, env = "ROSTER_CLUSTER_SETTLE_MS")]
+    pub cluster_settle_ms: Option<u64>,
+
+    /// A node cut off from Redis this long closes its sockets so clients move to healthy nodes [default: 60000].
+    #[arg(long, env = "ROSTER_CLUSTER_ISLAND_TIMEOUT_MS")]
+    pub cluster_island_timeout_ms: Option<u64>,
+
     /// Refuse joins of public channels (`PrivateOnly: …`).
     #[arg(long, env = "ROSTER_PRIVATE_ONLY")]
     #[serde(default)]
@@ -219,6 +247,20 @@ pub struct Settings {
     pub limits: Limits,
     pub private_only: bool,
     pub policies: Vec<crate::authz::Policy>,
+    /// Several nodes on Redis; `None` = a single node.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The Redis backplane's settings (see `cluster/`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub node_name: String,
+    pub heartbeat: Duration,
+    pub lease: Duration,
+    pub reap_grace: Duration,
+    pub settle: Duration,
+    pub island_timeout: Duration,
 }
 
 pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
@@ -285,7 +327,44 @@ impl ServeArgs {
             issuer: self.jwt_issuer.or(file.jwt_issuer),
             audience: self.jwt_audience.or(file.jwt_audience),
         };
+        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_millis(flag.or(file).unwrap_or(default))
+        };
+        let cluster = match self.redis.or(file.redis) {
+            None => None,
+            Some(redis_url) => {
+                let node_name = self
+                    .node_name
+                    .or(file.node_name)
+                    .unwrap_or_else(|| "roster".into());
+                let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+                if node_name.is_empty() || node_name.len() > 64 || !node_name.chars().all(valid) {
+                    anyhow::bail!(
+                        "node name {node_name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+                    );
+                }
+                let lease = ms(self.cluster_lease_ms, file.cluster_lease_ms, 6000);
+                let heartbeat = ms(self.cluster_heartbeat_ms, file.cluster_heartbeat_ms, 1000);
+                if heartbeat * 2 > lease {
+                    anyhow::bail!("the cluster lease must be at least twice the heartbeat");
+                }
+                Some(ClusterSettings {
+                    redis_url,
+                    node_name,
+                    heartbeat,
+                    lease,
+                    reap_grace: ms(self.cluster_reap_grace_ms, file.cluster_reap_grace_ms, 1000),
+                    settle: ms(self.cluster_settle_ms, file.cluster_settle_ms, 2000),
+                    island_timeout: ms(
+                        self.cluster_island_timeout_ms,
+                        file.cluster_island_timeout_ms,
+                        60_000,
+                    ),
+                })
+            }
+        };
         Ok(Settings {
+            cluster,
             listen: self
                 .listen
                 .or(file.listen)

@@ -30,6 +30,8 @@ enum End {
     Overflow,
     WriteStalled,
     Shutdown,
+    /// The node was cut off from its cluster for the island timeout.
+    Islanded,
     /// A rule says this socket must go (e.g. the join rate).
     Policy(&'static str),
     #[allow(dead_code)] // read through Debug in the log line
@@ -44,6 +46,7 @@ impl End {
             End::Overflow => "overflow",
             End::WriteStalled => "write_stalled",
             End::Shutdown => "shutdown",
+            End::Islanded => "islanded",
             End::Policy(_) => "policy",
             End::Error(_) => "error",
         }
@@ -101,16 +104,24 @@ pub async fn run(
     // Created once, polled every turn: re-creating them per frame showed up in profiles.
     let idle = sleep(idle_timeout);
     let cancelled = shutdown.cancelled();
+    // A node cut off from its cluster too long sends its sockets elsewhere.
+    let island = server
+        .registry
+        .cluster()
+        .map(|c| c.island.lock().clone())
+        .unwrap_or_default();
+    let islanded = island.cancelled();
     let overflowed = overflow.notified();
     // Fires when the earliest channel credential expires.
     let expiry = sleep(NEVER);
     let mut expiry_at: Option<u64> = None;
-    tokio::pin!(idle, cancelled, overflowed, expiry);
+    tokio::pin!(idle, cancelled, overflowed, expiry, islanded);
     let mut last_flush = Instant::now() - coalesce;
     let end = loop {
         tokio::select! {
             biased;
             _ = &mut cancelled => break End::Shutdown,
+            _ = &mut islanded => break End::Islanded,
             _ = &mut overflowed => break End::Overflow,
             Some(first) = rx.recv() => {
                 // Coalesce what is already queued into one flush.
@@ -185,6 +196,7 @@ pub async fn run(
     tracing::debug!(%peer, ?end, channels, "disconnected");
     let close = match end {
         End::Shutdown => Some((1001, "server shutting down")),
+        End::Islanded => Some((1012, "node lost its cluster link")),
         End::IdleTimeout => Some((1000, "idle timeout")),
         End::Overflow => Some((1008, "too slow: outbound queue overflow")),
         End::Policy(reason) => Some((1008, reason)),

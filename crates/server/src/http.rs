@@ -90,6 +90,8 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
 async fn ready(State(server): State<Arc<Server>>) -> Response {
     if server.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if server.registry.cluster().is_some_and(|c| !c.is_healthy()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster link lost").into_response()
     } else {
         "ready".into_response()
     }

@@ -6,7 +6,8 @@
 //! * [`connection`]: one task per socket, the I/O loop and timeouts;
 //! * [`session`]: what each client message does on that socket;
 //! * [`channel`]: the channel registry, presence and fan-out;
-//! * [`outbound`]: the bounded per-socket queue of shared frames.
+//! * [`outbound`]: the bounded per-socket queue of shared frames;
+//! * [`cluster`]: several nodes sharing presence and broadcasts through Redis.
 //!
 //! The protocol lives in `roster-protocol`, presence logic in `roster-presence`.
 
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod authz;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod demo;

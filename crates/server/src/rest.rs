@@ -64,11 +64,18 @@ fn deliver(server: &Server, cred: &Credential, topic: &str, private: bool, msg: 
     if private && !authz::rights(&server.settings.policies, topic, cred).broadcast_write {
         return;
     }
-    if let Some(channel) = server
-        .registry
-        .get(&format!("{TOPIC_PREFIX}{topic}"), private)
-    {
-        channel.broadcast(msg, None);
+    let topic = format!("{TOPIC_PREFIX}{topic}");
+    match server.registry.get(&topic, private) {
+        Some(channel) => {
+            channel.broadcast(msg, None);
+        }
+        None => {
+            // Nobody here; maybe on other nodes.
+            if let Some(cluster) = server.registry.cluster() {
+                let tag = crate::cluster::wire::tag(&topic, private);
+                crate::channel::relay_broadcast(cluster, tag, msg);
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::channel::Registry;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::http;
 use crate::metrics::Metrics;
@@ -33,6 +34,10 @@ pub struct Server {
 
 impl Server {
     pub fn new(settings: Settings) -> Arc<Server> {
+        Self::with_cluster(settings, None)
+    }
+
+    pub fn with_cluster(settings: Settings, cluster: Option<Arc<Cluster>>) -> Arc<Server> {
         let random = uuid::Uuid::new_v4();
         let bytes = random.as_bytes();
         let mut uuid_node = [0u8; 6];
@@ -43,7 +48,7 @@ impl Server {
         Arc::new(Server {
             auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
             settings,
-            registry: Registry::new(metrics.clone()),
+            registry: Registry::new(metrics.clone(), cluster),
             metrics,
             admission: Arc::default(),
             refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
@@ -73,15 +78,26 @@ impl Running {
         self.server.shutdown.cancel();
         self.server.tasks.close();
         let _ = tokio::time::timeout(grace, self.server.tasks.wait()).await;
+        if let Some(cluster) = self.server.registry.cluster() {
+            cluster.leave(grace).await;
+        }
         let _ = tokio::time::timeout(grace, self.handle).await;
     }
 }
 
-/// Bind `settings.listen` and serve until [`Running::shutdown`].
-pub async fn start(settings: Settings) -> std::io::Result<Running> {
+/// Bind `settings.listen` and serve until [`Running::shutdown`]. With a
+/// cluster configured, Redis must be reachable.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let cluster = match &settings.cluster {
+        Some(c) => Some(Cluster::connect(c.clone()).await?),
+        None => None,
+    };
     let listener = TcpListener::bind(&settings.listen).await?;
     let addr = listener.local_addr()?;
-    let server = Server::new(settings);
+    let server = Server::with_cluster(settings, cluster);
+    if let Some(cluster) = server.registry.cluster() {
+        cluster.start(server.shutdown.clone());
+    }
     let handle = tokio::spawn(http::serve(listener, server.clone()));
     let upkeep = server.clone();
     tokio::spawn(async move {

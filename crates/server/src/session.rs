@@ -128,6 +128,20 @@ impl Session {
         self.reply(frame, Reply::error(reason));
     }
 
+    /// A reply to send later (when a track's diff is out).
+    fn reply_later(&self, frame: &Frame, reply: Reply) -> crate::channel::Ack {
+        let payload = reply.payload();
+        let text = Outgoing::reply(
+            frame.join_ref.as_deref(),
+            frame.ref_.as_deref(),
+            &frame.topic,
+            &payload,
+        )
+        .encode(self.vsn());
+        let out = self.out.clone();
+        Box::new(move || out.send(axum::extract::ws::Message::Text(text.into())))
+    }
+
     fn reply(&self, frame: &Frame, reply: Reply) {
         let payload = reply.payload();
         self.out.send_outgoing(&Outgoing::reply(
@@ -223,6 +237,14 @@ impl Session {
             return self.refuse_join(
                 frame,
                 "ClientJoinRateLimitReached: Too many joins per second",
+            );
+        }
+        if server.registry.cluster().is_some_and(|c| !c.is_healthy()) {
+            // realtime-js retries a refused join with backoff; meanwhile a
+            // load balancer sees /ready fail and moves new sockets away.
+            return self.refuse_join(
+                frame,
+                "NodeUnavailable: This node lost its cluster link; try again",
             );
         }
         let settings = &server.settings;
@@ -430,15 +452,18 @@ impl Session {
                 Ok(state) => {
                     // Diff before reply: when `await track()` resolves, the
                     // client's own state already shows it.
+                    let ack = self.reply_later(frame, Reply::ok());
+                    let joined = &self.joined[&frame.topic];
                     let tracked = joined.channel.track(
                         joined.member,
                         &joined.key,
                         state,
                         &self.server.refs,
                         limits.max_state_bytes_per_channel,
+                        ack,
                     );
                     match tracked {
-                        Ok(()) => self.reply(frame, Reply::ok()),
+                        Ok(()) => {}
                         Err(_) => self.reply(
                             frame,
                             Reply::error("PresenceStateFull: This channel's presence state is at its size limit"),
@@ -448,8 +473,9 @@ impl Session {
                 Err(e) => self.reply(frame, Reply::error(&e.to_string())),
             },
             PresenceAction::Untrack => {
-                joined.channel.untrack(joined.member);
-                self.reply(frame, Reply::ok());
+                let ack = self.reply_later(frame, Reply::ok());
+                let joined = &self.joined[&frame.topic];
+                joined.channel.untrack(joined.member, ack);
             }
             PresenceAction::Missing => self.reply(frame, Reply::ok()),
             PresenceAction::Unknown => self.reply(frame, Reply::error_empty()),

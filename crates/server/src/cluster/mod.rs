@@ -1,0 +1,644 @@
+//! Several nodes sharing presence and broadcasts through Redis.
+//!
+//! Redis holds the truth of each channel (one hash field per member, owned
+//! by the node holding its socket); each node holds the truth about its own
+//! sockets (`owned` in each channel) and re-asserts it whenever Redis may
+//! have lost it. Design: `shared/distributed-design.md`; departures are
+//! listed in ARCHITECTURE.md.
+//!
+//! * `wire` — key names, entry and message texts.
+//! * `scripts` — the Lua scripts: every change is one atomic script that
+//!   also publishes the numbered diff.
+//! * `replica` — a node's copy of one channel, applied in Redis's order.
+//! * this file — the node: its lease (heartbeat), reaping dead nodes,
+//!   the pub/sub connection, recovery after Redis comes back.
+
+mod replica;
+mod scripts;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use roster_protocol::UserBroadcast;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use replica::{Received, Replica, Snapshot};
+use scripts::Scripts;
+
+use crate::channel::Channel;
+use crate::config::ClusterSettings;
+
+/// One put (`Some`) or delete of an owned entry, by member number.
+pub type Op = (u64, Option<String>);
+
+/// Where a write landed: `(epoch, seq)`, and the update it published.
+pub struct Applied {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    pub update: Option<wire::Update>,
+}
+
+enum SubCommand {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+pub struct Cluster {
+    pub settings: ClusterSettings,
+    /// This incarnation's id: `<name>-<random>`; replaced when fenced.
+    nid: RwLock<Arc<str>>,
+    conn: ConnectionManager,
+    client: redis::Client,
+    scripts: Scripts,
+    /// Replicated channels by tag.
+    channels: Mutex<HashMap<String, Weak<Channel>>>,
+    subscribe_tx: mpsc::UnboundedSender<SubCommand>,
+    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCommand>>>,
+    /// True while our lease is surely valid: joins and writes go ahead.
+    healthy: watch::Sender<bool>,
+    /// Until then, resyncs wait: nodes are re-asserting after Redis came back.
+    settle_until: Mutex<Instant>,
+    /// Cancelled when the node has been cut off for the island timeout.
+    pub island: Mutex<CancellationToken>,
+    pub metrics: ClusterMetrics,
+    /// Channel writer tasks running.
+    writers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counters for `/metrics` and the closing numbers.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub redis_calls: std::sync::atomic::AtomicU64,
+    pub resyncs: std::sync::atomic::AtomicU64,
+    pub reaped: std::sync::atomic::AtomicU64,
+}
+
+fn new_nid(name: &str) -> Arc<str> {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    Arc::from(format!("{name}-{}", &random[..12]))
+}
+
+/// A fresh epoch, in case a script has to create a channel's meta.
+fn fresh_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+impl Cluster {
+    /// Connect to Redis (fails when it cannot be reached).
+    pub async fn connect(settings: ClusterSettings) -> anyhow::Result<Arc<Cluster>> {
+        let client = redis::Client::open(settings.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("redis URL {:?}: {e}", settings.redis_url))?;
+        // A reply slower than a heartbeat is as good as none: the lease
+        // logic must see failures in time.
+        let timeout = settings.heartbeat.max(Duration::from_millis(100));
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("redis {}: connection timed out", settings.redis_url))?
+        .map_err(|e| anyhow::anyhow!("redis {}: {e}", settings.redis_url))?;
+        let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Cluster {
+            nid: RwLock::new(new_nid(&settings.node_name)),
+            settings,
+            conn,
+            client,
+            scripts: Scripts::new(),
+            channels: Mutex::default(),
+            subscribe_tx,
+            subscribe_rx: Mutex::new(Some(subscribe_rx)),
+            healthy: watch::channel(false).0,
+            settle_until: Mutex::new(Instant::now()),
+            island: Mutex::new(CancellationToken::new()),
+            metrics: ClusterMetrics::default(),
+            writers: Default::default(),
+        }))
+    }
+
+    pub fn nid(&self) -> Arc<str> {
+        self.nid.read().clone()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        *self.healthy.borrow()
+    }
+
+    /// Wait until the node may write again.
+    pub async fn until_healthy(&self) {
+        let mut rx = self.healthy.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// Until when resyncs should wait (re-asserting after a Redis loss).
+    pub fn settle_until(&self) -> Instant {
+        *self.settle_until.lock()
+    }
+
+    fn count(&self, calls: u64) {
+        self.metrics
+            .redis_calls
+            .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Start the node's background tasks: lease, reaping, pub/sub.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let rx = self
+            .subscribe_rx
+            .lock()
+            .take()
+            .expect("Cluster::start runs once");
+        tokio::spawn(self.clone().pubsub_loop(rx, shutdown.clone()));
+        tokio::spawn(self.clone().lease_loop(shutdown));
+    }
+
+    // ---- channels ------------------------------------------------------
+
+    /// Replicate `channel` here: subscribe, then snapshot (in that order,
+    /// so no change falls between the two), then install.
+    pub async fn open(self: Arc<Self>, channel: Arc<Channel>) {
+        let tag = channel.tag().to_owned();
+        self.channels
+            .lock()
+            .insert(tag.clone(), Arc::downgrade(&channel));
+        let (done_tx, done_rx) = oneshot::channel();
+        let _ = self.subscribe_tx.send(SubCommand::Subscribe(tag, done_tx));
+        if done_rx.await.is_err() {
+            return;
+        }
+        self.resync(channel).await;
+    }
+
+    /// Stop replicating a closed channel (unless a newer one took its tag).
+    pub fn close(&self, channel: &Arc<Channel>) {
+        let tag = channel.tag();
+        let mut channels = self.channels.lock();
+        let ours = channels
+            .get(tag)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(channel)));
+        if ours {
+            channels.remove(tag);
+            let _ = self
+                .subscribe_tx
+                .send(SubCommand::Unsubscribe(tag.to_owned()));
+        }
+    }
+
+    /// Rebuild a channel's replica from a snapshot, retrying until Redis
+    /// answers or the channel is closed.
+    pub async fn resync(self: Arc<Self>, channel: Arc<Channel>) {
+        loop {
+            tokio::time::sleep_until(self.settle_until()).await;
+            if channel.is_closed() {
+                return;
+            }
+            match self
+                .snapshot(channel.tag(), channel.topic(), channel.is_private())
+                .await
+            {
+                Ok(snapshot) => {
+                    self.metrics
+                        .resyncs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if channel.install(snapshot) {
+                        return;
+                    }
+                    // Asked again meanwhile (another epoch seen): go round.
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, topic = channel.topic(), "snapshot failed; retrying");
+                    tokio::time::sleep(self.settings.heartbeat).await;
+                }
+            }
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        tag: &str,
+        topic: &str,
+        private: bool,
+    ) -> redis::RedisResult<Snapshot> {
+        let mut conn = self.conn.clone();
+        self.count(1);
+        let (epoch, seq, flat): (String, u64, Vec<String>) = self
+            .scripts
+            .snapshot
+            .key(wire::data_key(tag))
+            .key(wire::meta_key(tag))
+            .arg(fresh_epoch())
+            .arg(topic_label(topic, private))
+            .invoke_async(&mut conn)
+            .await?;
+        let mut entries = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(mid), Some(entry)) = (it.next(), it.next()) {
+            entries.push((mid, entry));
+        }
+        Ok(Snapshot {
+            epoch: Arc::from(epoch),
+            seq,
+            entries,
+        })
+    }
+
+    /// Write one batch of a channel's owned entries. `register` first adds
+    /// the channel to this node's set (so a reaper finds it).
+    pub async fn apply(
+        &self,
+        tag: &str,
+        topic: &str,
+        private: bool,
+        ops: &[Op],
+        register: bool,
+    ) -> redis::RedisResult<Applied> {
+        let nid = self.nid();
+        let mut conn = self.conn.clone();
+        if register {
+            self.count(1);
+            let _: () = conn.sadd(wire::node_channels_key(&nid), tag).await?;
+        }
+        let mut invocation = self.scripts.apply.key(wire::data_key(tag));
+        invocation
+            .key(wire::meta_key(tag))
+            .key(wire::NODES)
+            .arg(&*nid)
+            .arg(wire::pubsub_channel(tag))
+            .arg(topic_label(topic, private))
+            .arg(fresh_epoch());
+        for (member, put) in ops {
+            let mid = format!("{nid}|{member}");
+            match put {
+                Some(entry) => invocation.arg("P").arg(mid).arg(entry),
+                None => invocation.arg("D").arg(mid).arg(""),
+            };
+        }
+        self.count(1);
+        let (epoch, seq, message): (String, u64, Option<String>) =
+            invocation.invoke_async(&mut conn).await?;
+        Ok(Applied {
+            epoch: Arc::from(epoch),
+            seq,
+            update: message.as_deref().and_then(wire::decode_update),
+        })
+    }
+
+    /// Relay a broadcast to the other nodes (they skip their own).
+    pub async fn publish_broadcast(&self, tag: String, msg: &UserBroadcast) {
+        let bytes = wire::encode_broadcast(&self.nid(), msg);
+        let mut conn = self.conn.clone();
+        self.count(1);
+        let sent: redis::RedisResult<()> = conn.publish(wire::pubsub_channel(&tag), bytes).await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "broadcast not relayed to other nodes");
+        }
+    }
+
+    fn channel(&self, tag: &str) -> Option<Arc<Channel>> {
+        self.channels.lock().get(tag).and_then(Weak::upgrade)
+    }
+
+    fn all_channels(&self) -> Vec<Arc<Channel>> {
+        self.channels
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    // ---- pub/sub ---------------------------------------------------------
+
+    async fn pubsub_loop(
+        self: Arc<Self>,
+        mut commands: mpsc::UnboundedReceiver<SubCommand>,
+        shutdown: CancellationToken,
+    ) {
+        let mut first = true;
+        // Subscribes asked for while disconnected, answered after the next connect.
+        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let pubsub = match self.client.get_async_pubsub().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis pub/sub connect failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let tags: Vec<String> = self
+                .channels
+                .lock()
+                .keys()
+                .map(|t| wire::pubsub_channel(t))
+                .collect();
+            if !tags.is_empty() && sink.subscribe(&tags).await.is_err() {
+                continue;
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            if !first {
+                tracing::info!("redis pub/sub reconnected: re-asserting and resyncing");
+                self.recover();
+            }
+            first = false;
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.route(msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
+                    cmd = commands.recv() => match cmd {
+                        Some(SubCommand::Subscribe(tag, done)) => {
+                            if sink.subscribe(wire::pubsub_channel(&tag)).await.is_ok() {
+                                let _ = done.send(());
+                            } else {
+                                waiting.push(done);
+                                break;
+                            }
+                        }
+                        Some(SubCommand::Unsubscribe(tag)) => {
+                            // A newer channel may have taken the tag meanwhile.
+                            if !self.channels.lock().contains_key(&tag)
+                                && sink.unsubscribe(wire::pubsub_channel(&tag)).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            tracing::warn!("redis pub/sub connection lost");
+        }
+    }
+
+    fn route(&self, channel_name: &str, payload: &[u8]) {
+        let Some(tag) = wire::tag_of_channel(channel_name) else {
+            return;
+        };
+        let Some(channel) = self.channel(tag) else {
+            return;
+        };
+        match payload.first() {
+            Some(b'P') => match std::str::from_utf8(payload)
+                .ok()
+                .and_then(wire::decode_update)
+            {
+                Some(update) => channel.receive(update),
+                None => tracing::warn!(channel_name, "unreadable presence update ignored"),
+            },
+            Some(b'B') => match wire::decode_broadcast(payload) {
+                Some((origin, msg)) if *origin != *self.nid() => {
+                    channel.deliver_broadcast(&msg, None);
+                }
+                Some(_) => {}
+                None => tracing::warn!(channel_name, "unreadable broadcast ignored"),
+            },
+            _ => {}
+        }
+    }
+
+    /// Redis may have lost data or messages: re-assert every owned entry,
+    /// let the other nodes do the same for `settle`, then resync each
+    /// channel and tell clients only what really changed.
+    fn recover(self: &Arc<Self>) {
+        *self.settle_until.lock() = Instant::now() + self.settings.settle;
+        for channel in self.all_channels() {
+            channel.reassert();
+            tokio::spawn(self.clone().resync(channel));
+        }
+    }
+
+    // ---- lease and reaping ----------------------------------------------
+
+    async fn lease_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let s = &self.settings;
+        // Stop writing a little before the lease could run out.
+        let margin = (s.lease / 3).min(Duration::from_secs(2));
+        let mut last_ok = Instant::now();
+        let mut no_claim_until = Instant::now() + s.lease;
+        let mut first = true;
+        let mut islanded = false;
+        let mut every = tokio::time::interval(s.heartbeat);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let beat = self.heartbeat().await;
+            let now = Instant::now();
+            match beat.as_deref() {
+                Ok(status) => {
+                    let was_healthy = self.is_healthy();
+                    last_ok = now;
+                    match status {
+                        "ok" => {}
+                        "late" => no_claim_until = now + s.lease,
+                        "registered" => {
+                            no_claim_until = now + s.lease;
+                            if !first {
+                                tracing::warn!(
+                                    "redis lost this node's lease (restarted empty?): re-asserting"
+                                );
+                                self.recover();
+                            }
+                        }
+                        _ => {
+                            // Reaped while we were away: a new incarnation,
+                            // whose entries go in under new member ids.
+                            let nid = new_nid(&s.node_name);
+                            tracing::warn!(%nid, "this node was declared dead; rejoining as a new incarnation");
+                            *self.nid.write() = nid;
+                            no_claim_until = now + s.lease;
+                            if self.heartbeat().await.is_ok() {
+                                self.recover();
+                            }
+                        }
+                    }
+                    first = false;
+                    islanded = false;
+                    if !was_healthy {
+                        tracing::info!(nid = %self.nid(), "cluster lease held");
+                        self.healthy.send_replace(true);
+                        if status == "ok" || status == "late" {
+                            // Writes may have failed meanwhile; nothing was lost in Redis.
+                            for channel in self.all_channels() {
+                                channel.reassert();
+                            }
+                        }
+                    }
+                    if now >= no_claim_until {
+                        self.claim_and_reap().await;
+                    }
+                }
+                Err(e) => {
+                    let silent = now - last_ok;
+                    if silent + margin >= s.lease && self.is_healthy() {
+                        tracing::warn!(error = %e, "cluster lease at risk: refusing joins until redis answers");
+                        self.healthy.send_replace(false);
+                    }
+                    if silent >= s.island_timeout && !islanded {
+                        islanded = true;
+                        tracing::warn!("cut off from redis too long: closing sockets so clients move to other nodes");
+                        let token = std::mem::take(&mut *self.island.lock());
+                        token.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(&self) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        self.count(1);
+        let (status,): (String,) = self
+            .scripts
+            .heartbeat
+            .key(wire::NODES)
+            .key(wire::DEAD)
+            .arg(&*self.nid())
+            .arg(self.settings.lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(status)
+    }
+
+    async fn claim_and_reap(self: &Arc<Self>) {
+        let mut conn = self.conn.clone();
+        let s = &self.settings;
+        self.count(1);
+        let claimed: redis::RedisResult<Vec<String>> = self
+            .scripts
+            .claim
+            .key(wire::NODES)
+            .key(wire::REAPING)
+            .key(wire::DEAD)
+            .arg(&*self.nid())
+            .arg(s.reap_grace.as_millis() as u64)
+            .arg((s.lease * 2).as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        for dead in claimed.unwrap_or_default() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match me.reap(&dead).await {
+                    Ok(n) => tracing::info!(node = %dead, presences = n, "reaped a dead node"),
+                    Err(e) => {
+                        tracing::warn!(node = %dead, error = %e, "reaping failed; another node will retry")
+                    }
+                }
+            });
+        }
+    }
+
+    /// Remove every entry of dead node `dead`, channel by channel; each
+    /// removal publishes its leave once.
+    async fn reap(&self, dead: &str) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let set = wire::node_channels_key(dead);
+        self.count(1);
+        let tags: Vec<String> = conn.smembers(&set).await?;
+        let pattern = format!("{dead}|*");
+        let mut removed = 0;
+        for tag in tags {
+            let mut cursor = 0u64;
+            loop {
+                self.count(1);
+                let (next, fields): (u64, Vec<String>) = redis::cmd("HSCAN")
+                    .arg(wire::data_key(&tag))
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                // HSCAN replies field, value, field, value…
+                let mids: Vec<&String> = fields.iter().step_by(2).collect();
+                if !mids.is_empty() {
+                    self.count(1);
+                    let n: u64 = self
+                        .scripts
+                        .reap
+                        .key(wire::data_key(&tag))
+                        .key(wire::meta_key(&tag))
+                        .arg(wire::pubsub_channel(&tag))
+                        .arg(&*self.nid())
+                        .arg(fresh_epoch())
+                        .arg(mids)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    removed += n;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        self.count(2);
+        let _: () = conn.del(&set).await?;
+        let _: () = conn.hdel(wire::REAPING, dead).await?;
+        self.metrics
+            .reaped
+            .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+        Ok(removed)
+    }
+
+    /// Graceful exit, once the sockets have closed: wait (up to `grace`)
+    /// for the channels' writers to delete our entries, then let our lease
+    /// lapse at once, so any entry left behind is reaped within a sweep
+    /// instead of after a whole lease.
+    pub async fn leave(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && self.writers.load(std::sync::atomic::Ordering::Acquire) > 0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut conn = self.conn.clone();
+        let nid = self.nid();
+        let _: redis::RedisResult<()> = conn.zadd(wire::NODES, &*nid, 0).await;
+    }
+
+    /// A channel's writer task starts or ends (see [`Self::leave`]).
+    pub fn writer_running(&self, running: bool) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if running {
+            self.writers.fetch_add(1, AcqRel);
+        } else {
+            self.writers.fetch_sub(1, AcqRel);
+        }
+    }
+}
+
+/// What a channel's meta records as its name (for debugging).
+fn topic_label(topic: &str, private: bool) -> String {
+    if private {
+        format!("private:{topic}")
+    } else {
+        topic.to_owned()
+    }
+}

@@ -1,0 +1,172 @@
+//! The Lua scripts: every change to Redis is one of these, so each is
+//! atomic and publishes its own diff, numbered, from inside the script —
+//! the order of messages on a channel is the order of changes in Redis.
+//!
+//! Times come from Redis's clock (`TIME`); node clocks are never compared.
+
+use redis::Script;
+
+/// The scripts, loaded once (`EVALSHA`, re-sent after a Redis restart).
+pub struct Scripts {
+    pub apply: Script,
+    pub snapshot: Script,
+    pub reap: Script,
+    pub heartbeat: Script,
+    pub claim: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            apply: script(&[NOW, KEEP_META, APPLY_BODY]),
+            snapshot: script(&[KEEP_META, SNAPSHOT_BODY]),
+            reap: script(&[KEEP_META, REAP_BODY]),
+            heartbeat: script(&[NOW, HEARTBEAT_BODY]),
+            claim: script(&[NOW, CLAIM_BODY]),
+        }
+    }
+}
+
+const NOW: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// A channel's meta hash outlives its last entry by ten minutes, so a
+/// brief empty spell keeps the epoch (and nobody resyncs for nothing).
+const KEEP_META: &str = r"
+local function settle_meta(data, meta)
+  if redis.call('EXISTS', data) == 1 then
+    redis.call('PERSIST', meta)
+  else
+    redis.call('PEXPIRE', meta, 600000)
+  end
+end
+";
+
+/// The owner's batched puts and deletes for one channel.
+/// KEYS: data, meta, nodes. ARGV: owner nid, pub/sub channel, topic, a fresh
+/// epoch (used if the channel has none), then `P|D`, mid, entry triples.
+/// Refused with `FENCED` unless the owner holds a live lease.
+/// Returns `{epoch, seq, message or false}`.
+const APPLY_BODY: &str = r"
+local data, meta, nodes = KEYS[1], KEYS[2], KEYS[3]
+local nid = ARGV[1]
+local lease = redis.call('ZSCORE', nodes, nid)
+if not lease or tonumber(lease) < now_ms() then
+  return redis.error_reply('FENCED lease lost')
+end
+local out = {}
+for i = 5, #ARGV, 3 do
+  local op, mid, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', data, mid)
+  if op == 'P' then
+    if old ~= value then
+      redis.call('HSET', data, mid, value)
+      if old then out[#out + 1] = '-' .. mid .. '\30' .. old end
+      out[#out + 1] = '+' .. mid .. '\30' .. value
+    end
+  elseif old then
+    redis.call('HDEL', data, mid)
+    out[#out + 1] = '-' .. mid .. '\30' .. old
+  end
+end
+redis.call('HSETNX', meta, 'e', ARGV[4])
+redis.call('HSETNX', meta, 't', ARGV[3])
+local epoch = redis.call('HGET', meta, 'e')
+settle_meta(data, meta)
+if #out == 0 then
+  return {epoch, tonumber(redis.call('HGET', meta, 's') or '0'), false}
+end
+local seq = redis.call('HINCRBY', meta, 's', 1)
+local msg = 'P\n' .. epoch .. '\n' .. seq .. '\n' .. nid .. '\n' .. table.concat(out, '\n')
+redis.call('PUBLISH', ARGV[2], msg)
+return {epoch, seq, msg}
+";
+
+/// KEYS: data, meta. ARGV: a fresh epoch, topic. Returns `{epoch, seq, {mid, entry, ...}}`.
+const SNAPSHOT_BODY: &str = r"
+local data, meta = KEYS[1], KEYS[2]
+redis.call('HSETNX', meta, 'e', ARGV[1])
+redis.call('HSETNX', meta, 't', ARGV[2])
+settle_meta(data, meta)
+return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or '0'), redis.call('HGETALL', data)}
+";
+
+/// Remove the listed fields of a dead owner that still exist, publishing
+/// one leave diff. Only the call whose HDEL removed a field reports it, so
+/// each leave is published exactly once however many reapers overlap.
+/// KEYS: data, meta. ARGV: pub/sub channel, reaper nid, fresh epoch, fields.
+const REAP_BODY: &str = r"
+local data, meta = KEYS[1], KEYS[2]
+local out = {}
+for i = 4, #ARGV do
+  local old = redis.call('HGET', data, ARGV[i])
+  if old then
+    redis.call('HDEL', data, ARGV[i])
+    out[#out + 1] = '-' .. ARGV[i] .. '\30' .. old
+  end
+end
+if #out == 0 then return 0 end
+redis.call('HSETNX', meta, 'e', ARGV[3])
+local seq = redis.call('HINCRBY', meta, 's', 1)
+settle_meta(data, meta)
+redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '\n' .. table.concat(out, '\n'))
+return #out
+";
+
+/// Renew a node's lease. KEYS: nodes, dead. ARGV: nid, lease ms.
+/// Returns `{status}`: `ok`; `late` (the lease had run out, nobody reaped
+/// it yet — Redis or this node stalled); `registered` (unknown: first
+/// beat, or Redis lost its data); `fenced` (reaped: take a new id).
+const HEARTBEAT_BODY: &str = r"
+local nodes, dead = KEYS[1], KEYS[2]
+local nid = ARGV[1]
+local now = now_ms()
+local old = redis.call('ZSCORE', nodes, nid)
+local status = 'ok'
+if not old then
+  if redis.call('ZSCORE', dead, nid) then return {'fenced'} end
+  status = 'registered'
+elseif tonumber(old) < now then
+  status = 'late'
+end
+redis.call('ZADD', nodes, now + tonumber(ARGV[2]), nid)
+return {status}
+";
+
+/// Claim dead nodes for reaping: leases expired more than `grace` ago, and
+/// claims whose reaper died. Only a claimer with a live lease may claim.
+/// KEYS: nodes, reaping, dead. ARGV: claimer nid, grace ms, claim ms.
+const CLAIM_BODY: &str = r"
+local nodes, reaping, dead = KEYS[1], KEYS[2], KEYS[3]
+local me = ARGV[1]
+local now = now_ms()
+local mine = redis.call('ZSCORE', nodes, me)
+if not mine or tonumber(mine) < now then return {} end
+local claim_until = now + tonumber(ARGV[3])
+local out = {}
+for _, nid in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now - tonumber(ARGV[2]))) do
+  redis.call('ZREM', nodes, nid)
+  redis.call('ZADD', dead, now, nid)
+  redis.call('HSET', reaping, nid, me .. ':' .. claim_until)
+  out[#out + 1] = nid
+end
+local claims = redis.call('HGETALL', reaping)
+for i = 1, #claims, 2 do
+  local deadline = tonumber(string.match(claims[i + 1], ':(%d+)$'))
+  if deadline and deadline < now then
+    redis.call('HSET', reaping, claims[i], me .. ':' .. claim_until)
+    out[#out + 1] = claims[i]
+  end
+end
+redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - 3600000)
+return out
+";
+
+/// A script is its body behind the helpers it uses.
+fn script(parts: &[&str]) -> Script {
+    Script::new(&parts.concat())
+}
