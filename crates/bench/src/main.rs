@@ -35,7 +35,7 @@ enum Scenario {
 )]
 struct Args {
     scenario: Scenario,
-    /// WebSocket URL of the server (without query).
+    /// WebSocket URL of the server (without query); several nodes: comma-separated, clients spread round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:4000/realtime/v1/websocket")]
     url: String,
     #[arg(long, default_value = "sb_publishable_dev")]
@@ -60,9 +60,9 @@ struct Args {
     /// Share of clients that drop and rejoin (churn).
     #[arg(long, default_value_t = 0.2)]
     churn_share: f64,
-    /// PID of the server, for CPU seconds and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server, for CPU seconds and RSS from /proc; several nodes: comma-separated (summed).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Local source addresses 127.0.0.1..=127.0.0.K, to pass the ephemeral-port limit.
     #[arg(long, default_value_t = 1)]
     sources: u8,
@@ -91,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
         )?
         .with_room_size(args.room_size),
     );
-    let server = args.server_pid.map(proc_stats::Process::new);
+    let server =
+        (!args.server_pid.is_empty()).then(|| proc_stats::Process::new(args.server_pid.clone()));
     let before = server.as_ref().and_then(|p| p.sample());
 
     // Join phase: everyone at once (bounded connect concurrency).
@@ -220,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
     result["missing"] = json!(missing);
     let all_exact = exact == n && shared.broadcast_errors.load(Ordering::Relaxed) == 0;
     result["all_exact"] = json!(all_exact);
+    result["tracks_sent"] = json!(shared.tracks.load(Ordering::Relaxed));
     eprintln!();
     println!("{result}");
     if !all_exact {

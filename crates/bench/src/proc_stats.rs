@@ -1,7 +1,8 @@
-//! Server CPU time and memory, read from /proc (Linux).
+//! Server CPU time and memory, read from /proc (Linux); summed over the
+//! processes of a several-node run.
 
 pub struct Process {
-    pid: u32,
+    pids: Vec<u32>,
 }
 
 pub struct Sample {
@@ -16,18 +17,33 @@ pub struct Sample {
 const CLK_TCK: f64 = 100.0;
 
 impl Process {
-    pub fn new(pid: u32) -> Self {
-        Process { pid }
+    pub fn new(pids: Vec<u32>) -> Self {
+        Process { pids }
     }
 
     pub fn sample(&self) -> Option<Sample> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let mut total = Sample {
+            cpu_s: 0.0,
+            rss_kb: 0,
+            hwm_kb: 0,
+        };
+        for pid in &self.pids {
+            let s = Self::sample_one(*pid)?;
+            total.cpu_s += s.cpu_s;
+            total.rss_kb += s.rss_kb;
+            total.hwm_kb += s.hwm_kb;
+        }
+        Some(total)
+    }
+
+    fn sample_one(pid: u32) -> Option<Sample> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?;
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let utime: f64 = fields.get(11)?.parse().ok()?;
         let stime: f64 = fields.get(12)?.parse().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid)).ok()?;
         let kb = |name: &str| {
             status
                 .lines()

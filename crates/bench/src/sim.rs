@@ -28,8 +28,8 @@ pub enum Phase {
 }
 
 pub struct Shared {
-    pub url: String,
-    server: String,
+    /// `(host:port, URL with key)` per node; client `i` uses node `i % len`.
+    targets: Vec<(String, String)>,
     room: String,
     pub n: usize,
     /// Clients per room; `n` puts everyone in one room.
@@ -54,6 +54,8 @@ pub struct Shared {
     pub rejoins: AtomicUsize,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
+    /// Tracks sent, all clients and phases together.
+    pub tracks: AtomicU64,
     join_ms: Mutex<Vec<f64>>,
     update_ms: Mutex<Vec<f64>>,
 }
@@ -77,16 +79,22 @@ impl Shared {
         sources: u8,
         rate: f64,
     ) -> anyhow::Result<Self> {
-        let server = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        // Several nodes: comma-separated URLs, clients spread round-robin.
+        let targets = url
+            .split(',')
+            .map(|url| {
+                let server = url
+                    .strip_prefix("ws://")
+                    .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok((server, format!("{url}?apikey={key}")))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Shared {
-            url: format!("{url}?apikey={key}"),
-            server,
+            targets,
             room: room.to_owned(),
             n,
             room_size: n.max(1),
@@ -107,6 +115,7 @@ impl Shared {
             rejoins: AtomicUsize::new(0),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            tracks: AtomicU64::new(0),
             join_ms: Mutex::new(Vec::new()),
             update_ms: Mutex::new(Vec::new()),
         })
@@ -193,10 +202,11 @@ struct Client {
 
 async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
     let vsn = shared.vsn_for(i);
-    let addr: SocketAddr = tokio::net::lookup_host(&shared.server)
+    let (server, base_url) = &shared.targets[i % shared.targets.len()];
+    let addr: SocketAddr = tokio::net::lookup_host(server)
         .await?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", shared.server))?;
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {server}"))?;
     let socket = TcpSocket::new_v4()?;
     let src = Ipv4Addr::new(127, 0, 0, 1 + (i % shared.sources as usize) as u8);
     if addr.ip().is_loopback() && shared.sources > 1 {
@@ -204,7 +214,7 @@ async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
     }
     socket.set_nodelay(true)?;
     let stream = socket.connect(addr).await?;
-    let url = format!("{}&vsn={}", shared.url, vsn.as_str());
+    let url = format!("{base_url}&vsn={}", vsn.as_str());
     // Small buffers: the generator holds many connections (tungstenite's
     // default read buffer is 128 KiB each).
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -236,6 +246,7 @@ impl Client {
         self.seq += 1;
         self.shared.final_seq[self.i].store(self.seq, Ordering::Relaxed);
         let t = self.shared.now_us();
+        self.shared.tracks.fetch_add(1, Ordering::Relaxed);
         self.send("presence", json!({"type": "presence", "event": "track", "payload": {"i": self.i, "seq": self.seq, "t": t}}))
             .await?;
         Ok(())

@@ -664,7 +664,7 @@ impl Registry {
                 .clone();
             if created {
                 if let Some(cluster) = &self.cluster {
-                    tokio::spawn(cluster.clone().open(channel.clone()));
+                    cluster.open(&channel);
                 }
             }
             let mut inner = channel.inner.lock();

@@ -103,7 +103,13 @@ async fn metrics(State(server): State<Arc<Server>>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        server.metrics.render(),
+        {
+            let mut text = server.metrics.render();
+            if let Some(cluster) = server.registry.cluster() {
+                text.push_str(&cluster.render_metrics());
+            }
+            text
+        },
     )
         .into_response()
 }

@@ -168,18 +168,21 @@ impl Cluster {
     // ---- channels ------------------------------------------------------
 
     /// Replicate `channel` here: subscribe, then snapshot (in that order,
-    /// so no change falls between the two), then install.
-    pub async fn open(self: Arc<Self>, channel: Arc<Channel>) {
+    /// so no change falls between the two), then install. Called as the
+    /// channel is created; the subscribing happens in the background.
+    pub fn open(self: &Arc<Self>, channel: &Arc<Channel>) {
         let tag = channel.tag().to_owned();
         self.channels
             .lock()
-            .insert(tag.clone(), Arc::downgrade(&channel));
+            .insert(tag.clone(), Arc::downgrade(channel));
         let (done_tx, done_rx) = oneshot::channel();
         let _ = self.subscribe_tx.send(SubCommand::Subscribe(tag, done_tx));
-        if done_rx.await.is_err() {
-            return;
-        }
-        self.resync(channel).await;
+        let (me, channel) = (self.clone(), channel.clone());
+        tokio::spawn(async move {
+            if done_rx.await.is_ok() {
+                me.resync(channel).await;
+            }
+        });
     }
 
     /// Stop replicating a closed channel (unless a newer one took its tag).
@@ -621,6 +624,22 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let nid = self.nid();
         let _: redis::RedisResult<()> = conn.zadd(wire::NODES, &*nid, 0).await;
+    }
+
+    /// Prometheus lines for the cluster link.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        format!(
+            "# TYPE roster_cluster_healthy gauge\nroster_cluster_healthy {}\n\
+             # TYPE roster_cluster_redis_calls_total counter\nroster_cluster_redis_calls_total {}\n\
+             # TYPE roster_cluster_resyncs_total counter\nroster_cluster_resyncs_total {}\n\
+             # TYPE roster_cluster_reaped_presences_total counter\nroster_cluster_reaped_presences_total {}\n",
+            u8::from(self.is_healthy()),
+            m.redis_calls.load(Relaxed),
+            m.resyncs.load(Relaxed),
+            m.reaped.load(Relaxed),
+        )
     }
 
     /// A channel's writer task starts or ends (see [`Self::leave`]).

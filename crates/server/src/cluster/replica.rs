@@ -120,6 +120,10 @@ impl Replica {
     /// already had the old state (nothing on a first sync, and nothing
     /// when every entry came back with the same ref).
     pub fn install(&mut self, snapshot: Snapshot, presence: &mut ChannelPresence) -> Diff {
+        if self.epoch.as_ref() == Some(&snapshot.epoch) && snapshot.seq <= self.seq {
+            // Updates overtook the snapshot: the replica is already newer.
+            return Diff::default();
+        }
         let mut diff = Diff::default();
         let mut fresh: HashMap<Arc<str>, (String, roster_presence::Meta)> = HashMap::new();
         for (mid, text) in snapshot.entries {
@@ -244,6 +248,18 @@ mod tests {
         assert_eq!(refs(&d.joins), ["r3"]);
         assert_eq!(refs(&d.leaves), ["r2"]);
         assert_eq!(p.meta_count(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_replica_is_ignored() {
+        let mut p = ChannelPresence::new();
+        let mut r = Replica::default();
+        r.install(snapshot("e", 1, &[("a|1", "r1")]), &mut p);
+        r.receive(update("e", 2, &[(true, "a|2", "r2")]), &mut p);
+        assert!(r
+            .install(snapshot("e", 1, &[("a|1", "r1")]), &mut p)
+            .is_empty());
+        assert_eq!((p.meta_count(), r.position()), (2, Some(("e", 2))));
     }
 
     #[test]
