@@ -543,13 +543,7 @@ impl Channel {
         after: Option<&str>,
         limit: usize,
     ) -> Vec<(String, Vec<serde_json::Value>)> {
-        let inner = self.inner.lock();
-        inner
-            .presence
-            .page(after, limit)
-            .into_iter()
-            .map(|(key, metas)| (key.to_owned(), metas.iter().map(|m| m.to_value()).collect()))
-            .collect()
+        page_values(&self.inner.lock().presence, after, limit)
     }
 
     /// Which of `keys` are tracked here.
@@ -586,11 +580,22 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
     }
 }
 
+/// A page of a presence state as `(key, metas as JSON values)`.
+pub fn page_values(
+    presence: &ChannelPresence,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<(String, Vec<serde_json::Value>)> {
+    presence
+        .page(after, limit)
+        .into_iter()
+        .map(|(key, metas)| (key.to_owned(), metas.iter().map(|m| m.to_value()).collect()))
+        .collect()
+}
+
 /// Publish a broadcast for the other nodes, without waiting for Redis.
 pub fn relay_broadcast(cluster: &Arc<Cluster>, tag: String, msg: &UserBroadcast) {
-    let cluster = cluster.clone();
-    let msg = msg.clone();
-    tokio::spawn(async move { cluster.publish_broadcast(tag, &msg).await });
+    cluster.publish_broadcast(&tag, msg);
 }
 
 /// A track refused because the channel's presence state is full.

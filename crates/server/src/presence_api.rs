@@ -82,11 +82,20 @@ async fn members(
             format!("limit must be 1..={MAX_PAGE}"),
         );
     }
-    let page = server
-        .registry
-        .get(&format!("{TOPIC_PREFIX}{topic}"), params.private)
-        .map(|c| c.presence_page(params.cursor.as_deref(), limit))
-        .unwrap_or_default();
+    let full = format!("{TOPIC_PREFIX}{topic}");
+    let cursor = params.cursor.as_deref();
+    let page = match (
+        server.registry.get(&full, params.private),
+        server.registry.cluster(),
+    ) {
+        (Some(channel), _) => channel.presence_page(cursor, limit),
+        // No client here: ask Redis, which has every node's presences.
+        (None, Some(cluster)) => match cluster.read_presence(&full, params.private).await {
+            Ok(presence) => crate::channel::page_values(&presence, cursor, limit),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        },
+        (None, None) => Vec::new(),
+    };
     // A full page may have more after it; the last key is where to go on.
     let next_cursor = (page.len() == limit)
         .then(|| page.last().map(|(k, _)| k.clone()))
@@ -113,11 +122,20 @@ async fn count(
     if let Some(refusal) = service_only(&server, &headers) {
         return refusal;
     }
-    let (connections, keys, presences) = server
-        .registry
-        .get(&format!("{TOPIC_PREFIX}{topic}"), params.private)
-        .map(|c| c.counts())
-        .unwrap_or_default();
+    let full = format!("{TOPIC_PREFIX}{topic}");
+    // `connections` counts sockets on the node that answers; keys and
+    // presences are the channel's, on every node.
+    let (connections, keys, presences) = match (
+        server.registry.get(&full, params.private),
+        server.registry.cluster(),
+    ) {
+        (Some(channel), _) => channel.counts(),
+        (None, Some(cluster)) => match cluster.read_presence(&full, params.private).await {
+            Ok(p) => (0, p.key_count(), p.meta_count()),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        },
+        (None, None) => (0, 0, 0),
+    };
     Json(json!({"topic": topic, "connections": connections, "keys": keys, "presences": presences}))
         .into_response()
 }

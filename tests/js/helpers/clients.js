@@ -1,7 +1,7 @@
 // supabase-js clients, presence recorders and bounded waits for the tests.
 import { createClient } from '@supabase/supabase-js'
 import WebSocket from 'ws'
-import { PUBLISHABLE_KEY } from './server.js'
+import { PUBLISHABLE_KEY, nodeUrlFor, resetNodeRoundRobin } from './server.js'
 
 export const UUID_V1 = /^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -11,13 +11,21 @@ const openClients = new Set()
  * A supabase-js client for the project URL (Node 20 has no global WebSocket: use `ws`).
  * `realtime` adds realtime-js options; `options` adds createClient options
  * (e.g. `accessToken: async () => jwt` for a signed-in user).
+ * When `url` is a test cluster's URL, the client goes to the cluster's next
+ * node round-robin (see server.js); `client.rosterUrl` is the URL it uses.
  */
 export function newClient(url, realtime = {}, options = {}) {
+  return newNodeClient(nodeUrlFor(url), realtime, options)
+}
+
+/** newClient on exactly `url` (no round-robin): e.g. `newNodeClient(cluster.urls[2])`. */
+export function newNodeClient(url, realtime = {}, options = {}) {
   const client = createClient(url, PUBLISHABLE_KEY, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     ...options,
     realtime: { transport: WebSocket, ...realtime },
   })
+  client.rosterUrl = url
   openClients.add(client)
   return client
 }
@@ -39,8 +47,10 @@ export async function closeClient(client) {
   } catch {}
 }
 
+/** Close every open client; the next test's clients start again at a cluster's node 1. */
 export async function closeAllClients() {
   await Promise.all([...openClients].map((c) => closeClient(c)))
+  resetNodeRoundRobin()
 }
 
 export function plain(value) {

@@ -1,5 +1,6 @@
 // A tiny TCP proxy so a test can kill one client's connection abruptly.
 import net from 'node:net'
+import { nodePortFor } from './server.js'
 
 function hardClose(socket) {
   try {
@@ -11,7 +12,12 @@ function hardClose(socket) {
   socket.destroy()
 }
 
+/**
+ * A proxy to `targetPort`; when that is a test cluster's port, to the cluster's
+ * next node round-robin (as newClient does), exposed as `targetPort`.
+ */
 export async function startProxy(targetPort, targetHost = '127.0.0.1') {
+  targetPort = nodePortFor(targetPort)
   const pairs = new Set()
   let refusing = false
   let accepted = 0
@@ -42,6 +48,7 @@ export async function startProxy(targetPort, targetHost = '127.0.0.1') {
   return {
     port,
     url: `http://127.0.0.1:${port}`,
+    targetPort,
     /** Connections accepted so far (each WebSocket is one). */
     accepted: () => accepted,
     open: () => pairs.size,

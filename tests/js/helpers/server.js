@@ -2,8 +2,18 @@
 //
 // Contract: `$ROSTER_BIN serve --listen 127.0.0.1:0` prints
 // `roster listening on http://127.0.0.1:PORT` on stdout once it is bound.
+//
+// Cluster mode (env ROSTER_TEST_CLUSTER=1, or `startServer({ cluster: true })`):
+// startServer() starts one redis-server on a free port and CLUSTER_NODES roster
+// nodes sharing it (`--redis`, `--node-name nodeN`), each with the settings a
+// single server would get. The handle keeps the single-server API (`url` and
+// `port` are node 1's) and adds `urls`, `ports`, `nodes` and `redis`. Clients
+// made with newClient(handle.url) and proxies made with startProxy(handle.port)
+// are spread over the nodes round-robin (see nodeUrlFor / nodePortFor), so the
+// clients of one test sit on different nodes without the tests knowing.
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -17,6 +27,18 @@ export const SECRET_KEY = 'sb_secret_test'
 export const JWT_SECRET = 'test-jwt-secret-0123456789abcdef0123'
 
 const LISTEN_RE = /roster listening on (http:\/\/127\.0\.0\.1:(\d+))/
+
+/** True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1). */
+export const CLUSTER = ['1', 'true', 'yes'].includes((process.env.ROSTER_TEST_CLUSTER || '').toLowerCase())
+export const CLUSTER_NODES = 3
+export const REDIS_SERVER_BIN = process.env.REDIS_SERVER_BIN || 'redis-server'
+/** Faster cluster timings than the defaults, so dead nodes are noticed within the test timeouts. */
+const CLUSTER_TIMING_ARGS = [
+  '--cluster-heartbeat-ms', '200',
+  '--cluster-lease-ms', '1200',
+  '--cluster-reap-grace-ms', '200',
+  '--cluster-settle-ms', '800',
+]
 
 // Every process started here, so that nothing outlives the test file even when
 // a test throws before its cleanup runs.
@@ -53,8 +75,14 @@ function exited(child) {
  * `restart()` (same port, fresh state) and `logs()` (stdout + stderr so far).
  * `env` adds environment variables, `args` extra `serve` flags, and `config`
  * (TOML text, e.g. `[[policies]]`) is written to a temp file passed as `--config`.
+ * `cluster` (default: ROSTER_TEST_CLUSTER) starts a cluster instead (see the top).
  */
-export async function startServer({ port = 0, env = {}, args = [], config } = {}) {
+export async function startServer({ cluster = CLUSTER, ...opts } = {}) {
+  return cluster ? startCluster(opts) : startNode(opts)
+}
+
+/** One roster process. */
+async function startNode({ port = 0, env = {}, args = [], config } = {}) {
   if (config !== undefined && !args.includes('--config')) {
     args = [...args, '--config', writeConfigFile(config)]
   }
@@ -130,7 +158,7 @@ async function startOnPort(port, opts) {
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
     try {
-      return await startServer({ ...opts, port })
+      return await startNode({ ...opts, port })
     } catch (err) {
       lastErr = err
       await new Promise((r) => setTimeout(r, 200))
@@ -149,4 +177,198 @@ export async function stopProcess(child) {
   }, 3_000)
   await gone
   clearTimeout(timer)
+}
+
+// ---------------------------------------------------------------------------
+// Cluster mode: one redis-server and CLUSTER_NODES roster nodes.
+
+/** Round-robin state of every running cluster, by its primary (node 1) URL and port. */
+const clusterByUrl = new Map()
+const clusterByPort = new Map()
+
+/**
+ * The URL a new client of `url` should use: the next node round-robin when
+ * `url` is a running cluster's `url`, else `url` itself.
+ */
+export function nodeUrlFor(url) {
+  const rr = clusterByUrl.get(url)
+  if (!rr) return url
+  return rr.urls[rr.next++ % rr.urls.length]
+}
+
+/** Like nodeUrlFor, for a port (proxies); shares the same round-robin counter. */
+export function nodePortFor(port) {
+  const rr = clusterByPort.get(Number(port))
+  if (!rr) return port
+  return rr.ports[rr.next++ % rr.ports.length]
+}
+
+/** Start the round-robin over at node 1 (called between tests, so each test starts on node 1). */
+export function resetNodeRoundRobin() {
+  for (const rr of clusterByUrl.values()) rr.next = 0
+}
+
+/** A free TCP port on 127.0.0.1 (bound to port 0, then released). */
+export async function freePort() {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => {
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', resolve)
+  })
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+/** Resolves true when a Redis on `port` answers `PING` with `+PONG`. */
+function redisPing(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1')
+    let reply = ''
+    const done = (ok) => {
+      clearTimeout(timer)
+      sock.destroy()
+      resolve(ok)
+    }
+    const timer = setTimeout(() => done(false), 1_000)
+    sock.on('connect', () => sock.write('PING\r\n'))
+    sock.on('data', (chunk) => {
+      reply += chunk
+      if (reply.includes('\r\n')) done(reply.startsWith('+PONG'))
+    })
+    sock.on('error', () => done(false))
+  })
+}
+
+/**
+ * Start a throwaway redis-server (no persistence) on a free port and wait until
+ * it answers PING. Resolves to `{ port, url, process, logs(), stop() }`.
+ */
+export async function startRedis() {
+  let lastErr
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startRedisOnce(await freePort())
+    } catch (err) {
+      if (err.fatal) throw err
+      lastErr = err // e.g. the free port was taken meanwhile
+    }
+  }
+  throw lastErr
+}
+
+async function startRedisOnce(port) {
+  let output = ''
+  const child = spawn(
+    REDIS_SERVER_BIN,
+    ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'],
+    { stdio: ['ignore', 'pipe', 'pipe'] }
+  )
+  let spawnError
+  child.once('error', (err) => {
+    spawnError = err
+    live.delete(child)
+  })
+  live.add(child)
+  child.once('exit', () => live.delete(child))
+  child.stdout.on('data', (chunk) => (output += chunk))
+  child.stderr.on('data', (chunk) => (output += chunk))
+
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    if (spawnError) {
+      const err = new Error(
+        `cannot start ${REDIS_SERVER_BIN} (${spawnError.message}): cluster mode needs redis-server ` +
+          '(apt-get install redis-server, or set REDIS_SERVER_BIN)'
+      )
+      err.fatal = spawnError.code === 'ENOENT'
+      throw err
+    }
+    if (exited(child)) throw new Error(`redis-server on port ${port} exited early (code ${child.exitCode}):\n${output}`)
+    if (await redisPing(port)) break
+    if (Date.now() > deadline) {
+      await stopProcess(child)
+      throw new Error(`redis-server on port ${port} did not answer PING within 10 s:\n${output}`)
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    process: child,
+    logs: () => output,
+    stop: () => stopProcess(child),
+  }
+}
+
+/**
+ * Start a cluster: a fresh redis-server (or `redis`, whose ownership passes to
+ * the new cluster) and `nodes` roster nodes, node N on `ports[N-1]` (0 = any).
+ */
+async function startCluster({ env = {}, args = [], config, nodes: count = CLUSTER_NODES, ports = [] } = {}, redis) {
+  if (config !== undefined && !args.includes('--config')) {
+    args = [...args, '--config', writeConfigFile(config)]
+  }
+  redis ??= await startRedis()
+  const nodeOpts = (i) => ({
+    env,
+    args: [...args, '--redis', redis.url, '--node-name', `node${i + 1}`, ...CLUSTER_TIMING_ARGS],
+  })
+  const results = await Promise.allSettled(
+    Array.from({ length: count }, (_, i) => (ports[i] ? startOnPort(ports[i], nodeOpts(i)) : startNode(nodeOpts(i))))
+  )
+  const failed = results.find((r) => r.status === 'rejected')
+  if (failed) {
+    await Promise.all(results.filter((r) => r.status === 'fulfilled').map((r) => r.value.stop()))
+    await redis.stop()
+    throw failed.reason
+  }
+  const nodes = results.map((r) => r.value)
+  const urls = nodes.map((n) => n.url)
+  const nodePorts = nodes.map((n) => n.port)
+  const rr = { urls, ports: nodePorts, next: 0 }
+  clusterByUrl.set(urls[0], rr)
+  clusterByPort.set(nodePorts[0], rr)
+  let ownsRedis = true
+  const unregister = () => {
+    if (clusterByUrl.get(urls[0]) === rr) clusterByUrl.delete(urls[0])
+    if (clusterByPort.get(nodePorts[0]) === rr) clusterByPort.delete(nodePorts[0])
+  }
+
+  return {
+    cluster: true,
+    // The single-server API, pointing at node 1.
+    url: urls[0],
+    port: nodePorts[0],
+    process: nodes[0].process,
+    // Cluster extras.
+    urls,
+    ports: nodePorts,
+    nodes,
+    redis,
+    logs: () =>
+      nodes.map((n, i) => `----- node${i + 1} (${n.url}) -----\n${n.logs()}`).join('\n') +
+      `\n----- redis (${redis.url}) -----\n${redis.logs()}`,
+    /** Stop every node, then Redis. */
+    async stop() {
+      unregister()
+      await Promise.all(nodes.map((n) => n.stop()))
+      if (ownsRedis) {
+        ownsRedis = false
+        await redis.stop()
+      }
+    },
+    /**
+     * Stop every node and start them again on the same ports and with the same
+     * names (fresh processes); Redis keeps running with whatever they left in it,
+     * as in a rolling restart of a real deployment.
+     */
+    async restart() {
+      unregister()
+      await Promise.all(nodes.map((n) => n.stop()))
+      if (!ownsRedis) throw new Error('this cluster was stopped or restarted already')
+      ownsRedis = false
+      return startCluster({ env, args, nodes: count, ports: nodePorts }, redis)
+    },
+  }
 }

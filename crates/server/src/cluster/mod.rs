@@ -62,6 +62,9 @@ pub struct Cluster {
     channels: Mutex<HashMap<String, Weak<Channel>>>,
     subscribe_tx: mpsc::UnboundedSender<SubCommand>,
     subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCommand>>>,
+    /// Broadcasts for the other nodes, in the order they were sent.
+    broadcast_tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    broadcast_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Vec<u8>)>>>,
     /// True while our lease is surely valid: joins and writes go ahead.
     healthy: watch::Sender<bool>,
     /// Until then, resyncs wait: nodes are re-asserting after Redis came back.
@@ -112,6 +115,7 @@ impl Cluster {
         .map_err(|_| anyhow::anyhow!("redis {}: connection timed out", settings.redis_url))?
         .map_err(|e| anyhow::anyhow!("redis {}: {e}", settings.redis_url))?;
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        let (broadcast_tx, broadcast_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Cluster {
             nid: RwLock::new(new_nid(&settings.node_name)),
             settings,
@@ -121,6 +125,8 @@ impl Cluster {
             channels: Mutex::default(),
             subscribe_tx,
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
+            broadcast_tx,
+            broadcast_rx: Mutex::new(Some(broadcast_rx)),
             healthy: watch::channel(false).0,
             settle_until: Mutex::new(Instant::now()),
             island: Mutex::new(CancellationToken::new()),
@@ -162,6 +168,12 @@ impl Cluster {
             .take()
             .expect("Cluster::start runs once");
         tokio::spawn(self.clone().pubsub_loop(rx, shutdown.clone()));
+        let broadcasts = self
+            .broadcast_rx
+            .lock()
+            .take()
+            .expect("Cluster::start runs once");
+        tokio::spawn(self.clone().publish_loop(broadcasts));
         tokio::spawn(self.clone().lease_loop(shutdown));
     }
 
@@ -258,6 +270,21 @@ impl Cluster {
         })
     }
 
+    /// A channel's presence read straight from Redis (for the presence API
+    /// on a node with no clients in that channel).
+    pub async fn read_presence(
+        &self,
+        topic: &str,
+        private: bool,
+    ) -> redis::RedisResult<roster_presence::ChannelPresence> {
+        let snapshot = self
+            .snapshot(&wire::tag(topic, private), topic, private)
+            .await?;
+        let mut presence = roster_presence::ChannelPresence::new();
+        Replica::default().install(snapshot, &mut presence);
+        Ok(presence)
+    }
+
     /// Write one batch of a channel's owned entries. `register` first adds
     /// the channel to this node's set (so a reaper finds it).
     pub async fn apply(
@@ -299,14 +326,32 @@ impl Cluster {
         })
     }
 
-    /// Relay a broadcast to the other nodes (they skip their own).
-    pub async fn publish_broadcast(&self, tag: String, msg: &UserBroadcast) {
+    /// Relay a broadcast to the other nodes (they skip their own). Queued
+    /// to one publisher task, so one sender's broadcasts keep their order.
+    pub fn publish_broadcast(&self, tag: &str, msg: &UserBroadcast) {
         let bytes = wire::encode_broadcast(&self.nid(), msg);
-        let mut conn = self.conn.clone();
-        self.count(1);
-        let sent: redis::RedisResult<()> = conn.publish(wire::pubsub_channel(&tag), bytes).await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "broadcast not relayed to other nodes");
+        let _ = self.broadcast_tx.send((wire::pubsub_channel(tag), bytes));
+    }
+
+    /// Publish queued broadcasts in order, many per round trip.
+    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+        while let Some(first) = rx.recv().await {
+            let mut pipe = redis::pipe();
+            pipe.publish(first.0, first.1).ignore();
+            for _ in 0..255 {
+                match rx.try_recv() {
+                    Ok((channel, bytes)) => {
+                        pipe.publish(channel, bytes).ignore();
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut conn = self.conn.clone();
+            self.count(1);
+            let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "broadcasts not relayed to other nodes");
+            }
         }
     }
 
