@@ -46,6 +46,9 @@ pub struct Applied {
     pub update: Option<wire::Update>,
 }
 
+/// A broadcast on its way to other nodes: pub/sub channel, message.
+type Relayed = (String, Vec<u8>);
+
 enum SubCommand {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
@@ -63,8 +66,8 @@ pub struct Cluster {
     subscribe_tx: mpsc::UnboundedSender<SubCommand>,
     subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCommand>>>,
     /// Broadcasts for the other nodes, in the order they were sent.
-    broadcast_tx: mpsc::UnboundedSender<(String, Vec<u8>)>,
-    broadcast_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Vec<u8>)>>>,
+    broadcast_tx: mpsc::UnboundedSender<Relayed>,
+    broadcast_rx: Mutex<Option<mpsc::UnboundedReceiver<Relayed>>>,
     /// True while our lease is surely valid: joins and writes go ahead.
     healthy: watch::Sender<bool>,
     /// Until then, resyncs wait: nodes are re-asserting after Redis came back.
@@ -334,7 +337,7 @@ impl Cluster {
     }
 
     /// Publish queued broadcasts in order, many per round trip.
-    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Relayed>) {
         while let Some(first) = rx.recv().await {
             let mut pipe = redis::pipe();
             pipe.publish(first.0, first.1).ignore();
