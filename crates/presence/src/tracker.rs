@@ -34,6 +34,29 @@ impl Diff {
         self.leaves.extend(other.leaves);
     }
 
+    /// Key-level changes, given the state right after this diff: keys that
+    /// were absent before and are present now (first meta in), and keys
+    /// present before and absent now (last meta out). An update of a meta
+    /// under a key that stays is neither.
+    pub fn key_changes(&self, after: &ChannelPresence) -> (Vec<&str>, Vec<&str>) {
+        let mut joined: Vec<&str> = Vec::new();
+        for (key, _) in &self.joins {
+            let joined_here = self.joins.iter().filter(|(k, _)| k == key).count();
+            let left_here = self.leaves.iter().any(|(k, _)| k == key);
+            let now = after.by_key.get(key).map_or(0, Vec::len);
+            if !left_here && now == joined_here && !joined.contains(&key.as_str()) {
+                joined.push(key);
+            }
+        }
+        let mut left: Vec<&str> = Vec::new();
+        for (key, _) in &self.leaves {
+            if !after.has_key(key) && !left.contains(&key.as_str()) {
+                left.push(key);
+            }
+        }
+        (joined, left)
+    }
+
     /// The net effect: a ref that both leaves and joins under the same key
     /// (a meta moved between owners, e.g. adopted or re-asserted) is no
     /// change at all. Sending both would be wrong, not just wasteful:
@@ -416,6 +439,26 @@ mod tests {
         d.extend(p.track(2, "u", State::empty(), &refs).unwrap_or_default());
         assert_eq!(d.net().joins.len(), 1);
         assert_eq!(p.meta_count(), 2);
+    }
+
+    #[test]
+    fn key_changes_are_first_meta_in_and_last_meta_out() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let d = p.track(1, "u", state(json!({"d": 1})), &refs).unwrap();
+        assert_eq!(d.key_changes(&p), (vec!["u"], vec![]));
+        let d = p.track(2, "u", state(json!({"d": 2})), &refs).unwrap();
+        assert_eq!(
+            d.key_changes(&p),
+            (vec![], vec![]),
+            "second meta: key already in"
+        );
+        let d = p.track(2, "u", state(json!({"d": 3})), &refs).unwrap();
+        assert_eq!(d.key_changes(&p), (vec![], vec![]), "an update is neither");
+        let d = p.untrack(1).unwrap();
+        assert_eq!(d.key_changes(&p), (vec![], vec![]), "one meta left");
+        let d = p.untrack(2).unwrap();
+        assert_eq!(d.key_changes(&p), (vec![], vec!["u"]));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
+use crate::webhooks::{self, Webhooks};
 
 /// One socket's membership of a channel.
 pub struct Member {
@@ -48,6 +49,7 @@ pub struct Channel {
     metrics: Arc<Metrics>,
     /// Set with a cluster: the channel's Redis hash tag and the node.
     cluster: Option<(Arc<Cluster>, String)>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 #[derive(Default)]
@@ -354,6 +356,9 @@ impl Channel {
             return;
         };
         let keys_before = inner.presence.key_count();
+        if let Some((cluster, _)) = &self.cluster {
+            sync.replica.set_own(&cluster.nid());
+        }
         match sync.replica.receive(update, &mut inner.presence) {
             Received::Applied(diff) => {
                 let diff = diff.net();
@@ -368,6 +373,27 @@ impl Channel {
         }
         if let Some(sync) = inner.sync.as_mut() {
             sync.release_acks();
+        }
+        self.emit_own_key_changes(inner);
+    }
+
+    /// Webhook events for the changes this node made (each node reports
+    /// only its own, so each event is sent once in the cluster).
+    fn emit_own_key_changes(&self, inner: &mut Inner) {
+        let Some(sync) = inner.sync.as_mut() else {
+            return;
+        };
+        let changes = std::mem::take(&mut sync.replica.own_key_changes);
+        let Some(w) = &self.webhooks else {
+            return;
+        };
+        for (joined, left) in changes {
+            w.emit(webhooks::key_events(
+                &self.topic,
+                self.private,
+                &joined,
+                &left,
+            ));
         }
     }
 
@@ -420,6 +446,9 @@ impl Channel {
         sync.resyncing = false;
         let keys_before = inner.presence.key_count();
         let first = !sync.replica.is_synced();
+        if let Some((cluster, _)) = &self.cluster {
+            sync.replica.set_own(&cluster.nid());
+        }
         let diff = sync.replica.install(snapshot, &mut inner.presence);
         let waiting = std::mem::take(&mut sync.waiting);
         sync.release_acks();
@@ -427,6 +456,7 @@ impl Channel {
         if !first && !diff.is_empty() {
             self.send_diff(inner, &diff);
         }
+        self.emit_own_key_changes(inner);
         if !waiting.is_empty() {
             let payload = inner.presence.state_json();
             for id in waiting {
@@ -470,6 +500,14 @@ impl Channel {
         if let Some(diff) = apply(&mut inner.presence) {
             self.count(inner, &diff, keys_before);
             self.send_diff(inner, &diff);
+            if let Some(w) = &self.webhooks {
+                w.emit(webhooks::events_for(
+                    &self.topic,
+                    self.private,
+                    &diff,
+                    &inner.presence,
+                ));
+            }
         }
     }
 
@@ -611,14 +649,20 @@ pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>, cluster: Option<Arc<Cluster>>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+        webhooks: Option<Arc<Webhooks>>,
+    ) -> Self {
         Registry {
             channels: Mutex::default(),
             metrics,
             cluster,
+            webhooks,
         }
     }
 
@@ -664,6 +708,7 @@ impl Registry {
                             .cluster
                             .as_ref()
                             .map(|c| (c.clone(), wire::tag(topic, private))),
+                        webhooks: self.webhooks.clone(),
                     })
                 })
                 .clone();

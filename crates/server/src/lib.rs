@@ -26,6 +26,7 @@ pub mod presence_api;
 pub mod rest;
 pub mod server;
 pub mod session;
+pub mod webhooks;
 
 pub use config::Settings;
 pub use server::{start, Running, Server};

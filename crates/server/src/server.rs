@@ -48,7 +48,7 @@ impl Server {
         Arc::new(Server {
             auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
             settings,
-            registry: Registry::new(metrics.clone(), cluster),
+            registry: Registry::new(metrics.clone(), cluster, None),
             metrics,
             admission: Arc::default(),
             refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),

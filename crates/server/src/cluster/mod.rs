@@ -77,6 +77,7 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     /// Channel writer tasks running.
     writers: std::sync::atomic::AtomicUsize,
+    webhooks: Mutex<Option<Arc<crate::webhooks::Webhooks>>>,
 }
 
 /// Counters for `/metrics` and the closing numbers.
@@ -135,6 +136,7 @@ impl Cluster {
             island: Mutex::new(CancellationToken::new()),
             metrics: ClusterMetrics::default(),
             writers: Default::default(),
+            webhooks: Mutex::default(),
         }))
     }
 
@@ -614,6 +616,7 @@ impl Cluster {
         let pattern = format!("{dead}|*");
         let mut removed = 0;
         for tag in tags {
+            let mut left_keys: std::collections::BTreeSet<String> = Default::default();
             let mut cursor = 0u64;
             loop {
                 self.count(1);
@@ -630,7 +633,7 @@ impl Cluster {
                 let mids: Vec<&String> = fields.iter().step_by(2).collect();
                 if !mids.is_empty() {
                     self.count(1);
-                    let n: u64 = self
+                    let gone: Vec<String> = self
                         .scripts
                         .reap
                         .key(wire::data_key(&tag))
@@ -641,12 +644,20 @@ impl Cluster {
                         .arg(mids)
                         .invoke_async(&mut conn)
                         .await?;
-                    removed += n;
+                    removed += gone.len() as u64;
+                    left_keys.extend(
+                        gone.iter()
+                            .filter_map(|e| wire::decode_entry(e))
+                            .map(|(key, _)| key),
+                    );
                 }
                 cursor = next;
                 if cursor == 0 {
                     break;
                 }
+            }
+            if !left_keys.is_empty() {
+                self.report_reaped(&mut conn, &tag, left_keys).await?;
             }
         }
         self.count(2);
@@ -656,6 +667,45 @@ impl Cluster {
             .reaped
             .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
         Ok(removed)
+    }
+
+    /// Webhook events for keys whose last meta this node reaped (the node
+    /// that removed an entry reports it; the dead node cannot).
+    async fn report_reaped(
+        &self,
+        conn: &mut ConnectionManager,
+        tag: &str,
+        mut keys: std::collections::BTreeSet<String>,
+    ) -> redis::RedisResult<()> {
+        let Some(webhooks) = self.webhooks.lock().clone() else {
+            return Ok(());
+        };
+        self.count(2);
+        let label: Option<String> = conn.hget(wire::meta_key(tag), "t").await?;
+        let remaining: Vec<String> = conn.hvals(wire::data_key(tag)).await?;
+        for entry in &remaining {
+            if let Some((key, _)) = wire::decode_entry(entry) {
+                keys.remove(&key);
+            }
+        }
+        let label = label.unwrap_or_default();
+        let (topic, private) = match label.strip_prefix("private:") {
+            Some(t) => (t, true),
+            None => (label.as_str(), false),
+        };
+        let left: Vec<String> = keys.into_iter().collect();
+        webhooks.emit(crate::webhooks::key_events(
+            topic,
+            private,
+            &[] as &[String],
+            &left,
+        ));
+        Ok(())
+    }
+
+    /// Where this node's webhook events go, if anywhere.
+    pub fn set_webhooks(&self, webhooks: Option<Arc<crate::webhooks::Webhooks>>) {
+        *self.webhooks.lock() = webhooks;
     }
 
     /// Graceful exit, once the sockets have closed: wait (up to `grace`)

@@ -47,6 +47,11 @@ pub struct Replica {
     pending: BTreeMap<u64, Update>,
     /// Redis member id → the id its meta has in `presence`.
     ids: HashMap<Arc<str>, MemberId>,
+    /// This node's id, to tell its own updates from others'.
+    own: Arc<str>,
+    /// Key-level changes made by this node, as they were applied: the
+    /// events this node (and no other) reports to webhooks.
+    pub own_key_changes: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl Replica {
@@ -61,6 +66,13 @@ impl Replica {
     /// Whether updates are waiting for a missing predecessor.
     pub fn has_gap(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Set this node's id (it changes when the node was declared dead).
+    pub fn set_own(&mut self, nid: &Arc<str>) {
+        if self.own != *nid {
+            self.own = nid.clone();
+        }
     }
 
     /// Take in one update (from pub/sub or from our own write's reply).
@@ -97,14 +109,24 @@ impl Replica {
                 continue;
             }
             self.seq = update.seq;
+            let mut this = Diff::default();
             for change in update.changes {
                 if change.join {
                     let id = self.id_of(&change.mid);
-                    diff.extend(presence.insert(id, &change.key, change.meta));
+                    this.extend(presence.insert(id, &change.key, change.meta));
                 } else if let Some(id) = self.ids.remove(&change.mid) {
-                    diff.extend(presence.untrack(id).unwrap_or_default());
+                    this.extend(presence.untrack(id).unwrap_or_default());
                 }
             }
+            let this = this.net();
+            if update.origin == self.own {
+                let (joined, left) = this.key_changes(presence);
+                if !joined.is_empty() || !left.is_empty() {
+                    let owned = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
+                    self.own_key_changes.push((owned(joined), owned(left)));
+                }
+            }
+            diff.extend(this);
         }
         diff
     }
@@ -175,6 +197,7 @@ mod tests {
         Update {
             epoch: epoch.into(),
             seq,
+            origin: "x".into(),
             changes: changes
                 .iter()
                 .map(|&(join, mid, r)| Change {

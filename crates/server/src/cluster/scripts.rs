@@ -99,22 +99,24 @@ return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or
 /// one leave diff. Only the call whose HDEL removed a field reports it, so
 /// each leave is published exactly once however many reapers overlap.
 /// KEYS: data, meta. ARGV: pub/sub channel, reaper nid, fresh epoch, fields.
+/// Returns the entries this call removed.
 const REAP_BODY: &str = r"
 local data, meta = KEYS[1], KEYS[2]
-local out = {}
+local out, removed = {}, {}
 for i = 4, #ARGV do
   local old = redis.call('HGET', data, ARGV[i])
   if old then
     redis.call('HDEL', data, ARGV[i])
     out[#out + 1] = '-' .. ARGV[i] .. '\30' .. old
+    removed[#removed + 1] = old
   end
 end
-if #out == 0 then return 0 end
+if #out == 0 then return {} end
 redis.call('HSETNX', meta, 'e', ARGV[3])
 local seq = redis.call('HINCRBY', meta, 's', 1)
 settle_meta(data, meta)
 redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '\n' .. table.concat(out, '\n'))
-return #out
+return removed
 ";
 
 /// Renew a node's lease. KEYS: nodes, dead. ARGV: nid, lease ms.

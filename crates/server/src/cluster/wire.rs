@@ -103,6 +103,8 @@ pub struct Change {
 pub struct Update {
     pub epoch: Arc<str>,
     pub seq: u64,
+    /// The node that made the change (the writer, or the reaper).
+    pub origin: Arc<str>,
     pub changes: Vec<Change>,
 }
 
@@ -113,7 +115,7 @@ pub fn decode_update(text: &str) -> Option<Update> {
     }
     let epoch = Arc::from(lines.next()?);
     let seq = lines.next()?.parse().ok()?;
-    let _origin = lines.next()?;
+    let origin = Arc::from(lines.next()?);
     let changes = lines
         .map(|line| {
             let join = match line.as_bytes().first()? {
@@ -134,6 +136,7 @@ pub fn decode_update(text: &str) -> Option<Update> {
     Some(Update {
         epoch,
         seq,
+        origin,
         changes,
     })
 }
