@@ -2,6 +2,16 @@
 
 The server contract: ``$ROSTER_BIN serve --listen 127.0.0.1:0`` prints
 ``roster listening on http://127.0.0.1:PORT`` on stdout once bound.
+
+Cluster mode (env ``ROSTER_TEST_CLUSTER=1``; mirrors tests/js/helpers/server.js):
+``start_roster()`` starts one redis-server on a free port and ``CLUSTER_NODES``
+roster nodes sharing it (``--redis``, ``--node-name nodeN``), each with the
+settings a single server would get. The handle keeps the single-server
+attributes (``url``, ``port``, ``realtime_url``, ``proc`` are node 1's) and adds
+``urls``, ``ports``, ``realtime_urls``, ``nodes`` and ``redis``. Clients made
+with ``make_client`` (and node peers given ``node_url_for(roster.url)``) are
+spread over the nodes round-robin, starting again at node 1 in every test, so
+the clients of one test sit on different nodes without the tests knowing.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -36,6 +47,18 @@ JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 UUID_V1 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 LISTEN_RE = re.compile(r"roster listening on (http://127\.0\.0\.1:(\d+))")
 
+CLUSTER = os.environ.get("ROSTER_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
+"""True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1)."""
+CLUSTER_NODES = 3
+REDIS_SERVER_BIN = os.environ.get("REDIS_SERVER_BIN") or "redis-server"
+# Faster cluster timings than the defaults, so dead nodes are noticed within the test timeouts.
+CLUSTER_TIMING_ARGS = [
+    "--cluster-heartbeat-ms", "200",
+    "--cluster-lease-ms", "1200",
+    "--cluster-reap-grace-ms", "200",
+    "--cluster-settle-ms", "800",
+]
+
 _live: set[subprocess.Popen] = set()
 
 
@@ -48,6 +71,8 @@ def _kill_leftovers() -> None:
 
 class RosterServer:
     """A running roster process; `url` is the project URL."""
+
+    cluster = False
 
     def __init__(
         self,
@@ -110,26 +135,210 @@ class RosterServer:
     def realtime_url(self) -> str:
         return f"{self.url}/realtime/v1"
 
+    @property
+    def urls(self) -> list[str]:
+        return [self.url]
+
+    @property
+    def realtime_urls(self) -> list[str]:
+        return [self.realtime_url]
+
     def logs(self) -> str:
         return "".join(self._output)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 3 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        _live.discard(self.proc)
+        _stop_process(self.proc)
         if self._config_dir:
             shutil.rmtree(self._config_dir, ignore_errors=True)
 
 
+def _stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 3 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    _live.discard(proc)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_ping(port: int) -> bool:
+    """True when a Redis on `port` answers `PING` with `+PONG` (raw RESP over TCP)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A throwaway redis-server (no persistence) on a free port; `url` is its redis:// URL."""
+
+    def __init__(self) -> None:
+        last_err: Exception | None = None
+        for _ in range(3):  # the free port may be taken meanwhile
+            try:
+                self._start(free_port())
+                return
+            except FileNotFoundError as err:
+                raise RuntimeError(
+                    f"cannot start {REDIS_SERVER_BIN} ({err}): cluster mode needs redis-server "
+                    "(apt-get install redis-server, or set REDIS_SERVER_BIN)"
+                ) from err
+            except RuntimeError as err:
+                last_err = err
+        assert last_err is not None
+        raise last_err
+
+    def _start(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}"
+        self._output: list[str] = []
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER_BIN, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        _live.add(self.proc)
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not redis_ping(port):
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"redis-server on port {port} exited early (code {self.proc.returncode}):\n{self.logs()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server on port {port} did not answer PING within 10 s:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._output.append(line)
+
+    def logs(self) -> str:
+        return "".join(self._output)
+
+    def stop(self) -> None:
+        _stop_process(self.proc)
+
+
+# Running clusters by their primary (node 1) URL, for node_url_for().
+_clusters: dict[str, "RosterCluster"] = {}
+
+
+class RosterCluster:
+    """A redis-server and `nodes` roster nodes sharing it. Same attributes as RosterServer
+    (pointing at node 1) plus `urls`, `ports`, `realtime_urls`, `nodes` and `redis`."""
+
+    cluster = True
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        config: str | None = None,
+        nodes: int = CLUSTER_NODES,
+    ) -> None:
+        self.redis = RedisServer()
+        self.nodes: list[RosterServer] = []
+        try:
+            for i in range(nodes):
+                node_args = [*(args or []), "--redis", self.redis.url, "--node-name", f"node{i + 1}", *CLUSTER_TIMING_ARGS]
+                self.nodes.append(RosterServer(env=env, args=node_args, config=config))
+        except BaseException:
+            for node in self.nodes:
+                node.stop()
+            self.redis.stop()
+            raise
+        self.urls = [n.url for n in self.nodes]
+        self.ports = [n.port for n in self.nodes]
+        self.url, self.port, self.proc = self.urls[0], self.ports[0], self.nodes[0].proc
+        self._next = 0
+        _clusters[self.url] = self
+
+    @property
+    def realtime_url(self) -> str:
+        return f"{self.url}/realtime/v1"
+
+    @property
+    def realtime_urls(self) -> list[str]:
+        return [f"{u}/realtime/v1" for u in self.urls]
+
+    def next_url(self) -> str:
+        """The next node's project URL, round-robin."""
+        url = self.urls[self._next % len(self.urls)]
+        self._next += 1
+        return url
+
+    def reset_round_robin(self) -> None:
+        self._next = 0
+
+    def logs(self) -> str:
+        parts = [f"----- node{i + 1} ({n.url}) -----\n{n.logs()}" for i, n in enumerate(self.nodes)]
+        return "\n".join(parts) + f"\n----- redis ({self.redis.url}) -----\n{self.redis.logs()}"
+
+    def stop(self) -> None:
+        """Stop every node (in parallel), then Redis."""
+        if _clusters.get(self.url) is self:
+            del _clusters[self.url]
+        threads = [threading.Thread(target=n.stop) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.redis.stop()
+
+
+def start_roster(cluster: bool = CLUSTER, **kwargs: Any) -> RosterServer | RosterCluster:
+    """A RosterServer, or with `cluster` (default: ROSTER_TEST_CLUSTER) a RosterCluster; same kwargs."""
+    return RosterCluster(**kwargs) if cluster else RosterServer(**kwargs)
+
+
+def node_url_for(url: str) -> str:
+    """The project URL a new client of `url` should use: the next node round-robin when `url`
+    is a running cluster's `url`, else `url` itself."""
+    cluster = _clusters.get(url)
+    return cluster.next_url() if cluster else url
+
+
+@pytest.fixture(autouse=True)
+def _node_round_robin():
+    """Every test's clients start again at a cluster's node 1."""
+    for cluster in list(_clusters.values()):
+        cluster.reset_round_robin()
+    yield
+
+
+def pytest_report_header(config):
+    if CLUSTER:
+        return f"roster: {CLUSTER_NODES}-node cluster sharing one {REDIS_SERVER_BIN} (ROSTER_TEST_CLUSTER=1)"
+    return "roster: single server"
+
+
 @pytest.fixture(scope="module")
 def roster():
-    server = RosterServer()
+    server = start_roster()
     try:
         yield server
     finally:
@@ -170,11 +379,12 @@ def _no_unrecognized_frames(caplog):
 
 @pytest.fixture
 async def make_client(roster):
-    """Factory for connected AsyncRealtimeClients; all are closed at teardown."""
+    """Factory for connected AsyncRealtimeClients; all are closed at teardown.
+    On a cluster, each new client goes to the next node round-robin (see node_url_for)."""
     clients: list[AsyncRealtimeClient] = []
 
     async def make(**kwargs: Any) -> AsyncRealtimeClient:
-        client = AsyncRealtimeClient(roster.realtime_url, PUBLISHABLE_KEY, **kwargs)
+        client = AsyncRealtimeClient(f"{node_url_for(roster.url)}/realtime/v1", PUBLISHABLE_KEY, **kwargs)
         await asyncio.wait_for(client.connect(), 10)
         clients.append(client)
         return client

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from realtime import RealtimeSubscribeStates
 
-from conftest import Recorder, RosterServer, user_jwt, wait_for, without_refs
+from conftest import Recorder, start_roster, user_jwt, wait_for, without_refs
 
 ALL = '["presence-read", "presence-write", "broadcast-read", "broadcast-write"]'
 POLICIES = f"""
@@ -30,8 +30,8 @@ allow = {ALL}
 
 @pytest.fixture(scope="module")
 def roster():
-    """This module's server has the private-channel policies above (overrides conftest's)."""
-    server = RosterServer(config=POLICIES)
+    """This module's server (or cluster) has the private-channel policies above (overrides conftest's)."""
+    server = start_roster(config=POLICIES)
     try:
         yield server
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PUBLISHABLE_KEY, SECRET_KEY, wait_for
+from conftest import PUBLISHABLE_KEY, SECRET_KEY, node_url_for, wait_for
 
 QUIET = 0.3  # seconds to keep listening before asserting that nothing (more) arrived
 
@@ -42,7 +42,8 @@ async def py_listener(client, room: str, events: tuple[str, ...] = ("*",), broad
 @pytest.fixture
 def js_peer(roster, spawn_node):
     async def start(room: str, config: dict | None = None):
-        peer = await spawn_node("broadcast-peer.js", roster.url, room, json.dumps(config or {}))
+        # On a cluster: the next node round-robin, after the test's earlier clients.
+        peer = await spawn_node("broadcast-peer.js", node_url_for(roster.url), room, json.dumps(config or {}))
         await wait_for(lambda: peer.of_type("subscribed"), timeout=15, message=peer.describe)
         return peer
 

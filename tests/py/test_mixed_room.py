@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from conftest import assert_presence_objects, join_room, wait_for, without_refs
+from conftest import assert_presence_objects, join_room, node_url_for, wait_for, without_refs
 
 
 @pytest.fixture
 def node_peer(roster, spawn_node):
     async def start(room: str, key: str, payload: dict):
-        return await spawn_node("presence-peer.js", roster.url, room, key, json.dumps(payload))
+        # On a cluster: the next node round-robin, after the test's earlier clients.
+        return await spawn_node("presence-peer.js", node_url_for(roster.url), room, key, json.dumps(payload))
 
     return start
 

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use roster_presence::{ChannelPresence, Diff, MemberId, Meta, RefGen, State};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
-use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot};
+use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
@@ -140,14 +140,67 @@ impl Sync {
 
     fn put(&mut self, member: MemberId, key: Arc<str>, meta: Meta) {
         let entry = wire::encode_entry(&key, &meta);
-        self.queue.push((member, Some(entry.clone())));
+        self.queue.push((member, Write::Put(entry.clone())));
+        self.owned.insert(member, Owned { key, meta, entry });
+    }
+
+    /// A first track: Redis decides whether it takes over an orphan (of
+    /// any node) or puts `meta`; `owned` is corrected from the reply.
+    fn take_over(&mut self, member: MemberId, key: Arc<str>, meta: Meta) {
+        let entry = wire::encode_entry(&key, &meta);
+        self.queue.push((
+            member,
+            Write::TakeOver {
+                fallback: entry.clone(),
+                key: key.to_string(),
+                state: meta.state.as_json().to_owned(),
+            },
+        ));
         self.owned.insert(member, Owned { key, meta, entry });
     }
 
     fn delete(&mut self, member: MemberId) {
         self.orphans.remove(&member);
         if self.owned.remove(&member).is_some() {
-            self.queue.push((member, None));
+            self.queue.push((member, Write::Delete));
+        }
+    }
+
+    /// After our write landed: where a take-over found an orphan, our entry
+    /// is the orphan's meta, not the one we proposed.
+    fn adopt_results(&mut self, ops: &[Op], update: &wire::Update, nid: &str) {
+        for (member, write) in ops {
+            let Write::TakeOver { fallback, .. } = write else {
+                continue;
+            };
+            let mid = format!("{nid}|{member}");
+            let landed = update.changes.iter().find(|c| c.join && *c.mid == *mid);
+            let (Some(landed), Some(owned)) = (landed, self.owned.get_mut(member)) else {
+                continue;
+            };
+            if owned.entry == *fallback && landed.meta != owned.meta {
+                owned.meta = landed.meta.clone();
+                owned.entry = wire::encode_entry(&owned.key, &owned.meta);
+            }
+        }
+    }
+
+    /// Another node took over one of our orphans: it is no longer ours.
+    fn forget_adopted(&mut self, update: &wire::Update, nid: &str) {
+        if self.orphans.is_empty() || *update.origin == *nid {
+            return;
+        }
+        for change in update.changes.iter().filter(|c| !c.join) {
+            let member = change
+                .mid
+                .strip_prefix(nid)
+                .and_then(|m| m.strip_prefix('|'))
+                .and_then(|m| m.parse().ok());
+            if let Some(member) = member {
+                if self.orphans.remove(&member) {
+                    self.owned.remove(&member);
+                }
+            }
         }
     }
 }
@@ -217,19 +270,23 @@ impl Channel {
                         .get(o)
                         .is_some_and(|x| &*x.key == key && x.meta.state == state)
                 });
-                let meta = match orphan {
+                match orphan {
                     Some(o) => {
                         let meta = sync.owned[&o].meta.clone();
                         sync.delete(o);
-                        meta
+                        sync.put(member, Arc::from(key), meta);
                     }
-                    None => Meta {
-                        phx_ref: refs.next_ref(),
-                        phx_ref_prev: None,
-                        state,
-                    },
-                };
-                sync.put(member, Arc::from(key), meta);
+                    // Maybe an orphan of another node (the client came
+                    // back through another one): Redis decides.
+                    None => {
+                        let meta = Meta {
+                            phx_ref: refs.next_ref(),
+                            phx_ref_prev: None,
+                            state,
+                        };
+                        sync.take_over(member, Arc::from(key), meta);
+                    }
+                }
             }
         }
         sync.add_ack(ack);
@@ -295,10 +352,14 @@ impl Channel {
                 }
                 let batch = sync.next_batch;
                 sync.next_batch += 1;
-                // Ops are absolute (put this, delete that): a member's last one wins.
+                // Puts and deletes are absolute: of a member's run of them,
+                // the last one wins. Other ops keep their place.
+                let absolute = |w: &Write| matches!(w, Write::Put(_) | Write::Delete);
                 let mut ops: Vec<Op> = Vec::with_capacity(sync.queue.len());
                 for op in sync.queue.drain(..).rev() {
-                    if !ops.iter().any(|o| o.0 == op.0) {
+                    let superseded =
+                        absolute(&op.1) && ops.iter().any(|o| o.0 == op.0 && absolute(&o.1));
+                    if !superseded {
                         ops.push(op);
                     }
                 }
@@ -315,12 +376,15 @@ impl Channel {
                 match result {
                     Ok(applied) => {
                         if register {
-                            sync.registered_as = Some(nid);
+                            sync.registered_as = Some(nid.clone());
                         }
                         sync.landed
                             .insert(batch, Some((applied.epoch, applied.seq)));
                         match applied.update {
-                            Some(update) => self.receive_locked(&mut inner, update),
+                            Some(update) => {
+                                sync.adopt_results(&ops, &update, &nid);
+                                self.receive_locked(&mut inner, update)
+                            }
                             None => sync.release_acks(),
                         }
                         false
@@ -357,7 +421,9 @@ impl Channel {
         };
         let keys_before = inner.presence.key_count();
         if let Some((cluster, _)) = &self.cluster {
-            sync.replica.set_own(&cluster.nid());
+            let nid = cluster.nid();
+            sync.replica.set_own(&nid);
+            sync.forget_adopted(&update, &nid);
         }
         match sync.replica.receive(update, &mut inner.presence) {
             Received::Applied(diff) => {
@@ -483,8 +549,10 @@ impl Channel {
         let ops: Vec<Op> = sync
             .owned
             .iter()
-            .map(|(m, o)| (*m, Some(o.entry.clone())))
+            .map(|(m, o)| (*m, Write::Put(o.entry.clone())))
             .collect();
+        let mut ops = ops;
+        ops.extend(sync.orphans.iter().map(|m| (*m, Write::Orphan)));
         // Ahead of newer ops, which must win.
         let newer = std::mem::replace(&mut sync.queue, ops);
         sync.queue.extend(newer);
@@ -776,7 +844,15 @@ impl Registry {
         }
         self.metrics.channel_leaves.increment(1);
         let kept = match inner.sync.as_mut() {
-            Some(sync) => sync.owned.contains_key(&member) && sync.orphans.insert(member),
+            Some(sync) => {
+                let kept = sync.owned.contains_key(&member) && sync.orphans.insert(member);
+                if kept {
+                    // Visible in Redis, so a rejoin on another node can adopt it.
+                    sync.queue.push((member, Write::Orphan));
+                    channel.write(&mut inner);
+                }
+                kept
+            }
             None => inner.presence.orphan(member),
         };
         self.close_if_empty(channel, &mut inner);

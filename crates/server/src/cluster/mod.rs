@@ -36,8 +36,24 @@ use scripts::Scripts;
 use crate::channel::Channel;
 use crate::config::ClusterSettings;
 
-/// One put (`Some`) or delete of an owned entry, by member number.
-pub type Op = (u64, Option<String>);
+/// What to do with one owned entry (by member number).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Set the entry (an encoded `wire` entry).
+    Put(String),
+    Delete,
+    /// Its socket is gone: another node may take it over (leave grace).
+    Orphan,
+    /// A first track: take over a departed socket's entry with the same key
+    /// and state if one is marked orphan (on any node), else put `fallback`.
+    TakeOver {
+        fallback: String,
+        key: String,
+        state: String,
+    },
+}
+
+pub type Op = (u64, Write);
 
 /// Where a write landed: `(epoch, seq)`, and the update it published.
 pub struct Applied {
@@ -310,15 +326,27 @@ impl Cluster {
         invocation
             .key(wire::meta_key(tag))
             .key(wire::NODES)
+            .key(wire::orphans_key(tag))
             .arg(&*nid)
             .arg(wire::pubsub_channel(tag))
             .arg(topic_label(topic, private))
             .arg(fresh_epoch());
-        for (member, put) in ops {
+        for (member, write) in ops {
             let mid = format!("{nid}|{member}");
-            match put {
-                Some(entry) => invocation.arg("P").arg(mid).arg(entry),
-                None => invocation.arg("D").arg(mid).arg(""),
+            match write {
+                Write::Put(entry) => invocation.arg("P").arg(mid).arg(entry),
+                Write::Delete => invocation.arg("D").arg(mid),
+                Write::Orphan => invocation.arg("O").arg(mid),
+                Write::TakeOver {
+                    fallback,
+                    key,
+                    state,
+                } => invocation
+                    .arg("T")
+                    .arg(mid)
+                    .arg(fallback)
+                    .arg(wire::entry_prefix(key))
+                    .arg(format!("\x1f{state}")),
             };
         }
         self.count(1);
@@ -638,6 +666,7 @@ impl Cluster {
                         .reap
                         .key(wire::data_key(&tag))
                         .key(wire::meta_key(&tag))
+                        .key(wire::orphans_key(&tag))
                         .arg(wire::pubsub_channel(&tag))
                         .arg(&*self.nid())
                         .arg(fresh_epoch())

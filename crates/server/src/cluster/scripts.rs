@@ -46,31 +46,66 @@ local function settle_meta(data, meta)
 end
 ";
 
-/// The owner's batched puts and deletes for one channel.
-/// KEYS: data, meta, nodes. ARGV: owner nid, pub/sub channel, topic, a fresh
-/// epoch (used if the channel has none), then `P|D`, mid, entry triples.
-/// Refused with `FENCED` unless the owner holds a live lease.
-/// Returns `{epoch, seq, message or false}`.
+/// The owner's batched writes for one channel.
+/// KEYS: data, meta, nodes, orphans. ARGV: owner nid, pub/sub channel,
+/// topic, a fresh epoch (used if the channel has none), then ops:
+/// `P mid entry` put, `D mid` delete, `O mid` mark orphan (leave grace),
+/// `T mid fallback prefix suffix` take over an orphan whose entry starts
+/// with `prefix` (the key) and ends with `suffix` (the state), keeping its
+/// ref, else put `fallback`. Refused with `FENCED` unless the owner holds
+/// a live lease. Returns `{epoch, seq, message or false}`.
 const APPLY_BODY: &str = r"
-local data, meta, nodes = KEYS[1], KEYS[2], KEYS[3]
+local data, meta, nodes, orphans = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local nid = ARGV[1]
 local lease = redis.call('ZSCORE', nodes, nid)
 if not lease or tonumber(lease) < now_ms() then
   return redis.error_reply('FENCED lease lost')
 end
 local out = {}
-for i = 5, #ARGV, 3 do
-  local op, mid, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local function put(mid, value)
+  redis.call('HDEL', orphans, mid)
   local old = redis.call('HGET', data, mid)
-  if op == 'P' then
-    if old ~= value then
-      redis.call('HSET', data, mid, value)
-      if old then out[#out + 1] = '-' .. mid .. '\30' .. old end
-      out[#out + 1] = '+' .. mid .. '\30' .. value
-    end
-  elseif old then
+  if old ~= value then
+    redis.call('HSET', data, mid, value)
+    if old then out[#out + 1] = '-' .. mid .. '\30' .. old end
+    out[#out + 1] = '+' .. mid .. '\30' .. value
+  end
+end
+local function del(mid)
+  redis.call('HDEL', orphans, mid)
+  local old = redis.call('HGET', data, mid)
+  if old then
     redis.call('HDEL', data, mid)
     out[#out + 1] = '-' .. mid .. '\30' .. old
+  end
+end
+local i = 5
+while i <= #ARGV do
+  local op, mid = ARGV[i], ARGV[i + 1]
+  if op == 'P' then
+    put(mid, ARGV[i + 2])
+    i = i + 3
+  elseif op == 'D' then
+    del(mid)
+    i = i + 2
+  elseif op == 'O' then
+    if redis.call('HEXISTS', data, mid) == 1 then redis.call('HSET', orphans, mid, '1') end
+    i = i + 2
+  else
+    local prefix, suffix = ARGV[i + 3], ARGV[i + 4]
+    local taken = false
+    for _, f in ipairs(redis.call('HKEYS', orphans)) do
+      local v = redis.call('HGET', data, f)
+      if not v then
+        redis.call('HDEL', orphans, f)
+      elseif string.sub(v, 1, #prefix) == prefix and string.sub(v, -#suffix) == suffix then
+        del(f)
+        taken = v
+        break
+      end
+    end
+    put(mid, taken or ARGV[i + 2])
+    i = i + 5
   end
 end
 redis.call('HSETNX', meta, 'e', ARGV[4])
@@ -98,12 +133,13 @@ return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or
 /// Remove the listed fields of a dead owner that still exist, publishing
 /// one leave diff. Only the call whose HDEL removed a field reports it, so
 /// each leave is published exactly once however many reapers overlap.
-/// KEYS: data, meta. ARGV: pub/sub channel, reaper nid, fresh epoch, fields.
-/// Returns the entries this call removed.
+/// KEYS: data, meta, orphans. ARGV: pub/sub channel, reaper nid, fresh
+/// epoch, fields. Returns the entries this call removed.
 const REAP_BODY: &str = r"
-local data, meta = KEYS[1], KEYS[2]
+local data, meta, orphans = KEYS[1], KEYS[2], KEYS[3]
 local out, removed = {}, {}
 for i = 4, #ARGV do
+  redis.call('HDEL', orphans, ARGV[i])
   local old = redis.call('HGET', data, ARGV[i])
   if old then
     redis.call('HDEL', data, ARGV[i])

@@ -5,6 +5,7 @@
 //!
 //! * `rp:{T}:s` — hash, member id → entry (one field per channel join);
 //! * `rp:{T}:m` — hash, `e` epoch, `s` last sequence number, `t` topic;
+//! * `rp:{T}:o` — hash, member ids kept for a leave grace period;
 //! * `rp:{T}` — pub/sub: every change, with its sequence number.
 //!
 //! A member id is `<node id>|<member number>`, so "all entries of node X"
@@ -39,6 +40,19 @@ pub fn data_key(tag: &str) -> String {
 
 pub fn meta_key(tag: &str) -> String {
     format!("rp:{{{tag}}}:m")
+}
+
+/// Member ids whose socket is gone but whose entry is kept (leave grace).
+pub fn orphans_key(tag: &str) -> String {
+    format!("rp:{{{tag}}}:o")
+}
+
+/// How every entry under presence key `key` begins.
+pub fn entry_prefix(key: &str) -> String {
+    format!(
+        "{}\x1f",
+        serde_json::to_string(key).expect("strings serialise")
+    )
 }
 
 pub fn pubsub_channel(tag: &str) -> String {
