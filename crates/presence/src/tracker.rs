@@ -34,6 +34,32 @@ impl Diff {
         self.leaves.extend(other.leaves);
     }
 
+    /// Fold a later diff into this one (coalescing a window of changes into
+    /// one diff): the net effect per ref. A ref that joined in this window
+    /// and leaves again was never published, so it just goes; a published
+    /// ref that left and comes back (same key) is no change at all. A ref is
+    /// never in both `joins` and `leaves` of the result.
+    pub fn absorb(&mut self, later: Diff) {
+        for (key, meta) in later.leaves {
+            let same = |(k, m): &(String, Meta)| *k == key && m.phx_ref == meta.phx_ref;
+            match self.joins.iter().position(same) {
+                Some(i) => {
+                    self.joins.remove(i);
+                }
+                None => self.leaves.push((key, meta)),
+            }
+        }
+        for (key, meta) in later.joins {
+            let same = |(k, m): &(String, Meta)| *k == key && m.phx_ref == meta.phx_ref;
+            match self.leaves.iter().position(same) {
+                Some(i) => {
+                    self.leaves.remove(i);
+                }
+                None => self.joins.push((key, meta)),
+            }
+        }
+    }
+
     /// Key-level changes, given the state right after this diff: keys that
     /// were absent before and are present now (first meta in), and keys
     /// present before and absent now (last meta out). An update of a meta
@@ -282,6 +308,34 @@ impl ChannelPresence {
         self.by_key
             .iter()
             .map(|(key, metas)| (key.as_str(), metas.iter().map(|t| &t.meta)))
+    }
+
+    /// The `presence_state` as it was before `pending` (changes of the
+    /// current coalescing window, not yet sent): what a client joining
+    /// mid-window must get, since the window's diff will follow.
+    pub fn state_json_before(&self, pending: &Diff) -> String {
+        if pending.is_empty() {
+            return self.state_json();
+        }
+        let joined: HashSet<(&str, &str)> = pending
+            .joins
+            .iter()
+            .map(|(k, m)| (k.as_str(), &*m.phx_ref))
+            .collect();
+        let mut by_key: BTreeMap<&str, Vec<&Meta>> = BTreeMap::new();
+        for (key, metas) in &self.by_key {
+            for t in metas {
+                if !joined.contains(&(key.as_str(), &*t.meta.phx_ref)) {
+                    by_key.entry(key).or_default().push(&t.meta);
+                }
+            }
+        }
+        for (key, meta) in &pending.leaves {
+            by_key.entry(key).or_default().push(meta);
+        }
+        let mut out = String::with_capacity(64 + 96 * self.meta_count());
+        write_grouped(&mut out, by_key);
+        out
     }
 
     /// The `presence_state` payload: `{key:{"metas":[..]},..}`, `{}` when empty.

@@ -30,6 +30,8 @@ enum Op {
     Drop(usize),
     /// The grace period of one kept meta ends.
     Expire(u8),
+    /// With coalescing: the window ends, its net diff goes out.
+    Flush,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,6 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (c.clone(), 1u8..6).prop_map(|(c, n)| Op::Deliver(c, n)),
         1 => c.prop_map(Op::Drop),
         1 => any::<u8>().prop_map(Op::Expire),
+        2 => Just(Op::Flush),
     ]
 }
 
@@ -78,6 +81,44 @@ fn truth(server: &ChannelPresence) -> BTreeMap<String, BTreeSet<String>> {
     normalise(view.view())
 }
 
+fn send(clients: &mut [Client], diff: &roster_presence::Diff) {
+    let payload: Value = serde_json::from_str(&diff.to_json()).unwrap();
+    for c in clients.iter_mut().filter(|c| c.member.is_some()) {
+        c.inbox.push_back(Msg::Diff(payload.clone()));
+    }
+}
+
+/// A change goes out at once, or into the open window when coalescing.
+fn publish(
+    clients: &mut [Client],
+    pending: &mut roster_presence::Diff,
+    coalesce: bool,
+    diff: Option<roster_presence::Diff>,
+) {
+    let Some(diff) = diff else { return };
+    if !coalesce {
+        return send(clients, &diff);
+    }
+    pending.absorb(diff);
+    let both = pending.joins.iter().any(|(k, m)| {
+        pending
+            .leaves
+            .iter()
+            .any(|(k2, m2)| k == k2 && m.phx_ref == m2.phx_ref)
+    });
+    assert!(!both, "a ref in both joins and leaves of one diff");
+}
+
+fn published(
+    server: &ChannelPresence,
+    pending: &roster_presence::Diff,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut view = ClientPresence::new();
+    view.on_state(&serde_json::from_str(&server.state_json_before(pending)).unwrap())
+        .unwrap();
+    normalise(view.view())
+}
+
 fn deliver(client: &mut Client, n: usize) {
     for _ in 0..n {
         let Some(msg) = client.inbox.pop_front() else {
@@ -90,7 +131,9 @@ fn deliver(client: &mut Client, n: usize) {
     }
 }
 
-fn run(ops: Vec<Op>) {
+/// `coalesce`: diffs are folded into one per window (`Op::Flush` ends it),
+/// and a client joining mid-window gets the state before the window.
+fn run(ops: Vec<Op>, coalesce: bool) {
     let refs = RefGen::new(42);
     let mut server = ChannelPresence::new();
     // Half the clients build events, half are silent: both must track the truth.
@@ -109,22 +152,15 @@ fn run(ops: Vec<Op>) {
     let mut orphans: Vec<MemberId> = Vec::new();
     let mut fresh_key = 0;
 
-    let broadcast = |clients: &mut Vec<Client>, diff: Option<roster_presence::Diff>| {
-        if let Some(diff) = diff {
-            let payload: Value = serde_json::from_str(&diff.to_json()).unwrap();
-            for c in clients.iter_mut().filter(|c| c.member.is_some()) {
-                c.inbox.push_back(Msg::Diff(payload.clone()));
-            }
-        }
-    };
-
+    // The current window's changes, not yet sent (coalescing only).
+    let mut pending = roster_presence::Diff::default();
     for op in ops {
         match op {
             Op::Join(i, key) => {
                 if let Some((member, _)) = clients[i].member.take() {
                     // A duplicate join closes the old member first.
                     let diff = server.untrack(member);
-                    broadcast(&mut clients, diff);
+                    publish(&mut clients, &mut pending, coalesce, diff);
                 }
                 let key = match key {
                     Some(k) => format!("shared-{k}"),
@@ -141,28 +177,32 @@ fn run(ops: Vec<Op>) {
                 c.presence.rejoined();
                 c.member = Some((next_member, key));
                 next_member += 1;
-                c.inbox.push_back(Msg::State(
-                    serde_json::from_str(&server.state_json()).unwrap(),
-                ));
+                let state = if coalesce {
+                    server.state_json_before(&pending)
+                } else {
+                    server.state_json()
+                };
+                c.inbox
+                    .push_back(Msg::State(serde_json::from_str(&state).unwrap()));
             }
             Op::Track(i, p) => {
                 if let Some((member, key)) = clients[i].member.clone() {
                     let state = State::from_value(Some(json!({"status": p, "client": i}))).unwrap();
                     let diff = server.track(member, &key, state, &refs);
-                    broadcast(&mut clients, diff);
+                    publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Untrack(i) => {
                 if let Some((member, _)) = clients[i].member.clone() {
                     let diff = server.untrack(member);
-                    broadcast(&mut clients, diff);
+                    publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Leave(i) => {
                 if let Some((member, _)) = clients[i].member.take() {
                     clients[i].inbox.clear();
                     let diff = server.untrack(member);
-                    broadcast(&mut clients, diff);
+                    publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Deliver(i, n) => deliver(&mut clients[i], n as usize),
@@ -174,16 +214,22 @@ fn run(ops: Vec<Op>) {
                     }
                 }
             }
+            Op::Flush => {
+                if !pending.is_empty() {
+                    send(&mut clients, &std::mem::take(&mut pending));
+                }
+            }
             Op::Expire(k) => {
                 if !orphans.is_empty() {
                     let member = orphans.remove(k as usize % orphans.len());
                     // Adopted in the meantime: nothing left to expire, no diff.
                     let diff = server.untrack(member);
-                    broadcast(&mut clients, diff);
+                    publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
         }
-        let expected = truth(&server);
+        // What has been published: the truth before the open window.
+        let expected = published(&server, &pending);
         for (i, c) in clients.iter().enumerate() {
             if c.member.is_some() && c.inbox.is_empty() {
                 assert_eq!(
@@ -193,6 +239,9 @@ fn run(ops: Vec<Op>) {
                 );
             }
         }
+    }
+    if !pending.is_empty() {
+        send(&mut clients, &std::mem::take(&mut pending));
     }
     let expected = truth(&server);
     for c in clients.iter_mut().filter(|c| c.member.is_some()) {
@@ -205,6 +254,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn every_client_view_equals_server_truth(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops);
+        run(ops, false);
+    }
+
+    #[test]
+    fn with_coalesced_diffs_every_client_view_equals_server_truth(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops, true);
     }
 }
