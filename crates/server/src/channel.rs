@@ -50,6 +50,8 @@ pub struct Channel {
     /// Set with a cluster: the channel's Redis hash tag and the node.
     cluster: Option<(Arc<Cluster>, String)>,
     webhooks: Option<Arc<Webhooks>>,
+    /// Window over which diffs are coalesced; zero = off.
+    coalesce: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -60,6 +62,15 @@ struct Inner {
     closed: bool,
     /// Cluster mode only.
     sync: Option<Sync>,
+    /// With coalescing: the open window's net diff and the acks behind it.
+    window: Option<Window>,
+}
+
+/// Diffs of the current coalescing window, sent as one when it closes.
+#[derive(Default)]
+struct Window {
+    diff: Diff,
+    acks: Vec<Ack>,
 }
 
 /// A channel's side of the cluster: what this node owns, the write queue,
@@ -79,6 +90,8 @@ struct Sync {
     /// Where sent batches landed (`None`: failed, retried later).
     landed: BTreeMap<u64, Option<(Arc<str>, u64)>>,
     acks: VecDeque<(u64, Ack)>,
+    /// Acks whose writes are visible, to be sent by the channel.
+    ready: Vec<Ack>,
     /// Members that joined before the first snapshot: their state is owed.
     waiting: Vec<MemberId>,
     /// The node id under which this channel is in the node's channel set.
@@ -111,7 +124,7 @@ impl Sync {
     fn add_ack(&mut self, ack: Ack) {
         match self.ack_batch() {
             Some(batch) => self.acks.push_back((batch, ack)),
-            None => ack(),
+            None => self.ready.push(ack),
         }
     }
 
@@ -132,7 +145,7 @@ impl Sync {
                 break;
             }
             let (_, ack) = self.acks.pop_front().expect("front exists");
-            ack();
+            self.ready.push(ack);
         }
         let keep_from = self.acks.front().map_or(self.next_batch, |a| a.0);
         self.landed.retain(|b, _| *b >= keep_from);
@@ -249,7 +262,7 @@ impl Channel {
         }
         let Some(sync) = inner.sync.as_mut() else {
             self.change(&mut inner, |p| p.track(member, key, state, refs));
-            ack();
+            self.deliver_ack(&mut inner, ack);
             return Ok(());
         };
         match sync.owned.get(&member) {
@@ -291,6 +304,7 @@ impl Channel {
         }
         sync.add_ack(ack);
         self.write(&mut inner);
+        self.settle_acks(&mut inner);
         Ok(())
     }
 
@@ -301,10 +315,11 @@ impl Channel {
                 sync.delete(member);
                 sync.add_ack(ack);
                 self.write(&mut inner);
+                self.settle_acks(&mut inner);
             }
             None => {
                 self.change(&mut inner, |p| p.untrack(member));
-                ack();
+                self.deliver_ack(&mut inner, ack);
             }
         }
     }
@@ -373,7 +388,7 @@ impl Channel {
             let failed = {
                 let mut inner = self.inner.lock();
                 let sync = inner.sync.as_mut().expect("cluster mode");
-                match result {
+                let failed = match result {
                     Ok(applied) => {
                         if register {
                             sync.registered_as = Some(nid.clone());
@@ -400,7 +415,9 @@ impl Channel {
                         sync.release_acks();
                         true
                     }
-                }
+                };
+                self.settle_acks(&mut inner);
+                failed
             };
             if failed {
                 tokio::time::sleep(cluster.settings.heartbeat / 2).await;
@@ -440,6 +457,7 @@ impl Channel {
         if let Some(sync) = inner.sync.as_mut() {
             sync.release_acks();
         }
+        self.settle_acks(inner);
         self.emit_own_key_changes(inner);
     }
 
@@ -515,16 +533,21 @@ impl Channel {
         if let Some((cluster, _)) = &self.cluster {
             sync.replica.set_own(&cluster.nid());
         }
-        let diff = sync.replica.install(snapshot, &mut inner.presence);
+        let cluster = self.cluster.as_ref().map(|(c, _)| c.clone());
+        let is_live = |nid: &str| cluster.as_ref().is_none_or(|c| c.is_live(nid));
+        let diff = sync
+            .replica
+            .install(snapshot, &mut inner.presence, &is_live);
         let waiting = std::mem::take(&mut sync.waiting);
         sync.release_acks();
         self.count(inner, &diff, keys_before);
         if !first && !diff.is_empty() {
             self.send_diff(inner, &diff);
         }
+        self.settle_acks(inner);
         self.emit_own_key_changes(inner);
         if !waiting.is_empty() {
-            let payload = inner.presence.state_json();
+            let payload = self.state_for_joiner(inner);
             for id in waiting {
                 if let Some(m) = inner.members.get(&id) {
                     m.out.send_outgoing(&Outgoing::push(
@@ -537,6 +560,15 @@ impl Channel {
             }
         }
         true
+    }
+
+    /// Park updates until the next snapshot (see `Replica::hold`).
+    pub fn hold(&self) {
+        let mut inner = self.inner.lock();
+        if let Some(sync) = inner.sync.as_mut() {
+            sync.replica.hold();
+            sync.resyncing = true;
+        }
     }
 
     /// Queue every owned entry again (Redis may have lost them); entries
@@ -563,7 +595,11 @@ impl Channel {
     /// Apply one presence change and queue its `presence_diff` (if any) to
     /// every member; the one place presence changes on a single node, so
     /// gauges stay right.
-    fn change(&self, inner: &mut Inner, apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>) {
+    fn change(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>,
+    ) {
         let keys_before = inner.presence.key_count();
         if let Some(diff) = apply(&mut inner.presence) {
             self.count(inner, &diff, keys_before);
@@ -592,8 +628,63 @@ impl Channel {
         m.presence_keys.decrement(keys_before as f64);
     }
 
+    /// Send a diff now, or fold it into the open coalescing window (opening
+    /// one, and its timer, if none is open).
+    fn send_diff(self: &Arc<Self>, inner: &mut Inner, diff: &Diff) {
+        if self.coalesce.is_zero() {
+            return self.fan_out_now(inner, diff);
+        }
+        if inner.window.is_none() {
+            inner.window = Some(Window::default());
+            let channel = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(channel.coalesce).await;
+                let mut inner = channel.inner.lock();
+                if let Some(window) = inner.window.take() {
+                    if !window.diff.is_empty() {
+                        channel.fan_out_now(&inner, &window.diff);
+                    }
+                    for ack in window.acks {
+                        ack();
+                    }
+                }
+            });
+        }
+        let window = inner.window.as_mut().expect("opened above");
+        window.diff.absorb(diff.clone());
+    }
+
+    /// Send an ack now, or after the open window's diff (so the client's
+    /// own state shows its change when the ack arrives).
+    fn deliver_ack(&self, inner: &mut Inner, ack: Ack) {
+        match inner.window.as_mut() {
+            Some(window) => window.acks.push(ack),
+            None => ack(),
+        }
+    }
+
+    /// Send the cluster acks that became ready.
+    fn settle_acks(&self, inner: &mut Inner) {
+        let ready = match inner.sync.as_mut() {
+            Some(sync) if !sync.ready.is_empty() => std::mem::take(&mut sync.ready),
+            _ => return,
+        };
+        for ack in ready {
+            self.deliver_ack(inner, ack);
+        }
+    }
+
+    /// The `presence_state` for a member joining now: the state before the
+    /// open window, whose diff will reach it like everyone else.
+    fn state_for_joiner(&self, inner: &Inner) -> String {
+        match &inner.window {
+            Some(window) => inner.presence.state_json_before(&window.diff),
+            None => inner.presence.state_json(),
+        }
+    }
+
     /// Queue a `presence_diff` to every member, encoded once per vsn.
-    fn send_diff(&self, inner: &Inner, diff: &Diff) {
+    fn fan_out_now(&self, inner: &Inner, diff: &Diff) {
         self.metrics.presence_diffs.increment(1);
         let payload = diff.to_json();
         let mut frame = SharedFrame::new(|vsn| {
@@ -718,9 +809,16 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
     webhooks: Option<Arc<Webhooks>>,
+    coalesce: std::time::Duration,
 }
 
 impl Registry {
+    /// Coalesce each channel's diffs over `window` (zero = off).
+    pub fn with_coalesce(mut self, window: std::time::Duration) -> Self {
+        self.coalesce = window;
+        self
+    }
+
     pub fn new(
         metrics: Arc<Metrics>,
         cluster: Option<Arc<Cluster>>,
@@ -731,6 +829,7 @@ impl Registry {
             metrics,
             cluster,
             webhooks,
+            coalesce: std::time::Duration::ZERO,
         }
     }
 
@@ -777,6 +876,7 @@ impl Registry {
                             .as_ref()
                             .map(|c| (c.clone(), wire::tag(topic, private))),
                         webhooks: self.webhooks.clone(),
+                        coalesce: self.coalesce,
                     })
                 })
                 .clone();
@@ -802,7 +902,7 @@ impl Registry {
                     sync.waiting.push(id);
                 }
             } else if owed_state {
-                let payload = inner.presence.state_json();
+                let payload = channel.state_for_joiner(&inner);
                 member.out.send_outgoing(&Outgoing::push(
                     member.join_ref.as_deref(),
                     topic,

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_PRESENCE_GRACE_MS")]
     pub presence_grace_ms: Option<u64>,
 
+    /// Coalesce each channel's presence diffs over this many ms into one net diff per window (large rooms); 0 = send each at once, as Supabase [default: 0].
+    #[arg(long, env = "ROSTER_PRESENCE_COALESCE_MS")]
+    pub presence_coalesce_ms: Option<u64>,
+
     /// Frames queued per socket before it is dropped as too slow [default: 8192].
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -170,6 +174,32 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_CLUSTER_ISLAND_TIMEOUT_MS")]
     pub cluster_island_timeout_ms: Option<u64>,
 
+    /// Presence webhooks: POST member_join / member_leave events here, batched
+    /// and signed. Plain `http://` only (no TLS client): point it at a
+    /// receiver on a private network or a local TLS-terminating relay. Unset = no webhooks.
+    #[arg(long, env = "ROSTER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Key of the HMAC-SHA256 signature of each webhook request; required with `webhook_url`.
+    #[arg(long, env = "ROSTER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Collect webhook events this long before a POST (or until `webhook_max_batch`) [default: 100].
+    #[arg(long, env = "ROSTER_WEBHOOK_BATCH_MS")]
+    pub webhook_batch_ms: Option<u64>,
+
+    /// Most events in one webhook POST [default: 100].
+    #[arg(long, env = "ROSTER_WEBHOOK_MAX_BATCH")]
+    pub webhook_max_batch: Option<usize>,
+
+    /// Webhook events held while the receiver is slow or down; beyond that, new events are dropped and counted [default: 10000].
+    #[arg(long, env = "ROSTER_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+
+    /// Give up on a webhook batch still failing this long after its first attempt [default: 600000].
+    #[arg(long, env = "ROSTER_WEBHOOK_MAX_RETRY_MS")]
+    pub webhook_max_retry_ms: Option<u64>,
+
     /// Refuse joins of public channels (`PrivateOnly: …`).
     #[arg(long, env = "ROSTER_PRIVATE_ONLY")]
     #[serde(default)]
@@ -239,6 +269,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
     pub presence_grace: Duration,
+    /// Window over which a channel's diffs are coalesced; zero = off.
+    pub presence_coalesce: Duration,
     pub handshake_timeout: Duration,
     pub outbound_queue: usize,
     pub write_timeout: Duration,
@@ -249,6 +281,38 @@ pub struct Settings {
     pub policies: Vec<crate::authz::Policy>,
     /// Several nodes on Redis; `None` = a single node.
     pub cluster: Option<ClusterSettings>,
+    /// Presence webhooks; `None` = off.
+    pub webhooks: Option<WebhookSettings>,
+}
+
+/// Presence webhooks' settings (see `webhooks`).
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// An `http://` URL (checked at startup).
+    pub url: String,
+    /// The HMAC-SHA256 key; never logged.
+    pub secret: String,
+    /// How long a batch collects events before it is sent.
+    pub batch: Duration,
+    /// Most events in one POST (at least 1).
+    pub max_batch: usize,
+    /// Events queued before new ones are dropped (at least 1).
+    pub queue: usize,
+    /// A batch still failing this long after its first attempt is given up.
+    pub max_retry: Duration,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("batch", &self.batch)
+            .field("max_batch", &self.max_batch)
+            .field("queue", &self.queue)
+            .field("max_retry", &self.max_retry)
+            .finish()
+    }
 }
 
 /// The Redis backplane's settings (see `cluster/`).
@@ -363,8 +427,44 @@ impl ServeArgs {
                 })
             }
         };
+        let webhooks = match self.webhook_url.or(file.webhook_url) {
+            None => None,
+            Some(url) => {
+                check_webhook_url(&url)?;
+                let secret = self
+                    .webhook_secret
+                    .or(file.webhook_secret)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "a webhook URL needs a signing secret: set --webhook-secret (ROSTER_WEBHOOK_SECRET)"
+                        )
+                    })?;
+                Some(WebhookSettings {
+                    url,
+                    secret,
+                    batch: ms(self.webhook_batch_ms, file.webhook_batch_ms, 100),
+                    max_batch: self
+                        .webhook_max_batch
+                        .or(file.webhook_max_batch)
+                        .unwrap_or(100)
+                        .max(1),
+                    queue: self
+                        .webhook_queue
+                        .or(file.webhook_queue)
+                        .unwrap_or(10_000)
+                        .max(1),
+                    max_retry: ms(
+                        self.webhook_max_retry_ms,
+                        file.webhook_max_retry_ms,
+                        600_000,
+                    ),
+                })
+            }
+        };
         Ok(Settings {
             cluster,
+            webhooks,
             listen: self
                 .listen
                 .or(file.listen)
@@ -382,6 +482,11 @@ impl ServeArgs {
             presence_grace: Duration::from_millis(
                 self.presence_grace_ms
                     .or(file.presence_grace_ms)
+                    .unwrap_or(0),
+            ),
+            presence_coalesce: Duration::from_millis(
+                self.presence_coalesce_ms
+                    .or(file.presence_coalesce_ms)
                     .unwrap_or(0),
             ),
             handshake_timeout: Duration::from_millis(
@@ -471,6 +576,25 @@ impl Settings {
     }
 }
 
+/// Webhooks go over plain HTTP: refuse anything else at startup rather
+/// than fail every delivery later.
+fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("webhook URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => anyhow::bail!(
+            "webhook URL {url:?}: https is not supported; use an http:// URL (a receiver on a private network, or a local proxy that adds TLS)"
+        ),
+        _ => anyhow::bail!("webhook URL {url:?}: must start with http://"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        anyhow::bail!("webhook URL {url:?}: no host");
+    }
+    Ok(())
+}
+
 /// 32 hex characters from the OS RNG (122 random bits).
 fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -541,6 +665,35 @@ mod tests {
         }
         .resolve();
         assert!(bad.unwrap_err().to_string().contains("JWKS"));
+    }
+
+    #[test]
+    fn webhooks_need_an_http_url_and_a_secret() {
+        let args = |url: &str, secret: Option<&str>| ServeArgs {
+            webhook_url: Some(url.into()),
+            webhook_secret: secret.map(Into::into),
+            ..Default::default()
+        };
+        assert!(ServeArgs::default().resolve().unwrap().webhooks.is_none());
+        let w = args("http://127.0.0.1:9000/hook", Some("s3cret"))
+            .resolve()
+            .unwrap()
+            .webhooks
+            .unwrap();
+        assert_eq!(w.url, "http://127.0.0.1:9000/hook");
+        assert_eq!(w.batch, Duration::from_millis(100));
+        assert_eq!((w.max_batch, w.queue), (100, 10_000));
+        assert_eq!(w.max_retry, Duration::from_secs(600));
+        assert!(
+            !format!("{w:?}").contains("s3cret"),
+            "the secret is never shown"
+        );
+        let err = |a: ServeArgs| a.resolve().unwrap_err().to_string();
+        assert!(err(args("https://example.com/hook", Some("s"))).contains("https is not supported"));
+        assert!(err(args("ftp://example.com/", Some("s"))).contains("http://"));
+        assert!(err(args("http://example.com/", None)).contains("--webhook-secret"));
+        assert!(err(args("http://example.com/", Some(""))).contains("--webhook-secret"));
+        assert!(err(args("not a url", Some("s"))).contains("webhook URL"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! * [`session`]: what each client message does on that socket;
 //! * [`channel`]: the channel registry, presence and fan-out;
 //! * [`outbound`]: the bounded per-socket queue of shared frames;
-//! * [`cluster`]: several nodes sharing presence and broadcasts through Redis.
+//! * [`cluster`]: several nodes sharing presence and broadcasts through Redis;
+//! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving.
 //!
 //! The protocol lives in `roster-protocol`, presence logic in `roster-presence`.
 

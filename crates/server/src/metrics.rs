@@ -81,6 +81,27 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Webhook counters; registered (and so exported) only when webhooks
+    /// are configured.
+    pub fn webhooks(&self) -> WebhookMetrics {
+        let outcome = |v| self.labelled("roster_webhook_deliveries_total", "outcome", v);
+        let dropped = |v| self.labelled("roster_webhook_events_dropped_total", "reason", v);
+        let counter = |name: &'static str| {
+            self.recorder
+                .register_counter(&Key::from_static_name(name), &META)
+        };
+        WebhookMetrics {
+            events: counter("roster_webhook_events_total"),
+            delivered: counter("roster_webhook_events_delivered_total"),
+            dropped_queue_full: dropped("queue_full"),
+            dropped_expired: dropped("expired"),
+            dropped_shutdown: dropped("shutdown"),
+            ok: outcome("ok"),
+            retry: outcome("retry"),
+            gave_up: outcome("dropped"),
+        }
+    }
+
     /// A channel the server shut down (`system` error + `phx_close`), by why.
     pub fn channel_shutdown(&self, reason: &str) {
         self.labelled("roster_channel_shutdowns_total", "reason", reason)
@@ -97,6 +118,29 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.recorder.handle().render()
     }
+}
+
+/// Webhook counters. Every event emitted counts in `events`, then, once
+/// settled, in `delivered` or one of the `dropped_*` (so events − delivered −
+/// dropped = still queued or in flight).
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// `roster_webhook_events_total`: events emitted.
+    pub events: Counter,
+    /// `roster_webhook_events_delivered_total`: events in a batch the receiver took (2xx).
+    pub delivered: Counter,
+    /// `roster_webhook_events_dropped_total{reason="queue_full"}`: the queue was full.
+    pub dropped_queue_full: Counter,
+    /// `{reason="expired"}`: their batch still failed after `webhook_max_retry_ms`.
+    pub dropped_expired: Counter,
+    /// `{reason="shutdown"}`: still queued when the server stopped.
+    pub dropped_shutdown: Counter,
+    /// `roster_webhook_deliveries_total{outcome="ok"}`: POSTs answered 2xx.
+    pub ok: Counter,
+    /// `{outcome="retry"}`: failed POSTs (error, timeout, non-2xx) to be retried.
+    pub retry: Counter,
+    /// `{outcome="dropped"}`: batches given up.
+    pub gave_up: Counter,
 }
 
 impl Default for Metrics {

@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::webhooks::{self, Webhooks};
 
 /// Everything the sockets of one node share.
 pub struct Server {
@@ -25,6 +26,9 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
     pub refs: RefGen,
+    /// Presence webhooks' sink, when configured (the registry and the
+    /// cluster emit into it; shutdown flushes it).
+    pub webhooks: Option<Arc<Webhooks>>,
     /// Cancelled on shutdown: every socket closes and cleans up.
     pub shutdown: CancellationToken,
     /// Socket tasks, so shutdown can wait for their cleanup.
@@ -37,7 +41,10 @@ impl Server {
         Self::with_cluster(settings, None)
     }
 
+    /// With webhooks configured, call this within a Tokio runtime: it starts
+    /// their delivery task.
     pub fn with_cluster(settings: Settings, cluster: Option<Arc<Cluster>>) -> Arc<Server> {
+        let coalesce = settings.presence_coalesce;
         let random = uuid::Uuid::new_v4();
         let bytes = random.as_bytes();
         let mut uuid_node = [0u8; 6];
@@ -45,10 +52,19 @@ impl Server {
         // Multicast bit set: a random node id, not a MAC address (RFC 4122 §4.5).
         uuid_node[0] |= 0x01;
         let metrics = Arc::new(Metrics::new());
+        let webhooks = settings
+            .webhooks
+            .as_ref()
+            .map(|w| webhooks::start(w, &metrics));
+        if let Some(cluster) = &cluster {
+            cluster.set_webhooks(webhooks.clone());
+        }
         Arc::new(Server {
             auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
             settings,
-            registry: Registry::new(metrics.clone(), cluster, None),
+            registry: Registry::new(metrics.clone(), cluster, webhooks.clone())
+                .with_coalesce(coalesce),
+            webhooks,
             metrics,
             admission: Arc::default(),
             refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
@@ -73,13 +89,17 @@ pub struct Running {
 
 impl Running {
     /// Stop accepting, close every socket (their presences leave), and wait
-    /// up to `grace` for the cleanup.
+    /// up to `grace` for the cleanup; then give pending webhook events up to
+    /// a second more (at most `grace`) to go out.
     pub async fn shutdown(self, grace: Duration) {
         self.server.shutdown.cancel();
         self.server.tasks.close();
         let _ = tokio::time::timeout(grace, self.server.tasks.wait()).await;
         if let Some(cluster) = self.server.registry.cluster() {
             cluster.leave(grace).await;
+        }
+        if let Some(webhooks) = &self.server.webhooks {
+            webhooks.finish(grace.min(Duration::from_secs(1))).await;
         }
         let _ = tokio::time::timeout(grace, self.handle).await;
     }
@@ -89,7 +109,11 @@ impl Running {
 /// cluster configured, Redis must be reachable.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let cluster = match &settings.cluster {
-        Some(c) => Some(Cluster::connect(c.clone()).await?),
+        Some(c) => {
+            let cluster = Cluster::connect(c.clone()).await?;
+            cluster.register().await?;
+            Some(cluster)
+        }
         None => None,
     };
     let listener = TcpListener::bind(&settings.listen).await?;

@@ -1,6 +1,8 @@
 //! Several `roster` processes sharing presence through a real Redis:
-//! convergence, order, join snapshots, node death, pauses, Redis restarts,
-//! a cut link, graceful shutdown, broadcasts (design §4).
+//! convergence, order, join snapshots, node death (one, two at once, a
+//! restart under the same name), pauses, Redis restarts (empty, from a
+//! stale dump), killed pub/sub connections, a cut link, graceful
+//! shutdown, broadcasts (design §4).
 //!
 //! Invariants checked (design §4): I1 every client's view equals the
 //! oracle; I2 no ghost after the bound; I3 no leave for a live presence
@@ -675,4 +677,418 @@ async fn presence_api_on_a_node_without_clients_reads_redis() {
             "n{node}: {body}"
         );
     }
+}
+
+/// The node ids in `rp:nodes` (live leases), sorted.
+async fn leases(redis: &Redis) -> Vec<String> {
+    let mut nids = redis
+        .cmd(&["ZRANGE", "rp:nodes", "0", "-1"])
+        .await
+        .strings();
+    nids.sort();
+    nids
+}
+
+/// The per-node channel sets `rp:nch:{nid}` in Redis, sorted.
+async fn channel_sets(redis: &Redis) -> Vec<String> {
+    let mut keys = redis.cmd(&["KEYS", "rp:nch:*"]).await.strings();
+    keys.sort();
+    keys
+}
+
+/// The `s` (last sequence number) of the one presence channel in Redis.
+async fn channel_seq(redis: &Redis) -> String {
+    let metas = redis.cmd(&["KEYS", "rp:{*}:m"]).await.strings();
+    assert_eq!(metas.len(), 1, "one channel meta: {metas:?}");
+    match redis.cmd(&["HGET", &metas[0], "s"]).await {
+        Resp::Bulk(Some(s)) => String::from_utf8_lossy(&s).into_owned(),
+        other => panic!("seq of {}: {other:?}", metas[0]),
+    }
+}
+
+/// Each of `nids` is one of nodes `names` (`<name>-<random>`), one each.
+fn assert_incarnations(nids: &[String], names: &[&str], what: &str) {
+    let mut got: Vec<&str> = nids
+        .iter()
+        .map(|nid| nid.rsplit_once('-').map_or(nid.as_str(), |(name, _)| name))
+        .collect();
+    got.sort();
+    let mut want = names.to_vec();
+    want.sort();
+    assert_eq!(got, want, "{what}: {nids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_connections_killed_is_silent_and_recovers() {
+    let c = cluster_or_skip!("pubsub_kill", 3);
+    let mut peers = populate(&c, 2).await;
+    let m = marks(&peers);
+
+    let t0 = Instant::now();
+    let killed = c.redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        matches!(killed, Resp::Int(n) if n >= 3),
+        "CLIENT KILL TYPE pubsub: {killed:?} (one subscriber per node expected)"
+    );
+    // Longer than the settle window: the resync after it would show here.
+    pump_all(&mut peers, ms(SETTLE_MS + 700)).await;
+    assert_changes(
+        with_marks(&peers, &m),
+        &[],
+        &[],
+        "killing the pub/sub connections must cause no event anywhere",
+    );
+    let channels = c.redis.cmd(&["PUBSUB", "CHANNELS", "rp:*"]).await.strings();
+    assert_eq!(channels.len(), 1, "one presence channel: {channels:?}");
+    let subscribers = match c.redis.cmd(&["PUBSUB", "NUMSUB", &channels[0]]).await {
+        Resp::Array(Some(r)) if r.len() == 2 => r[1].clone(),
+        other => panic!("PUBSUB NUMSUB: {other:?}"),
+    };
+    eprintln!(
+        "pub/sub killed ({killed:?}) {:?} ago; now {subscribers:?} subscribers",
+        t0.elapsed()
+    );
+    assert_eq!(subscribers, Resp::Int(3), "every node subscribed again");
+
+    // The pub/sub connections are back: a change on n1 reaches every
+    // client, once.
+    let m = marks(&peers);
+    let i = peers.iter().position(|p| p.node == 1).unwrap();
+    let old = (peers[i].key.clone(), peers[i].own_ref().unwrap());
+    let t1 = Instant::now();
+    peers[i]
+        .track(json!({"node": 1, "after": "pubsub kill"}))
+        .await;
+    let expected = oracle(&peers);
+    let at = converge(&mut peers, &expected, WAIT, "a track after the kill").await;
+    eprintln!(
+        "track after the pub/sub kill: seen after {:?}",
+        since(t1, &at)
+    );
+    let new = (peers[i].key.clone(), peers[i].own_ref().unwrap());
+    assert_ne!(old, new, "an update gets a new ref");
+    pump_all(&mut peers, ms(500)).await;
+    assert_changes(
+        with_marks(&peers, &m),
+        &[new],
+        &[old],
+        "each client: the update once (join of the new ref, leave of the old)",
+    );
+    assert_exactly_once(&peers);
+    check_same_order(&peers.iter().collect::<Vec<_>>()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_killed_at_once_survivor_reaps_both() {
+    let mut c = cluster_or_skip!("kill9_two", 3);
+    let peers = populate(&c, 2).await;
+    let (mut survivors, victims): (Vec<Peer>, Vec<Peer>) =
+        peers.into_iter().partition(|p| p.node == 0);
+    let victim_pairs = pairs_of(&survivors[0], &victims);
+    assert_eq!(victim_pairs.len(), 4);
+    let m = marks(&survivors);
+
+    let t0 = Instant::now();
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    drop(victims);
+    let expected = oracle(&survivors);
+    let at = converge(
+        &mut survivors,
+        &expected,
+        GHOST_BOUND,
+        "ghosts after kill -9 of two nodes",
+    )
+    .await;
+    let took = since(t0, &at);
+    eprintln!(
+        "kill -9 of two nodes: ghost removal took {took:?} (max {:?})",
+        took.iter().max()
+    );
+
+    pump_all(&mut survivors, ms(1500)).await;
+    assert_changes(
+        with_marks(&survivors, &m),
+        &[],
+        &victim_pairs,
+        "each survivor: one leave per presence of either dead node, nothing else",
+    );
+    assert_exactly_once(&survivors);
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(view_pairs(&survivors[0].view())),
+        "entries in Redis: only the survivor's"
+    );
+    assert_incarnations(&leases(&c.redis).await, &["n0"], "leases in Redis");
+    let sets = channel_sets(&c.redis).await;
+    assert!(
+        sets.len() == 1 && sets[0].starts_with("rp:nch:{n0-"),
+        "channel sets of the dead nodes deleted: {sets:?}"
+    );
+    let reaping = c.redis.cmd(&["HGETALL", "rp:reaping"]).await;
+    assert_eq!(reaping, Resp::Array(Some(vec![])), "no claim left open");
+}
+
+/// Populate, `SAVE` a dump, kill -9 node n2, kill -9 Redis, restart it
+/// `outage` later from the stale dump (which still holds n2's lease,
+/// entries and channel set); the survivors must end on exactly the live
+/// presences, with one leave per dead presence and nothing else.
+async fn stale_dump_case(label: &str, outage: Duration) {
+    let mut c = cluster_or_skip!(label, 3);
+    let peers = populate(&c, 2).await;
+    let (victims, mut survivors) = split_node(peers, 2);
+    let victim_pairs = pairs_of(&survivors[0], &victims);
+    let live_before = view_pairs(&survivors[0].view());
+    let m = marks(&survivors);
+
+    c.redis.save().await;
+    // What the dump holds: everything, the doomed node included.
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(live_before.iter().cloned()),
+        "entries in the dump"
+    );
+    assert_incarnations(
+        &leases(&c.redis).await,
+        &["n0", "n1", "n2"],
+        "leases in the dump",
+    );
+    assert_eq!(
+        channel_sets(&c.redis).await.len(),
+        3,
+        "channel sets in the dump"
+    );
+
+    let t0 = Instant::now();
+    c.nodes[2].kill9();
+    drop(victims);
+    tokio::time::sleep(ms(100)).await;
+    c.redis.kill9();
+    tokio::time::sleep(outage).await;
+    c.redis.restart_from_dump().await;
+    let t1 = Instant::now();
+    eprintln!("{label}: redis back from the dump after {:?}", t0.elapsed());
+
+    let expected = oracle(&survivors);
+    let at = converge(
+        &mut survivors,
+        &expected,
+        ms(LEASE_MS + SETTLE_MS) + GHOST_BOUND,
+        "after the restart from a stale dump",
+    )
+    .await;
+    eprintln!(
+        "{label}: dead presences gone {:?} after the kill, {:?} after the restart",
+        since(t0, &at),
+        since(t1, &at)
+    );
+    // Past the settle window and a lease: late leaves or churn would show.
+    pump_all(&mut survivors, ms(SETTLE_MS + LEASE_MS)).await;
+    for s in &survivors {
+        let live: Vec<Pair> = view_pairs(&s.view()).into_iter().collect();
+        let want: Vec<Pair> = live_before
+            .iter()
+            .filter(|p| !victim_pairs.contains(p))
+            .cloned()
+            .collect();
+        assert_eq!(live, want, "{}: live presences keep their refs", s.key);
+    }
+    assert_changes(
+        with_marks(&survivors, &m),
+        &[],
+        &victim_pairs,
+        "each survivor: one leave per presence of the dead node, no churn of live ones",
+    );
+    assert_exactly_once(&survivors);
+
+    for node in &c.nodes[..2] {
+        node.wait_ready(200, WAIT).await.unwrap();
+    }
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(view_pairs(&survivors[0].view())),
+        "entries in Redis: only the live ones"
+    );
+    assert_incarnations(&leases(&c.redis).await, &["n0", "n1"], "leases in Redis");
+    let sets = channel_sets(&c.redis).await;
+    assert!(
+        sets.iter().all(|k| !k.starts_with("rp:nch:{n2-")),
+        "the dead node's channel set deleted: {sets:?}"
+    );
+    // And the cluster works afterwards.
+    survivors[1].track(json!({"after": "stale dump"})).await;
+    let expected = oracle(&survivors);
+    converge(&mut survivors, &expected, WAIT, "a track after recovery").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_stale_data_reaps_the_dead() {
+    // Short outage: every lease in the dump still runs when Redis is back.
+    stale_dump_case("redis_stale_dump", ms(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_late_with_stale_data_reaps_only_the_dead() {
+    // Outage past the lease: every lease in the dump has run out, the
+    // live nodes' too; only the dead node may be reaped (stall guard).
+    stale_dump_case("redis_stale_dump_late", ms(2 * LEASE_MS)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_after_node_restart_same_name() {
+    let mut c = cluster_or_skip!("rejoin_same_name", 3);
+    let peers = populate(&c, 2).await;
+    let (victims, mut others) = split_node(peers, 1);
+    let old_pairs = pairs_of(&others[0], &victims);
+    let old_nids = leases(&c.redis).await;
+    let m = marks(&others);
+
+    let t0 = Instant::now();
+    c.nodes[1].kill9();
+    // A new process, same node name, same Redis (its own log file).
+    let label = format!("{}-again", c.label);
+    c.nodes[1] = Node::start(&label, &c.redis.url(), "n1", &[]).await;
+    c.nodes[1]
+        .wait_ready(200, WAIT)
+        .await
+        .expect("the restarted node gets ready");
+    eprintln!("n1 restarted and ready after {:?}", t0.elapsed());
+
+    // The dead node's clients reconnect to the new one and track again.
+    let mut back = Vec::new();
+    for v in &victims {
+        let vsn = if back.len() % 2 == 0 { 2 } else { 1 };
+        let mut p = Peer::join(c.addr(1), 1, &v.key, vsn).await;
+        // A state of its own, so the old incarnation's entry (same key)
+        // is told apart from the new one.
+        let mut state = v.tracked.clone().unwrap();
+        state["incarnation"] = json!(2);
+        p.track(state).await;
+        back.push(p);
+    }
+    drop(victims);
+    let all = others.len() + back.len();
+    others.extend(back);
+    let expected = oracle(&others);
+    let at = converge(
+        &mut others,
+        &expected,
+        GHOST_BOUND,
+        "rejoined once, old incarnation gone",
+    )
+    .await;
+    eprintln!("rejoin: converged {:?} after the kill", since(t0, &at));
+    pump_all(&mut others, ms(1500)).await;
+
+    let new_pairs: Vec<Pair> = others[m.len()..]
+        .iter()
+        .map(|p| (p.key.clone(), p.own_ref().expect("rejoined sees itself")))
+        .collect();
+    for n in &new_pairs {
+        assert!(!old_pairs.contains(n), "a new ref for {n:?}");
+    }
+    assert_changes(
+        with_marks(&others[..m.len()], &m),
+        &new_pairs,
+        &old_pairs,
+        "clients of the other nodes: one join per rejoined presence, one leave per old one",
+    );
+    assert_exactly_once(&others);
+    for p in &others {
+        assert_eq!(
+            view_pairs(&p.view()),
+            view_pairs(&others[0].view()),
+            "{}: same refs everywhere",
+            p.key
+        );
+        assert_eq!(p.view().len(), all, "{}: one meta per key", p.key);
+    }
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(view_pairs(&others[0].view())),
+        "entries in Redis: no entry of the old incarnation"
+    );
+    let nids = leases(&c.redis).await;
+    assert_incarnations(&nids, &["n0", "n1", "n2"], "leases in Redis");
+    let old_n1 = old_nids.iter().find(|n| n.starts_with("n1-")).unwrap();
+    assert!(
+        !nids.contains(old_n1),
+        "old n1 {old_n1} has no lease: {nids:?}"
+    );
+    assert!(
+        !channel_sets(&c.redis)
+            .await
+            .contains(&format!("rp:nch:{{{old_n1}}}")),
+        "the old incarnation's channel set deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_dump_older_than_replicas() {
+    // The dump misses the last changes: its channel seq is behind every
+    // replica's. Then n2 dies and Redis comes back from that dump.
+    let mut c = cluster_or_skip!("redis_older_dump", 3);
+    let mut peers = populate(&c, 2).await;
+    c.redis.save().await;
+    let seq_in_dump = channel_seq(&c.redis).await;
+    // After the dump: an update on n2 (its ref in the dump is now stale),
+    // an update on n0, a new presence on n1.
+    let i2 = peers.iter().position(|p| p.key == "n2-p0").unwrap();
+    peers[i2].track(json!({"node": 2, "after": "dump"})).await;
+    let i0 = peers.iter().position(|p| p.key == "n0-p0").unwrap();
+    peers[i0].track(json!({"node": 0, "after": "dump"})).await;
+    let mut fresh = Peer::join(c.addr(1), 1, "n1-fresh", 2).await;
+    fresh.track(json!({"node": 1, "after": "dump"})).await;
+    peers.push(fresh);
+    let expected = oracle(&peers);
+    converge(&mut peers, &expected, WAIT, "changes after the dump").await;
+
+    let seq_before = channel_seq(&c.redis).await;
+    let (victims, mut survivors) = split_node(peers, 2);
+    let victim_pairs = pairs_of(&survivors[0], &victims);
+    let live: Vec<Pair> = view_pairs(&survivors[0].view())
+        .into_iter()
+        .filter(|p| !victim_pairs.contains(p))
+        .collect();
+    let m = marks(&survivors);
+
+    let t0 = Instant::now();
+    c.nodes[2].kill9();
+    drop(victims);
+    tokio::time::sleep(ms(100)).await;
+    c.redis.kill9();
+    tokio::time::sleep(ms(300)).await;
+    c.redis.restart_from_dump().await;
+    let t1 = Instant::now();
+    let expected = oracle(&survivors);
+    let at = converge(
+        &mut survivors,
+        &expected,
+        ms(LEASE_MS + SETTLE_MS) + GHOST_BOUND,
+        "after the restart from a dump older than the replicas",
+    )
+    .await;
+    eprintln!(
+        "older dump (seq {seq_in_dump}, {seq_before} before the restart): converged {:?} after \
+         the kill, {:?} after the restart",
+        since(t0, &at),
+        since(t1, &at)
+    );
+    pump_all(&mut survivors, ms(SETTLE_MS + LEASE_MS)).await;
+    for s in &survivors {
+        let now: Vec<Pair> = view_pairs(&s.view()).into_iter().collect();
+        assert_eq!(now, live, "{}: live presences keep their refs", s.key);
+    }
+    assert_changes(
+        with_marks(&survivors, &m),
+        &[],
+        &victim_pairs,
+        "each survivor: one leave per presence of the dead node, no churn of live ones",
+    );
+    assert_exactly_once(&survivors);
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(live.iter().cloned()),
+        "entries in Redis: the live ones, as they are now"
+    );
 }

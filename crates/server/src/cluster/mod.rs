@@ -94,6 +94,8 @@ pub struct Cluster {
     /// Channel writer tasks running.
     writers: std::sync::atomic::AtomicUsize,
     webhooks: Mutex<Option<Arc<crate::webhooks::Webhooks>>>,
+    /// Nodes with a live lease, as of the last heartbeat.
+    live: RwLock<std::collections::HashSet<String>>,
 }
 
 /// Counters for `/metrics` and the closing numbers.
@@ -153,6 +155,7 @@ impl Cluster {
             metrics: ClusterMetrics::default(),
             writers: Default::default(),
             webhooks: Mutex::default(),
+            live: RwLock::default(),
         }))
     }
 
@@ -179,6 +182,16 @@ impl Cluster {
         self.metrics
             .redis_calls
             .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Take this node's lease, so it is healthy (ready, accepting joins)
+    /// from its first request on.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        self.heartbeat()
+            .await
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", self.settings.redis_url))?;
+        self.healthy.send_replace(true);
+        Ok(())
     }
 
     /// Start the node's background tasks: lease, reaping, pub/sub.
@@ -302,7 +315,7 @@ impl Cluster {
             .snapshot(&wire::tag(topic, private), topic, private)
             .await?;
         let mut presence = roster_presence::ChannelPresence::new();
-        Replica::default().install(snapshot, &mut presence);
+        Replica::default().install(snapshot, &mut presence, &|_| true);
         Ok(presence)
     }
 
@@ -506,6 +519,9 @@ impl Cluster {
     fn recover(self: &Arc<Self>) {
         *self.settle_until.lock() = Instant::now() + self.settings.settle;
         for channel in self.all_channels() {
+            // Park updates until the snapshot after `settle`: until then
+            // the channel's numbers in Redis may not name its contents.
+            channel.hold();
             channel.reassert();
             tokio::spawn(self.clone().resync(channel));
         }
@@ -594,7 +610,7 @@ impl Cluster {
     async fn heartbeat(&self) -> redis::RedisResult<String> {
         let mut conn = self.conn.clone();
         self.count(1);
-        let (status,): (String,) = self
+        let mut reply: Vec<String> = self
             .scripts
             .heartbeat
             .key(wire::NODES)
@@ -603,7 +619,20 @@ impl Cluster {
             .arg(self.settings.lease.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
+        if reply.is_empty() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "empty heartbeat reply",
+            )));
+        }
+        let status = reply.remove(0);
+        *self.live.write() = reply.into_iter().collect();
         Ok(status)
+    }
+
+    /// Whether node `nid` held a live lease at the last heartbeat.
+    pub fn is_live(&self, nid: &str) -> bool {
+        self.live.read().contains(nid)
     }
 
     async fn claim_and_reap(self: &Arc<Self>) {

@@ -49,6 +49,9 @@ pub struct Replica {
     ids: HashMap<Arc<str>, MemberId>,
     /// This node's id, to tell its own updates from others'.
     own: Arc<str>,
+    /// Park every update until the next snapshot (after Redis may have
+    /// lost or rewound data, `(epoch, seq)` no longer names the contents).
+    holding: bool,
     /// Key-level changes made by this node, as they were applied: the
     /// events this node (and no other) reports to webhooks.
     pub own_key_changes: Vec<(Vec<String>, Vec<String>)>,
@@ -65,7 +68,14 @@ impl Replica {
 
     /// Whether updates are waiting for a missing predecessor.
     pub fn has_gap(&self) -> bool {
-        !self.pending.is_empty()
+        !self.holding && !self.pending.is_empty()
+    }
+
+    /// Apply nothing until the next snapshot, which is then installed
+    /// whatever its `(epoch, seq)`: see `holding`.
+    pub fn hold(&mut self) {
+        self.holding = true;
+        self.pending.clear();
     }
 
     /// Set this node's id (it changes when the node was declared dead).
@@ -77,6 +87,10 @@ impl Replica {
 
     /// Take in one update (from pub/sub or from our own write's reply).
     pub fn receive(&mut self, update: Update, presence: &mut ChannelPresence) -> Received {
+        if self.holding {
+            self.pending.insert(update.seq, update);
+            return Received::Parked;
+        }
         let Some(epoch) = &self.epoch else {
             self.pending.insert(update.seq, update);
             return Received::Parked;
@@ -141,8 +155,19 @@ impl Replica {
     /// Rebuild from a snapshot; returns what changed for clients that
     /// already had the old state (nothing on a first sync, and nothing
     /// when every entry came back with the same ref).
-    pub fn install(&mut self, snapshot: Snapshot, presence: &mut ChannelPresence) -> Diff {
-        if self.epoch.as_ref() == Some(&snapshot.epoch) && snapshot.seq <= self.seq {
+    ///
+    /// After a hold (Redis may have come back from an old dump), entries of
+    /// nodes without a live lease (`is_live` false) are not taken from the
+    /// snapshot: they may be stale, and their owner cannot correct them;
+    /// the reaper removes them from Redis, and that leave reaches clients.
+    pub fn install(
+        &mut self,
+        snapshot: Snapshot,
+        presence: &mut ChannelPresence,
+        is_live: &dyn Fn(&str) -> bool,
+    ) -> Diff {
+        let forced = std::mem::take(&mut self.holding);
+        if !forced && self.epoch.as_ref() == Some(&snapshot.epoch) && snapshot.seq <= self.seq {
             // Updates overtook the snapshot: the replica is already newer.
             return Diff::default();
         }
@@ -167,6 +192,10 @@ impl Replica {
             diff.extend(presence.untrack(id).unwrap_or_default());
         }
         for (mid, (key, meta)) in fresh {
+            let owner = mid.split('|').next().unwrap_or_default();
+            if forced && !is_live(owner) {
+                continue;
+            }
             let id = self.id_of(&mid);
             diff.extend(presence.insert(id, &key, meta));
         }
@@ -234,7 +263,11 @@ mod tests {
             Received::Parked
         );
         // The snapshot already contains seq 1 and 2.
-        let d = r.install(snapshot("e", 2, &[("n|1", "a"), ("n|2", "b")]), &mut p);
+        let d = r.install(
+            snapshot("e", 2, &[("n|1", "a"), ("n|2", "b")]),
+            &mut p,
+            &|_| true,
+        );
         assert_eq!(d.joins.len(), 2, "first sync: everything is new");
         assert_eq!(p.meta_count(), 2);
         assert!(r.has_gap(), "seq 4 waits for 3");
@@ -255,14 +288,22 @@ mod tests {
     fn a_new_epoch_asks_for_a_resync_which_reports_only_real_changes() {
         let mut p = ChannelPresence::new();
         let mut r = Replica::default();
-        r.install(snapshot("e1", 5, &[("a|1", "r1"), ("b|1", "r2")]), &mut p);
+        r.install(
+            snapshot("e1", 5, &[("a|1", "r1"), ("b|1", "r2")]),
+            &mut p,
+            &|_| true,
+        );
         assert_eq!(
             r.receive(update("e2", 1, &[(true, "a|1", "r1")]), &mut p),
             Received::Resync
         );
         // Redis came back empty; node a re-asserted its entry (same ref),
         // node b did not, node c joined.
-        let d = r.install(snapshot("e2", 2, &[("a|1", "r1"), ("c|1", "r3")]), &mut p);
+        let d = r.install(
+            snapshot("e2", 2, &[("a|1", "r1"), ("c|1", "r3")]),
+            &mut p,
+            &|_| true,
+        );
         let refs = |v: &Vec<(String, Meta)>| {
             v.iter()
                 .map(|(_, m)| m.phx_ref.to_string())
@@ -277,20 +318,68 @@ mod tests {
     fn a_snapshot_older_than_the_replica_is_ignored() {
         let mut p = ChannelPresence::new();
         let mut r = Replica::default();
-        r.install(snapshot("e", 1, &[("a|1", "r1")]), &mut p);
+        r.install(snapshot("e", 1, &[("a|1", "r1")]), &mut p, &|_| true);
         r.receive(update("e", 2, &[(true, "a|2", "r2")]), &mut p);
         assert!(r
-            .install(snapshot("e", 1, &[("a|1", "r1")]), &mut p)
+            .install(snapshot("e", 1, &[("a|1", "r1")]), &mut p, &|_| true)
             .is_empty());
         assert_eq!((p.meta_count(), r.position()), (2, Some(("e", 2))));
+    }
+
+    #[test]
+    fn after_hold_a_snapshot_with_a_rewound_seq_is_installed_by_contents() {
+        let mut p = ChannelPresence::new();
+        let mut r = Replica::default();
+        r.install(
+            snapshot("e", 9, &[("a|1", "r1"), ("dead|1", "r2")]),
+            &mut p,
+            &|_| true,
+        );
+        r.hold();
+        // Redis came back from an old dump; re-asserts and a reap brought
+        // its seq back to 9 with other contents. Those updates are parked.
+        assert_eq!(
+            r.receive(update("e", 9, &[(false, "dead|1", "r2")]), &mut p),
+            Received::Parked
+        );
+        let d = r.install(snapshot("e", 9, &[("a|1", "r1")]), &mut p, &|n| n == "a");
+        assert_eq!(d.leaves.len(), 1, "the dead entry leaves: {d:?}");
+        assert!(d.joins.is_empty());
+        assert_eq!(p.meta_count(), 1);
+    }
+
+    #[test]
+    fn after_hold_a_dead_owners_stale_entries_are_not_resurrected() {
+        let mut p = ChannelPresence::new();
+        let mut r = Replica::default();
+        r.install(
+            snapshot("e", 9, &[("a|1", "r1"), ("dead|1", "new")]),
+            &mut p,
+            &|_| true,
+        );
+        r.hold();
+        // An old dump has the dead node's older meta, and one it had removed.
+        let old = snapshot(
+            "e",
+            9,
+            &[("a|1", "r1"), ("dead|1", "old"), ("dead|2", "gone")],
+        );
+        assert!(r.install(old, &mut p, &|n| n == "a").is_empty());
+        // The reaper then removes the stale entry: clients see the meta they had leave.
+        let Received::Applied(d) = r.receive(update("e", 10, &[(false, "dead|1", "old")]), &mut p)
+        else {
+            panic!("10 follows 9")
+        };
+        assert_eq!(d.leaves[0].1.phx_ref.as_ref(), "new");
+        assert_eq!(p.meta_count(), 1);
     }
 
     #[test]
     fn a_ref_moving_to_a_new_member_id_is_no_change() {
         let mut p = ChannelPresence::new();
         let mut r = Replica::default();
-        r.install(snapshot("e", 1, &[("old|1", "r1")]), &mut p);
-        let d = r.install(snapshot("e", 3, &[("new|1", "r1")]), &mut p);
+        r.install(snapshot("e", 1, &[("old|1", "r1")]), &mut p, &|_| true);
+        let d = r.install(snapshot("e", 3, &[("new|1", "r1")]), &mut p, &|_| true);
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(p.meta_count(), 1);
     }

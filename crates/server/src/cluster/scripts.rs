@@ -156,9 +156,10 @@ return removed
 ";
 
 /// Renew a node's lease. KEYS: nodes, dead. ARGV: nid, lease ms.
-/// Returns `{status}`: `ok`; `late` (the lease had run out, nobody reaped
-/// it yet — Redis or this node stalled); `registered` (unknown: first
-/// beat, or Redis lost its data); `fenced` (reaped: take a new id).
+/// Returns `{status, live node ids...}`: status `ok`; `late` (the lease had
+/// run out, nobody reaped it yet — Redis or this node stalled);
+/// `registered` (unknown: first beat, or Redis lost its data); `fenced`
+/// (reaped: take a new id, and no list).
 const HEARTBEAT_BODY: &str = r"
 local nodes, dead = KEYS[1], KEYS[2]
 local nid = ARGV[1]
@@ -172,7 +173,9 @@ elseif tonumber(old) < now then
   status = 'late'
 end
 redis.call('ZADD', nodes, now + tonumber(ARGV[2]), nid)
-return {status}
+local live = redis.call('ZRANGEBYSCORE', nodes, now, '+inf')
+table.insert(live, 1, status)
+return live
 ";
 
 /// Claim dead nodes for reaping: leases expired more than `grace` ago, and

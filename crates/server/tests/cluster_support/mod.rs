@@ -95,23 +95,37 @@ async fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// A `redis-server` on a free loopback port, no persistence.
+/// A `redis-server` on a free loopback port, no automatic persistence
+/// (`save ""`, no AOF). Its working directory is a fresh per-test folder
+/// (`$CARGO_TARGET_TMPDIR/cluster-redis/<test>`), so an explicit [`Redis::save`]
+/// writes `dump.rdb` there and [`Redis::restart_from_dump`] loads it.
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Redis's `dir`; holds `dump.rdb` after a `SAVE`.
+    pub dir: PathBuf,
 }
+
+const DUMP: &str = "dump.rdb";
 
 impl Redis {
     pub async fn start(label: &str) -> Redis {
         let log = log_dir().join(format!("{label}-redis.log"));
         let _ = std::fs::remove_file(&log);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("cluster-redis")
+            .join(label);
+        // A dump left by an earlier run must not be loaded.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let mut last = String::new();
         for _ in 0..3 {
             let mut r = Redis {
                 port: free_port(),
                 child: None,
                 log: log.clone(),
+                dir: dir.clone(),
             };
             match r.spawn().await {
                 Ok(()) => return r,
@@ -132,6 +146,9 @@ impl Redis {
         let mut child = Command::new("redis-server")
             .args(["--port", &port, "--save", "", "--appendonly", "no"])
             .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--dbfilename", DUMP])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -186,9 +203,40 @@ impl Redis {
         signal(self.pid(), "CONT");
     }
 
-    /// Start again, empty, on the same port (kills a running one first).
+    /// Start again, empty, on the same port (kills a running one first;
+    /// a dump written by [`Redis::save`] is deleted, not loaded).
     pub async fn restart(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_file(self.dump_path());
+        self.respawn().await;
+    }
+
+    /// Start again on the same port and `dir`, loading the dump the last
+    /// [`Redis::save`] wrote (kills a running one first).
+    pub async fn restart_from_dump(&mut self) {
+        self.kill9();
+        assert!(
+            self.dump_path().is_file(),
+            "no {} to restart from",
+            self.dump_path().display()
+        );
+        self.respawn().await;
+    }
+
+    /// The file a `SAVE` writes.
+    pub fn dump_path(&self) -> PathBuf {
+        self.dir.join(DUMP)
+    }
+
+    /// `SAVE`: write the whole dataset to `dump.rdb` now (works although
+    /// automatic snapshots are off).
+    pub async fn save(&self) {
+        let reply = self.cmd(&["SAVE"]).await;
+        assert_eq!(reply, Resp::Simple("OK".into()), "SAVE");
+        assert!(self.dump_path().is_file(), "SAVE wrote no dump");
+    }
+
+    async fn respawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match self.spawn().await {

@@ -1,0 +1,106 @@
+//! Coalesced diffs (`presence_coalesce`): a channel's changes within a
+//! window go out as one net diff; views stay exact, a joiner mid-window
+//! gets the state before the window, and `track` is answered only after
+//! the diff carrying it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const ROOM: &str = "realtime:coalesce";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_becomes_few_diffs_and_every_view_is_exact() {
+    let s = start_with(|c| c.presence_coalesce = Duration::from_millis(100)).await;
+    let mut watcher = Client::connect(s.addr, 2).await;
+    watcher.join(ROOM, Some("watcher")).await;
+    let n = 20;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = Client::connect(s.addr, 1 + (i % 2) as u8).await;
+        let j = c.join(ROOM, Some(&format!("u{i}"))).await;
+        clients.push((c, j));
+    }
+    // Everyone tracks twice (a join, then an update) as fast as it can.
+    for round in 0..2 {
+        for (i, (c, j)) in clients.iter_mut().enumerate() {
+            let reply = c.track(j, ROOM, json!({"i": i, "round": round})).await;
+            assert_eq!(reply.payload["status"], "ok");
+            // The ack follows the diff that carries the change.
+            assert_eq!(c.view(ROOM)[&format!("u{i}")][0]["round"], round);
+        }
+    }
+    watcher
+        .until_view(ROOM, |v| {
+            (0..n).all(|i| {
+                v.get(&format!("u{i}"))
+                    .is_some_and(|m| m.len() == 1 && m[0]["round"] == 1)
+            })
+        })
+        .await;
+    watcher.expect_silence(Duration::from_millis(300)).await;
+    let diffs: Vec<&Got> = watcher
+        .stashed()
+        .filter(|g| g.event == "presence_diff")
+        .collect();
+    assert!(
+        diffs.len() < 2 * n,
+        "{} diffs for {} changes: not coalesced",
+        diffs.len(),
+        2 * n
+    );
+    for d in &diffs {
+        // A ref never both joins and leaves in one diff.
+        let refs = |side: &str| -> Vec<String> {
+            d.payload[side]
+                .as_object()
+                .unwrap()
+                .values()
+                .flat_map(|p| p["metas"].as_array().unwrap().clone())
+                .map(|m| m["phx_ref"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (joins, leaves) = (refs("joins"), refs("leaves"));
+        assert!(joins.iter().all(|r| !leaves.contains(r)), "{:?}", d.raw);
+    }
+    // Every client's view is the truth.
+    for (i, (c, _)) in clients.iter_mut().enumerate() {
+        c.until_view(ROOM, |v| {
+            v.len() == n && v.values().all(|m| m.len() == 1 && m[0]["round"] == 1)
+        })
+        .await;
+        let v = c.view(ROOM);
+        assert_eq!(v.len(), n, "client {i}: {v:?}");
+        assert!(v.values().all(|m| m.len() == 1 && m[0]["round"] == 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_mid_window_gets_the_state_before_it_then_the_window() {
+    let s = start_with(|c| c.presence_coalesce = Duration::from_millis(300)).await;
+    let mut a = Client::connect(s.addr, 2).await;
+    let ja = a.join(ROOM, Some("a")).await;
+    a.track(&ja, ROOM, json!({"v": 1})).await;
+    // A window is now open with a's second state in it; b joins meanwhile.
+    let ra = a
+        .push(
+            &ja,
+            ROOM,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"v": 2}}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b = Client::connect(s.addr, 1).await;
+    b.join(ROOM, Some("b")).await;
+    assert_eq!(b.view(ROOM)["a"][0]["v"], 1, "state before the window");
+    b.until_view(ROOM, |v| {
+        v.get("a").is_some_and(|m| m.len() == 1 && m[0]["v"] == 2)
+    })
+    .await;
+    a.recv_reply(&ra).await;
+    assert_eq!(a.view(ROOM)["a"][0]["v"], 2);
+}
