@@ -13,6 +13,9 @@ pub struct JoinConfig {
     pub broadcast_self: bool,
     /// Send a `presence_state` after the join reply.
     pub presence_enabled: bool,
+    /// `config.presence.count_only` (a Roster extension): instead of the
+    /// member list, only `presence_count` pushes with the numbers.
+    pub presence_count_only: bool,
     /// `config.presence.key` when non-empty (numbers are stringified).
     pub presence_key: Option<String>,
     pub private: bool,
@@ -43,6 +46,7 @@ impl JoinConfig {
             broadcast_ack: flag(broadcast, "ack"),
             broadcast_self: flag(broadcast, "self"),
             presence_enabled: flag(presence, "enabled"),
+            presence_count_only: flag(presence, "count_only"),
             presence_key,
             private: config
                 .and_then(|c| c.get("private"))
@@ -99,6 +103,8 @@ mod tests {
             JoinConfig::parse(&json!({"config": 5})),
             JoinConfig::default()
         );
+        let count = JoinConfig::parse(&json!({"config": {"presence": {"count_only": true}}}));
+        assert!(count.presence_count_only);
         let numeric = JoinConfig::parse(&json!({"config": {"presence": {"key": 42}}}));
         assert_eq!(numeric.presence_key.as_deref(), Some("42"));
     }

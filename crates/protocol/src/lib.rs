@@ -42,6 +42,8 @@ pub mod events {
     pub const PRESENCE: &str = "presence";
     pub const PRESENCE_STATE: &str = "presence_state";
     pub const PRESENCE_DIFF: &str = "presence_diff";
+    /// Roster extension, for `count_only` members: `{"keys": n, "presences": m}`.
+    pub const PRESENCE_COUNT: &str = "presence_count";
     pub const BROADCAST: &str = "broadcast";
     pub const ACCESS_TOKEN: &str = "access_token";
     pub const SYSTEM: &str = "system";

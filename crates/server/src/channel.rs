@@ -34,6 +34,8 @@ pub struct Member {
     pub join_ref: Option<Arc<str>>,
     /// May receive presence diffs / broadcasts (always, on public channels).
     pub presence_read: bool,
+    /// Wants only the numbers (`presence_count`), not the member list.
+    pub count_only: bool,
     pub broadcast_read: bool,
 }
 
@@ -52,6 +54,8 @@ pub struct Channel {
     webhooks: Option<Arc<Webhooks>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
+    /// Itself, for timers started from `&self`.
+    me: std::sync::Weak<Channel>,
 }
 
 #[derive(Default)]
@@ -64,6 +68,8 @@ struct Inner {
     sync: Option<Sync>,
     /// With coalescing: the open window's net diff and the acks behind it.
     window: Option<Window>,
+    /// A `presence_count` send is scheduled.
+    counting: std::sync::atomic::AtomicBool,
 }
 
 /// Diffs of the current coalescing window, sent as one when it closes.
@@ -546,6 +552,7 @@ impl Channel {
         }
         self.settle_acks(inner);
         self.emit_own_key_changes(inner);
+        self.counts_changed(inner);
         if !waiting.is_empty() {
             let payload = self.state_for_joiner(inner);
             for id in waiting {
@@ -692,11 +699,56 @@ impl Channel {
                 Outgoing::fanout(&self.topic, events::PRESENCE_DIFF, &payload).encode(vsn),
             ))
         });
-        for member in inner.members.values().filter(|m| m.presence_read) {
+        for member in inner
+            .members
+            .values()
+            .filter(|m| m.presence_read && !m.count_only)
+        {
             if let Some(msg) = frame.for_vsn(member.out.vsn()) {
                 member.out.send(msg);
             }
         }
+        self.counts_changed(inner);
+    }
+
+    /// Tell `count_only` members the new numbers, at most every
+    /// `COUNT_INTERVAL` (the latest numbers win).
+    fn counts_changed(&self, inner: &Inner) {
+        if inner.counting.load(std::sync::atomic::Ordering::Relaxed)
+            || !inner.members.values().any(|m| m.count_only)
+        {
+            return;
+        }
+        inner
+            .counting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(channel) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(COUNT_INTERVAL).await;
+            let inner = channel.inner.lock();
+            inner
+                .counting
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let payload = count_payload(&inner.presence);
+            for member in inner
+                .members
+                .values()
+                .filter(|m| m.count_only && m.presence_read)
+            {
+                channel.send_count(member, &payload);
+            }
+        });
+    }
+
+    fn send_count(&self, member: &Member, payload: &str) {
+        member.out.send_outgoing(&Outgoing::push(
+            member.join_ref.as_deref(),
+            &self.topic,
+            events::PRESENCE_COUNT,
+            payload,
+        ));
     }
 
     /// Deliver a broadcast here and, with a cluster, on the other nodes.
@@ -775,6 +827,18 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
     } else {
         Arc::from(topic)
     }
+}
+
+/// How often, at most, `count_only` members hear of a change.
+const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `{"keys": distinct keys, "presences": metas}`.
+fn count_payload(presence: &ChannelPresence) -> String {
+    format!(
+        r#"{{"keys":{},"presences":{}}}"#,
+        presence.key_count(),
+        presence.meta_count()
+    )
 }
 
 /// A page of a presence state as `(key, metas as JSON values)`.
@@ -862,7 +926,8 @@ impl Registry {
                 .or_insert_with(|| {
                     self.metrics.channels.increment(1);
                     created = true;
-                    Arc::new(Channel {
+                    Arc::new_cyclic(|me| Channel {
+                        me: me.clone(),
                         topic: Arc::from(topic),
                         key: registry_key(topic, private),
                         private,
@@ -895,7 +960,10 @@ impl Registry {
                 return Err(ChannelFull);
             }
             member.out.send_outgoing(reply);
-            let owed_state = send_state && member.presence_read;
+            if member.count_only && member.presence_read {
+                channel.send_count(&member, &count_payload(&inner.presence));
+            }
+            let owed_state = send_state && member.presence_read && !member.count_only;
             if let Some(sync) = inner.sync.as_mut().filter(|s| !s.replica.is_synced()) {
                 // Sent when the first snapshot is in.
                 if owed_state {

@@ -302,6 +302,7 @@ impl Session {
                 out: self.out.clone(),
                 join_ref: join_ref.clone(),
                 presence_read: rights.presence_read,
+                count_only: config.presence_count_only,
                 broadcast_read: rights.broadcast_read,
             },
             &reply,

@@ -1,7 +1,8 @@
-//! Coalesced diffs (`presence_coalesce`): a channel's changes within a
-//! window go out as one net diff; views stay exact, a joiner mid-window
-//! gets the state before the window, and `track` is answered only after
-//! the diff carrying it.
+//! Large rooms. Coalesced diffs (`presence_coalesce`): a channel's changes
+//! within a window go out as one net diff; views stay exact, a joiner
+//! mid-window gets the state before the window, and `track` is answered
+//! only after the diff carrying it. Count-only members
+//! (`config.presence.count_only`) get `presence_count` instead of the list.
 
 mod common;
 
@@ -103,4 +104,50 @@ async fn a_joiner_mid_window_gets_the_state_before_it_then_the_window() {
     .await;
     a.recv_reply(&ra).await;
     assert_eq!(a.view(ROOM)["a"][0]["v"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_only_member_gets_numbers_not_the_list() {
+    let s = start().await;
+    let mut counter = Client::connect(s.addr, 2).await;
+    let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
+        "presence": {"key": "", "enabled": true, "count_only": true},
+        "private": false, "postgres_changes": []}});
+    let jref = counter.join_raw(ROOM, payload).await;
+    let reply = counter.recv_reply(&jref).await;
+    assert_eq!(reply.payload["status"], "ok");
+    let first = counter.recv_event("presence_count").await;
+    assert_eq!(first.payload, json!({"keys": 0, "presences": 0}));
+    let mut members = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(s.addr, 1).await;
+        let j = c.join(ROOM, Some(if i < 4 { "a" } else { "b" })).await;
+        c.track(&j, ROOM, json!({"i": i})).await;
+        members.push(c);
+    }
+    // Counts arrive (at most every 250 ms) until they show 2 keys, 5 metas.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = counter.recv().await;
+        assert_ne!(
+            got.event, "presence_state",
+            "no list for a count-only member"
+        );
+        assert_ne!(
+            got.event, "presence_diff",
+            "no list for a count-only member"
+        );
+        if got.event == "presence_count" && got.payload == json!({"keys": 2, "presences": 5}) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted 2 keys / 5 metas"
+        );
+    }
+    // A count-only member is not in the list either (it tracked nothing).
+    assert!(!members[0].view(ROOM).contains_key(""));
+    members.pop().unwrap().close().await;
+    let got = counter.recv_event("presence_count").await;
+    assert_eq!(got.payload, json!({"keys": 1, "presences": 4}));
 }
