@@ -569,6 +569,21 @@ impl Channel {
         true
     }
 
+    /// Whether a settled replica (no gap, no resync under way) is not at
+    /// Redis's `(epoch, seq)`: it missed a message.
+    pub fn lags(&self, epoch: &str, seq: u64) -> bool {
+        let inner = self.inner.lock();
+        let Some(sync) = &inner.sync else {
+            return false;
+        };
+        if sync.resyncing || sync.replica.has_gap() || sync.writing {
+            return false;
+        }
+        sync.replica
+            .position()
+            .is_some_and(|(e, s)| e != epoch || s != seq)
+    }
+
     /// Park updates until the next snapshot (see `Replica::hold`).
     pub fn hold(&self) {
         let mut inner = self.inner.lock();

@@ -174,6 +174,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_CLUSTER_ISLAND_TIMEOUT_MS")]
     pub cluster_island_timeout_ms: Option<u64>,
 
+    /// Every this long, compare each replicated channel's `(epoch, seq)` with Redis and resync on a mismatch (a lost message); 0 = never [default: 30000].
+    #[arg(long, env = "ROSTER_CLUSTER_AUDIT_MS")]
+    pub cluster_audit_ms: Option<u64>,
+
     /// Presence webhooks: POST member_join / member_leave events here, batched
     /// and signed. Plain `http://` only (no TLS client): point it at a
     /// receiver on a private network or a local TLS-terminating relay. Unset = no webhooks.
@@ -325,6 +329,7 @@ pub struct ClusterSettings {
     pub reap_grace: Duration,
     pub settle: Duration,
     pub island_timeout: Duration,
+    pub audit: Duration,
 }
 
 pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
@@ -419,6 +424,7 @@ impl ServeArgs {
                     lease,
                     reap_grace: ms(self.cluster_reap_grace_ms, file.cluster_reap_grace_ms, 1000),
                     settle: ms(self.cluster_settle_ms, file.cluster_settle_ms, 2000),
+                    audit: ms(self.cluster_audit_ms, file.cluster_audit_ms, 30_000),
                     island_timeout: ms(
                         self.cluster_island_timeout_ms,
                         file.cluster_island_timeout_ms,

@@ -537,6 +537,7 @@ impl Cluster {
         let mut no_claim_until = Instant::now() + s.lease;
         let mut first = true;
         let mut islanded = false;
+        let mut next_audit = Instant::now() + s.audit;
         let mut every = tokio::time::interval(s.heartbeat);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -589,6 +590,12 @@ impl Cluster {
                     if now >= no_claim_until {
                         self.claim_and_reap().await;
                     }
+                    if !s.audit.is_zero() && now >= next_audit {
+                        next_audit = now + s.audit;
+                        if let Err(e) = self.audit().await {
+                            tracing::debug!(error = %e, "audit failed");
+                        }
+                    }
                 }
                 Err(e) => {
                     let silent = now - last_ok;
@@ -605,6 +612,39 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Anti-entropy: read every replicated channel's `(epoch, seq)` in one
+    /// pipeline; a channel whose replica is settled yet differs missed a
+    /// message (there is no later one to reveal the hole): resync it.
+    async fn audit(self: &Arc<Self>) -> redis::RedisResult<()> {
+        let channels = self.all_channels();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for c in &channels {
+            pipe.cmd("HMGET")
+                .arg(wire::meta_key(c.tag()))
+                .arg("e")
+                .arg("s");
+        }
+        let mut conn = self.conn.clone();
+        self.count(1);
+        let positions: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        for (channel, (epoch, seq)) in channels.into_iter().zip(positions) {
+            if let (Some(epoch), Some(seq)) = (epoch, seq) {
+                if channel.lags(&epoch, seq) {
+                    tracing::info!(
+                        topic = channel.topic(),
+                        "audit: replica behind Redis; resyncing"
+                    );
+                    channel.hold();
+                    tokio::spawn(self.clone().resync(channel));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn heartbeat(&self) -> redis::RedisResult<String> {
