@@ -70,6 +70,8 @@ struct Inner {
     window: Option<Window>,
     /// A `presence_count` send is scheduled.
     counting: std::sync::atomic::AtomicBool,
+    /// How many members are `count_only` (most channels: none).
+    count_only: usize,
 }
 
 /// Diffs of the current coalescing window, sent as one when it closes.
@@ -729,9 +731,7 @@ impl Channel {
     /// Tell `count_only` members the new numbers, at most every
     /// `COUNT_INTERVAL` (the latest numbers win).
     fn counts_changed(&self, inner: &Inner) {
-        if inner.counting.load(std::sync::atomic::Ordering::Relaxed)
-            || !inner.members.values().any(|m| m.count_only)
-        {
+        if inner.count_only == 0 || inner.counting.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         inner
@@ -993,6 +993,7 @@ impl Registry {
                     &payload,
                 ));
             }
+            inner.count_only += usize::from(member.count_only);
             inner.members.insert(id, member);
             drop(inner);
             self.metrics.channel_joins.increment(1);
@@ -1004,9 +1005,10 @@ impl Registry {
     /// empty channel is dropped.
     pub fn leave(&self, channel: &Arc<Channel>, member: MemberId) {
         let mut inner = channel.inner.lock();
-        if inner.members.swap_remove(&member).is_none() {
+        let Some(gone) = inner.members.swap_remove(&member) else {
             return;
-        }
+        };
+        inner.count_only -= usize::from(gone.count_only);
         self.metrics.channel_leaves.increment(1);
         channel.remove(&mut inner, member);
         self.close_if_empty(channel, &mut inner);
@@ -1022,9 +1024,10 @@ impl Registry {
             return false;
         }
         let mut inner = channel.inner.lock();
-        if inner.members.swap_remove(&member).is_none() {
+        let Some(gone) = inner.members.swap_remove(&member) else {
             return false;
-        }
+        };
+        inner.count_only -= usize::from(gone.count_only);
         self.metrics.channel_leaves.increment(1);
         let kept = match inner.sync.as_mut() {
             Some(sync) => {
