@@ -134,7 +134,9 @@ return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or
 /// one leave diff. Only the call whose HDEL removed a field reports it, so
 /// each leave is published exactly once however many reapers overlap.
 /// KEYS: data, meta, orphans. ARGV: pub/sub channel, reaper nid, fresh
-/// epoch, fields. Returns the entries this call removed.
+/// epoch, fields. Returns the entries this call removed. The origin it
+/// publishes is `<reaper>/reap`: no node's replica takes a reap for its own
+/// write, so its webhook events come from the reaper's `report_reaped` only.
 const REAP_BODY: &str = r"
 local data, meta, orphans = KEYS[1], KEYS[2], KEYS[3]
 local out, removed = {}, {}
@@ -151,7 +153,7 @@ if #out == 0 then return {} end
 redis.call('HSETNX', meta, 'e', ARGV[3])
 local seq = redis.call('HINCRBY', meta, 's', 1)
 settle_meta(data, meta)
-redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '\n' .. table.concat(out, '\n'))
+redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '/reap\n' .. table.concat(out, '\n'))
 return removed
 ";
 

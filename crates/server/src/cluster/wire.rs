@@ -117,7 +117,7 @@ pub struct Change {
 pub struct Update {
     pub epoch: Arc<str>,
     pub seq: u64,
-    /// The node that made the change (the writer, or the reaper).
+    /// The node that made the change: the writer's id, or `<reaper>/reap`.
     pub origin: Arc<str>,
     pub changes: Vec<Change>,
 }
