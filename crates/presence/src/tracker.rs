@@ -40,23 +40,11 @@ impl Diff {
     /// ref that left and comes back (same key) is no change at all. A ref is
     /// never in both `joins` and `leaves` of the result.
     pub fn absorb(&mut self, later: Diff) {
-        for (key, meta) in later.leaves {
-            let same = |(k, m): &(String, Meta)| *k == key && m.phx_ref == meta.phx_ref;
-            match self.joins.iter().position(same) {
-                Some(i) => {
-                    self.joins.remove(i);
-                }
-                None => self.leaves.push((key, meta)),
-            }
+        for entry in later.leaves {
+            cancel_or_push(&mut self.joins, &mut self.leaves, entry);
         }
-        for (key, meta) in later.joins {
-            let same = |(k, m): &(String, Meta)| *k == key && m.phx_ref == meta.phx_ref;
-            match self.leaves.iter().position(same) {
-                Some(i) => {
-                    self.leaves.remove(i);
-                }
-                None => self.joins.push((key, meta)),
-            }
+        for entry in later.joins {
+            cancel_or_push(&mut self.leaves, &mut self.joins, entry);
         }
     }
 
@@ -116,6 +104,22 @@ impl Diff {
         write_grouped(&mut out, group(&self.leaves));
         out.push('}');
         out
+    }
+}
+
+/// `entry` cancels its opposite in `opposite` (same key and ref), or is
+/// added to `same_side`.
+fn cancel_or_push(
+    opposite: &mut Vec<(String, Meta)>,
+    same_side: &mut Vec<(String, Meta)>,
+    entry: (String, Meta),
+) {
+    let matches = |(k, m): &(String, Meta)| *k == entry.0 && m.phx_ref == entry.1.phx_ref;
+    match opposite.iter().position(matches) {
+        Some(i) => {
+            opposite.remove(i);
+        }
+        None => same_side.push(entry),
     }
 }
 
@@ -209,12 +213,18 @@ impl ChannelPresence {
             }
             diff = self.untrack(member).expect("member was tracked");
         }
-        self.state_bytes += state.as_json().len();
         let meta = Meta {
             phx_ref: refs.next_ref(),
             phx_ref_prev: prev_ref,
             state,
         };
+        self.add(member, key, meta, &mut diff);
+        Some(diff)
+    }
+
+    /// Add `meta` under `key` for `member` (which holds none now), noting the join.
+    fn add(&mut self, member: MemberId, key: &str, meta: Meta, diff: &mut Diff) {
+        self.state_bytes += meta.state.as_json().len();
         self.by_key
             .entry(key.to_owned())
             .or_default()
@@ -224,7 +234,6 @@ impl ChannelPresence {
             });
         self.key_of.insert(member, key.to_owned());
         diff.joins.push((key.to_owned(), meta));
-        Some(diff)
     }
 
     /// Put a meta made elsewhere (another node) under `member`, replacing
@@ -237,16 +246,7 @@ impl ChannelPresence {
             return Diff::default();
         }
         let mut diff = self.untrack(member).unwrap_or_default();
-        self.state_bytes += meta.state.as_json().len();
-        self.by_key
-            .entry(key.to_owned())
-            .or_default()
-            .push(Tracked {
-                member,
-                meta: meta.clone(),
-            });
-        self.key_of.insert(member, key.to_owned());
-        diff.joins.push((key.to_owned(), meta));
+        self.add(member, key, meta, &mut diff);
         diff
     }
 
