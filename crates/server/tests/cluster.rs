@@ -24,6 +24,31 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The survivors see node n2's presences back with the same refs; then
+/// everyone (n2's own clients too) converges to `with` and stays there.
+async fn same_refs_then_settle(
+    survivors: &mut [Peer],
+    victims: &mut [Peer],
+    victim_pairs: &[Pair],
+    with: &Norm,
+) {
+    for s in survivors.iter() {
+        let back: Vec<Pair> = view_pairs(&s.view())
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("n2-"))
+            .collect();
+        assert_eq!(back, victim_pairs, "{} sees the same refs again", s.key);
+    }
+    converge(
+        survivors.iter_mut().chain(victims.iter_mut()),
+        with,
+        WAIT,
+        "final convergence",
+    )
+    .await;
+    pump_all(survivors.iter_mut().chain(victims.iter_mut()), ms(1000)).await;
+}
+
 /// `per_node` tracking peers on each node (`n<node>-p<j>`), converged.
 async fn populate(c: &Cluster, per_node: usize) -> Vec<Peer> {
     let mut peers = Vec::new();
@@ -307,22 +332,8 @@ async fn sigstop_longer_than_lease_then_resume_same_refs() {
     )
     .await;
     eprintln!("after SIGCONT: back after {:?}", since(t1, &at));
-    for s in &survivors {
-        let back: Vec<Pair> = view_pairs(&s.view())
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("n2-"))
-            .collect();
-        assert_eq!(back, victim_pairs, "{} sees the same refs again", s.key);
-    }
     // The paused node's own clients: only final convergence is required.
-    converge(
-        survivors.iter_mut().chain(victims.iter_mut()),
-        &with,
-        WAIT,
-        "final convergence",
-    )
-    .await;
-    pump_all(survivors.iter_mut().chain(victims.iter_mut()), ms(1000)).await;
+    same_refs_then_settle(&mut survivors, &mut victims, &victim_pairs, &with).await;
     for p in survivors.iter().chain(victims.iter()) {
         assert_eq!(norm(&p.view()), with, "{} drifted", p.key);
     }
@@ -478,21 +489,7 @@ async fn cut_link_then_heal() {
         "heal: back after {:?}; /ready 200 after {ready:?}",
         since(t1, &at)
     );
-    for s in &survivors {
-        let back: Vec<Pair> = view_pairs(&s.view())
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("n2-"))
-            .collect();
-        assert_eq!(back, victim_pairs, "{} sees the same refs again", s.key);
-    }
-    converge(
-        survivors.iter_mut().chain(victims.iter_mut()),
-        &with,
-        WAIT,
-        "final convergence",
-    )
-    .await;
-    pump_all(survivors.iter_mut().chain(victims.iter_mut()), ms(1000)).await;
+    same_refs_then_settle(&mut survivors, &mut victims, &victim_pairs, &with).await;
     assert_changes(
         with_marks(&survivors, &m),
         &victim_pairs,
