@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -66,15 +67,26 @@ struct PageParams {
     private: bool,
 }
 
+/// Bad paths and query strings get the same JSON error as everything else
+/// (and only after the credentials were checked).
+fn bad_request(rejection: impl IntoResponse + std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, rejection.to_string())
+}
+
 async fn members(
     State(server): State<Arc<Server>>,
-    Path(topic): Path<String>,
-    Query(params): Query<PageParams>,
+    topic: Result<Path<String>, PathRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(refusal) = service_only(&server, &headers) {
         return refusal;
     }
+    let (Path(topic), Query(params)) = match (topic, params) {
+        (Ok(t), Ok(p)) => (t, p),
+        (Err(e), _) => return bad_request(e),
+        (_, Err(e)) => return bad_request(e),
+    };
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return error(
@@ -115,13 +127,18 @@ struct CountParams {
 
 async fn count(
     State(server): State<Arc<Server>>,
-    Path(topic): Path<String>,
-    Query(params): Query<CountParams>,
+    topic: Result<Path<String>, PathRejection>,
+    params: Result<Query<CountParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(refusal) = service_only(&server, &headers) {
         return refusal;
     }
+    let (Path(topic), Query(params)) = match (topic, params) {
+        (Ok(t), Ok(p)) => (t, p),
+        (Err(e), _) => return bad_request(e),
+        (_, Err(e)) => return bad_request(e),
+    };
     let full = format!("{TOPIC_PREFIX}{topic}");
     // `connections` counts sockets on the node that answers; keys and
     // presences are the channel's, on every node.
@@ -192,8 +209,33 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             online.entry(key).or_default().push(name.to_owned());
         }
     }
+    if let Some(cluster) = server.registry.cluster() {
+        // Channels with no client on this node live only in Redis.
+        let remote = match &wanted {
+            Some(w) => Ok(w.iter().cloned().collect::<Vec<_>>()),
+            None => cluster.channel_topics(q.private).await,
+        };
+        let remote = match remote {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        };
+        for topic in remote {
+            if server.registry.get(&topic, q.private).is_some() {
+                continue; // answered above
+            }
+            let presence = match cluster.read_presence(&topic, q.private).await {
+                Ok(p) => p,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+            };
+            let name = topic.strip_prefix(TOPIC_PREFIX).unwrap_or(&topic);
+            for key in q.keys.iter().filter(|k| presence.has_key(k)) {
+                online.entry(key).or_default().push(name.to_owned());
+            }
+        }
+    }
     for topics in online.values_mut() {
         topics.sort();
+        topics.dedup();
     }
     Json(json!({ "online": online })).into_response()
 }

@@ -673,6 +673,26 @@ async fn presence_api_on_a_node_without_clients_reads_redis() {
             (Some(3), Some(3)),
             "n{node}: {body}"
         );
+        for query in [
+            json!({"keys": ["api-1", "nobody"], "topics": [topic]}),
+            json!({"keys": ["api-1", "nobody"]}),
+        ] {
+            let (status, body) = common::http_request(
+                c.addr(node),
+                "POST",
+                "/api/presence/query",
+                &[auth[0], ("Content-Type", "application/json")],
+                query.to_string().as_bytes(),
+            )
+            .await;
+            assert_eq!(status, 200, "n{node}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                v["online"],
+                json!({"api-1": [topic], "nobody": []}),
+                "n{node} {query}"
+            );
+        }
     }
 }
 

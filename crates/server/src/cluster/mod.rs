@@ -319,6 +319,47 @@ impl Cluster {
         Ok(presence)
     }
 
+    /// Every channel Redis knows (public or private ones), by topic: a scan
+    /// of the channels' meta hashes, for the presence API's key queries.
+    pub async fn channel_topics(&self, private: bool) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut metas: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            self.count(1);
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("rp:{*}:m")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            metas.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if metas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in &metas {
+            pipe.hget(key, "t");
+        }
+        self.count(1);
+        let labels: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(labels
+            .into_iter()
+            .flatten()
+            .filter_map(|label| match label.strip_prefix("private:") {
+                Some(topic) => private.then(|| topic.to_owned()),
+                None => (!private).then_some(label),
+            })
+            .collect())
+    }
+
     /// Write one batch of a channel's owned entries. `register` first adds
     /// the channel to this node's set (so a reaper finds it).
     pub async fn apply(
