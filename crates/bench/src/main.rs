@@ -7,6 +7,12 @@
 //! (every client broadcasts at a rate; each must get every other's messages
 //! once and in order), `churn` (a share of clients drop abruptly and rejoin;
 //! no ghosts, none missing).
+//!
+//! `--protocol pusher` runs the same scenarios over Pusher protocol 7 (for
+//! Sockudo and other Pusher-compatible servers): join is a signed
+//! `presence-` subscription, and since Pusher has no presence payload
+//! updates, `update` and `broadcast` send client events instead (see
+//! `sim::pusher`).
 
 mod proc_stats;
 mod sim;
@@ -28,18 +34,35 @@ enum Scenario {
     Churn,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// Supabase Realtime (Phoenix channels, vsn 1.0.0 / 2.0.0).
+    Supabase,
+    /// Pusher protocol 7 (Sockudo, Soketi, ...): presence channels and client events.
+    Pusher,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "roster-bench",
-    about = "Presence load generator (Supabase protocol)"
+    about = "Presence load generator (Supabase protocol, or Pusher protocol 7)"
 )]
 struct Args {
     scenario: Scenario,
+    #[arg(long, value_enum, default_value = "supabase")]
+    protocol: Protocol,
     /// WebSocket URL of the server (without query); several nodes: comma-separated, clients spread round-robin.
-    #[arg(long, default_value = "ws://127.0.0.1:4000/realtime/v1/websocket")]
-    url: String,
+    /// [default: ws://127.0.0.1:4000/realtime/v1/websocket; pusher: ws://127.0.0.1:6001, `/app/<key>` is appended]
+    #[arg(long)]
+    url: Option<String>,
     #[arg(long, default_value = "sb_publishable_dev")]
     key: String,
+    /// Pusher app key.
+    #[arg(long, default_value = "app-key")]
+    app_key: String,
+    /// Pusher app secret, to sign presence subscriptions.
+    #[arg(long, default_value = "app-secret")]
+    app_secret: String,
     /// Number of clients, all in one room.
     #[arg(long, short = 'n', default_value_t = 1000)]
     clients: usize,
@@ -79,15 +102,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let n = args.clients;
+    let pusher = args.protocol == Protocol::Pusher;
+    let url = args.url.clone().unwrap_or_else(|| {
+        if pusher {
+            "ws://127.0.0.1:6001".to_owned()
+        } else {
+            "ws://127.0.0.1:4000/realtime/v1/websocket".to_owned()
+        }
+    });
     let shared = Arc::new(
         Shared::new(
-            &args.url,
+            &url,
             &args.key,
             &args.room,
             n,
             &args.vsn,
             args.sources,
             args.rate,
+            pusher.then(|| (args.app_key.clone(), args.app_secret.clone())),
         )?
         .with_room_size(args.room_size),
     );
@@ -102,7 +134,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let shared = shared.clone();
         let sem = sem.clone();
-        handles.push(tokio::spawn(async move { sim::run(shared, i, sem).await }));
+        handles.push(tokio::spawn(async move {
+            if pusher {
+                sim::pusher::run(shared, i, sem).await
+            } else {
+                sim::run(shared, i, sem).await
+            }
+        }));
     }
     let deadline = start + Duration::from_secs(args.timeout);
     let converged_at = wait_for(
@@ -120,8 +158,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut result = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "clients": n,
-        "vsn": args.vsn,
+        "vsn": if pusher { "7" } else { args.vsn.as_str() },
         "join": {
             "converged": converged_at.is_some(),
             "converge_s": round(join_secs, 3),
@@ -184,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
             "broadcast_errors": shared.broadcast_errors.load(Ordering::Relaxed),
             "rejoins": shared.rejoins.load(Ordering::Relaxed),
         });
+        if pusher && matches!(args.scenario, Scenario::Update | Scenario::Broadcast) {
+            phase["measures"] = json!("Pusher client events ({i, seq, t}) to every other member: Pusher has no presence payload updates");
+        }
         if let (Some(b), Some(a)) = (&phase_sample, server.as_ref().and_then(|p| p.sample())) {
             let cpu = a.cpu_s - b.cpu_s;
             phase["server_cpu_s"] = json!(round(cpu, 3));
@@ -219,9 +261,17 @@ async fn main() -> anyhow::Result<()> {
     result["exact_views"] = json!(exact);
     result["ghosts"] = json!(ghosts);
     result["missing"] = json!(missing);
+    // A dropped client counts all `n` members as missing.
+    result["dropped_connections"] = json!(shared.dropped.load(Ordering::Relaxed));
     let all_exact = exact == n && shared.broadcast_errors.load(Ordering::Relaxed) == 0;
     result["all_exact"] = json!(all_exact);
     result["tracks_sent"] = json!(shared.tracks.load(Ordering::Relaxed));
+    if pusher {
+        // A `member_added` before the subscriber's own snapshot is overwritten by
+        // it (pusher-js semantics); if the snapshot lacks that member, it is lost.
+        result["member_added_before_subscribed"] =
+            json!(shared.early_events.load(Ordering::Relaxed));
+    }
     eprintln!();
     println!("{result}");
     if !all_exact {

@@ -1,4 +1,7 @@
-//! One simulated client, and what all clients share.
+//! One simulated client, and what all clients share. The Supabase client
+//! is here; the Pusher one is in `pusher`.
+
+pub mod pusher;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +42,8 @@ pub struct Shared {
     rate: f64,
     epoch: Instant,
     phase: watch::Sender<Phase>,
+    /// Pusher mode: the app's key and secret, to sign presence subscriptions.
+    pusher: Option<(String, String)>,
     /// Each client's last tracked sequence number: the truth to converge to.
     final_seq: Vec<AtomicU64>,
     /// Broadcasts each client has sent.
@@ -52,6 +57,10 @@ pub struct Shared {
     pub verified: AtomicUsize,
     pub errors: AtomicUsize,
     pub rejoins: AtomicUsize,
+    /// Connections the server closed (or that broke) under a client.
+    pub dropped: AtomicUsize,
+    /// Pusher: `member_added` frames that came before the client's own `subscription_succeeded`.
+    pub early_events: AtomicUsize,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     /// Tracks sent, all clients and phases together.
@@ -78,6 +87,7 @@ impl Shared {
         vsn: &str,
         sources: u8,
         rate: f64,
+        pusher: Option<(String, String)>,
     ) -> anyhow::Result<Self> {
         // Several nodes: comma-separated URLs, clients spread round-robin.
         let targets = url
@@ -90,7 +100,14 @@ impl Shared {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                Ok((server, format!("{url}?apikey={key}")))
+                let url = match &pusher {
+                    None => format!("{url}?apikey={key}"),
+                    Some((app_key, _)) => format!(
+                        "{}/app/{app_key}?protocol=7&client=roster-bench&version=1",
+                        url.trim_end_matches('/')
+                    ),
+                };
+                Ok((server, url))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Shared {
@@ -101,6 +118,7 @@ impl Shared {
             vsn: vsn.to_owned(),
             sources: sources.max(1),
             rate,
+            pusher,
             epoch: Instant::now(),
             phase: watch::channel(Phase::Join).0,
             final_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -113,6 +131,8 @@ impl Shared {
             verified: AtomicUsize::new(0),
             errors: AtomicUsize::new(0),
             rejoins: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            early_events: AtomicUsize::new(0),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tracks: AtomicU64::new(0),
@@ -135,12 +155,17 @@ impl Shared {
         start..(start + self.room_size).min(self.n)
     }
 
-    fn topic(&self, i: usize) -> String {
+    /// Client i's room: the `--room` name, or `<room>-<k>` in the rooms layout.
+    fn room_name(&self, i: usize) -> String {
         if self.room_size >= self.n {
-            format!("realtime:{}", self.room)
+            self.room.clone()
         } else {
-            format!("realtime:{}-{}", self.room, i / self.room_size)
+            format!("{}-{}", self.room, i / self.room_size)
         }
+    }
+
+    fn topic(&self, i: usize) -> String {
+        format!("realtime:{}", self.room_name(i))
     }
 
     pub fn set_phase(&self, phase: Phase) {
@@ -202,7 +227,13 @@ struct Client {
 
 async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
     let vsn = shared.vsn_for(i);
-    let (server, base_url) = &shared.targets[i % shared.targets.len()];
+    let base_url = &shared.targets[i % shared.targets.len()].1;
+    open(shared, i, format!("{base_url}&vsn={}", vsn.as_str())).await
+}
+
+/// Open client i's WebSocket to its node at `url`.
+async fn open(shared: &Shared, i: usize, url: String) -> anyhow::Result<Ws> {
+    let server = &shared.targets[i % shared.targets.len()].0;
     let addr: SocketAddr = tokio::net::lookup_host(server)
         .await?
         .next()
@@ -214,7 +245,6 @@ async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
     }
     socket.set_nodelay(true)?;
     let stream = socket.connect(addr).await?;
-    let url = format!("{base_url}&vsn={}", vsn.as_str());
     // Small buffers: the generator holds many connections (tungstenite's
     // default read buffer is 128 KiB each).
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -442,7 +472,11 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
                             shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
                         }
                     }
-                    _ => return failed,
+                    _ => {
+                        // Closed by the server (or broken): this view is lost.
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        return failed;
+                    }
                 }
                 if !converged && c.converged() {
                     converged = true;
@@ -453,6 +487,10 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
                 if changed.is_err() { return failed; }
                 phase = *phase_rx.borrow();
                 quiet = true;
+                if matches!(phase, Phase::Update | Phase::Broadcast) {
+                    // Start ticking now: no burst of the ticks missed while joining.
+                    ticker.reset_at(tokio::time::Instant::now() + offset);
+                }
                 if phase == Phase::Stop {
                     let _ = c.ws.close(None).await;
                     return report.unwrap_or(failed);
