@@ -67,10 +67,23 @@ struct PageParams {
     private: bool,
 }
 
-/// Bad paths and query strings get the same JSON error as everything else
-/// (and only after the credentials were checked).
-fn bad_request(rejection: impl IntoResponse + std::fmt::Display) -> Response {
-    error(StatusCode::BAD_REQUEST, rejection.to_string())
+/// The credentials first, then the path and query: bad ones get the same
+/// JSON error as everything else.
+fn checked<P>(
+    server: &Server,
+    headers: &HeaderMap,
+    topic: Result<Path<String>, PathRejection>,
+    params: Result<Query<P>, QueryRejection>,
+) -> Result<(String, P), Box<Response>> {
+    if let Some(refusal) = service_only(server, headers) {
+        return Err(Box::new(refusal));
+    }
+    let bad = |e: &dyn std::fmt::Display| Box::new(error(StatusCode::BAD_REQUEST, e.to_string()));
+    match (topic, params) {
+        (Ok(Path(t)), Ok(Query(p))) => Ok((t, p)),
+        (Err(e), _) => Err(bad(&e)),
+        (_, Err(e)) => Err(bad(&e)),
+    }
 }
 
 async fn members(
@@ -79,13 +92,9 @@ async fn members(
     params: Result<Query<PageParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = service_only(&server, &headers) {
-        return refusal;
-    }
-    let (Path(topic), Query(params)) = match (topic, params) {
-        (Ok(t), Ok(p)) => (t, p),
-        (Err(e), _) => return bad_request(e),
-        (_, Err(e)) => return bad_request(e),
+    let (topic, params) = match checked(&server, &headers, topic, params) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -131,13 +140,9 @@ async fn count(
     params: Result<Query<CountParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = service_only(&server, &headers) {
-        return refusal;
-    }
-    let (Path(topic), Query(params)) = match (topic, params) {
-        (Ok(t), Ok(p)) => (t, p),
-        (Err(e), _) => return bad_request(e),
-        (_, Err(e)) => return bad_request(e),
+    let (topic, params) = match checked(&server, &headers, topic, params) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
     };
     let full = format!("{TOPIC_PREFIX}{topic}");
     // `connections` counts sockets on the node that answers; keys and
