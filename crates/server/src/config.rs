@@ -90,7 +90,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
 
-    /// Coalesce a busy socket's frames into one write per this many ms; 0 = write at once [default: 5].
+    /// Coalesce a busy socket's frames into one write per this many ms; 0 = write at once [default: 10].
     #[arg(long, env = "ROSTER_WRITE_COALESCE_MS")]
     pub write_coalesce_ms: Option<u64>,
 
@@ -508,7 +508,7 @@ impl ServeArgs {
             write_coalesce: Duration::from_millis(
                 self.write_coalesce_ms
                     .or(file.write_coalesce_ms)
-                    .unwrap_or(5),
+                    .unwrap_or(10),
             ),
             write_timeout: Duration::from_millis(
                 self.write_timeout_ms

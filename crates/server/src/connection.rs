@@ -5,19 +5,25 @@
 //! write stalls, or on shutdown; in every case dropping the session cleans
 //! up its channels.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use roster_protocol::Vsn;
+use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::auth::{unix_now, Credential};
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::server::Server;
 use crate::session::Session;
+use crate::when_woken::WhenWoken;
 
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 256;
@@ -81,6 +87,50 @@ fn message_len(msg: &Message) -> usize {
     }
 }
 
+/// Write `first` and whatever is queued behind it (up to [`WRITE_BATCH`]
+/// frames) as one flush, i.e. one syscall when the socket has room.
+async fn write_queued(
+    ws: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
+    write_timeout: Duration,
+    metrics: &Metrics,
+) -> Result<(), End> {
+    metrics.outbound_queue_depth.record((rx.len() + 1) as f64);
+    let write = async {
+        let mut frames = 1;
+        let mut bytes = message_len(&first);
+        ws.feed(first).await?;
+        while frames < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    frames += 1;
+                    bytes += message_len(&msg);
+                    ws.feed(msg).await?;
+                }
+                Err(_) => break,
+            }
+        }
+        ws.flush().await.map(|()| (frames, bytes))
+    };
+    let mut write = pin!(write);
+    // Most writes complete at once; only a write that has to wait arms the
+    // stall timer (a timer registration per write showed up in profiles).
+    let written = match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => timeout(write_timeout, write).await,
+    };
+    match written {
+        Ok(Ok((frames, bytes))) => {
+            metrics.frames_out.increment(frames as u64);
+            metrics.bytes_out.increment(bytes as u64);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(End::Error(e.to_string())),
+        Err(_) => Err(End::WriteStalled),
+    }
+}
+
 pub async fn run(
     server: Arc<Server>,
     mut ws: WebSocket,
@@ -103,60 +153,54 @@ pub async fn run(
 
     // Created once, polled every turn: re-creating them per frame showed up in profiles.
     let idle = sleep(idle_timeout);
-    let cancelled = shutdown.cancelled();
     // A node cut off from its cluster too long sends its sockets elsewhere.
     let island = server
         .registry
         .cluster()
         .map(|c| c.island.lock().clone())
         .unwrap_or_default();
-    let islanded = island.cancelled();
-    let overflowed = overflow.notified();
+    // The reasons to stop that come from outside, polled only when one fires.
+    let stop = WhenWoken::new(async move {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled_owned() => End::Shutdown,
+            _ = island.cancelled_owned() => End::Islanded,
+            _ = overflow.notified() => End::Overflow,
+        }
+    });
     // Fires when the earliest channel credential expires.
     let expiry = sleep(NEVER);
     let mut expiry_at: Option<u64> = None;
-    tokio::pin!(idle, cancelled, overflowed, expiry, islanded);
+    // When the held frame (if any) and what queued behind it get written.
+    let flush_at = sleep(NEVER);
+    let mut held: Option<Message> = None;
+    tokio::pin!(idle, stop, expiry, flush_at);
     let mut last_flush = Instant::now() - coalesce;
     let end = loop {
         tokio::select! {
             biased;
-            _ = &mut cancelled => break End::Shutdown,
-            _ = &mut islanded => break End::Islanded,
-            _ = &mut overflowed => break End::Overflow,
-            Some(first) = rx.recv() => {
-                // Coalesce what is already queued into one flush.
-                // Under load, wait out the rest of the coalescing window so
-                // one write carries many frames (each write is a syscall).
-                let since = last_flush.elapsed();
-                if since < coalesce {
-                    tokio::time::sleep(coalesce - since).await;
+            end = &mut stop => break end,
+            // Under load a socket writes at most once per coalescing window:
+            // a frame that comes too soon after the last write is held, and
+            // the window's timer (not every frame) wakes the task to write
+            // it with everything queued behind it. One wake-up per write.
+            Some(first) = rx.recv(), if held.is_none() => {
+                let due = last_flush + coalesce;
+                if Instant::now() < due {
+                    held = Some(first);
+                    flush_at.as_mut().reset(due);
+                    continue;
                 }
-                metrics.outbound_queue_depth.record((rx.len() + 1) as f64);
-                let write = async {
-                    let mut frames = 1;
-                    let mut bytes = message_len(&first);
-                    ws.feed(first).await?;
-                    while frames < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(msg) => {
-                                frames += 1;
-                                bytes += message_len(&msg);
-                                ws.feed(msg).await?;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    ws.flush().await.map(|()| (frames, bytes))
-                };
-                let written = timeout(write_timeout, write).await;
-                last_flush = Instant::now();
-                match written {
-                    Ok(Ok((frames, bytes))) => {
-                        metrics.frames_out.increment(frames as u64);
-                        metrics.bytes_out.increment(bytes as u64);
-                    }
-                    Ok(Err(e)) => break End::Error(e.to_string()),
-                    Err(_) => break End::WriteStalled,
+                match write_queued(&mut ws, &mut rx, first, write_timeout, &metrics).await {
+                    Ok(()) => last_flush = Instant::now(),
+                    Err(end) => break end,
+                }
+            }
+            _ = &mut flush_at, if held.is_some() => {
+                let first = held.take().expect("guarded by the branch condition");
+                match write_queued(&mut ws, &mut rx, first, write_timeout, &metrics).await {
+                    Ok(()) => last_flush = Instant::now(),
+                    Err(end) => break end,
                 }
             }
             inbound = ws.recv() => {
@@ -206,6 +250,9 @@ pub async fn run(
     let flush_queue = matches!(end, End::Policy(_));
     let goodbye = async {
         if flush_queue {
+            if let Some(msg) = held {
+                ws.feed(msg).await?;
+            }
             while let Ok(msg) = rx.try_recv() {
                 ws.feed(msg).await?;
             }

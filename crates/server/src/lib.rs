@@ -28,6 +28,7 @@ pub mod rest;
 pub mod server;
 pub mod session;
 pub mod webhooks;
+pub mod when_woken;
 
 pub use config::Settings;
 pub use server::{start, Running, Server};
