@@ -26,6 +26,8 @@ use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
+use axum::extract::ws::Message;
+use roster_protocol::Vsn;
 
 /// One socket's membership of a channel.
 pub struct Member {
@@ -79,7 +81,15 @@ struct Inner {
 struct Window {
     diff: Diff,
     acks: Vec<Ack>,
+    /// `presence_state` frames for joiners of this window, built once per
+    /// (vsn, join_ref): every joiner gets the same state (the one before the
+    /// window), and in a join storm most share a join ref, so the frame's
+    /// bytes are shared too, not serialised and held once per joiner.
+    state_frames: Vec<(Vsn, Option<Arc<str>>, Message)>,
 }
+
+/// Most distinct (vsn, join_ref) `presence_state` frames a window keeps.
+const STATE_FRAMES_KEPT: usize = 8;
 
 /// A channel's side of the cluster: what this node owns, the write queue,
 /// the replica, and the acks waiting for their diffs.
@@ -555,16 +565,29 @@ impl Channel {
         self.settle_acks(inner);
         self.emit_own_key_changes(inner);
         self.counts_changed(inner);
-        if !waiting.is_empty() {
-            let payload = self.state_for_joiner(inner);
-            for id in waiting {
-                if let Some(m) = inner.members.get(&id) {
-                    m.out.send_outgoing(&Outgoing::push(
-                        m.join_ref.as_deref(),
-                        &self.topic,
-                        events::PRESENCE_STATE,
-                        &payload,
-                    ));
+        if first {
+            // The state changed without a diff: frames built before are stale.
+            if let Some(window) = inner.window.as_mut() {
+                window.state_frames.clear();
+            }
+        }
+        // Without a window, one serialisation serves every waiting member.
+        let state =
+            (!waiting.is_empty() && inner.window.is_none()).then(|| inner.presence.state_json());
+        for id in waiting {
+            let Some(m) = inner.members.get(&id) else {
+                continue;
+            };
+            match &state {
+                Some(payload) => m.out.send_outgoing(&Outgoing::push(
+                    m.join_ref.as_deref(),
+                    &self.topic,
+                    events::PRESENCE_STATE,
+                    payload,
+                )),
+                None => {
+                    let (out, join_ref) = (m.out.clone(), m.join_ref.clone());
+                    self.send_state(inner, &out, join_ref.as_ref());
                 }
             }
         }
@@ -698,13 +721,37 @@ impl Channel {
         }
     }
 
-    /// The `presence_state` for a member joining now: the state before the
-    /// open window, whose diff will reach it like everyone else.
-    fn state_for_joiner(&self, inner: &Inner) -> String {
-        match &inner.window {
-            Some(window) => inner.presence.state_json_before(&window.diff),
-            None => inner.presence.state_json(),
+    /// Queue the `presence_state` for a member joining now: the state
+    /// before the open window, whose diff will reach it like everyone else.
+    fn send_state(&self, inner: &mut Inner, out: &Outbound, join_ref: Option<&Arc<str>>) {
+        let encode = |payload: &str| {
+            Outgoing::push(
+                join_ref.map(|r| &**r),
+                &self.topic,
+                events::PRESENCE_STATE,
+                payload,
+            )
+            .encode(out.vsn())
+        };
+        let Some(window) = inner.window.as_mut() else {
+            out.send(Message::Text(encode(&inner.presence.state_json()).into()));
+            return;
+        };
+        let cached = window
+            .state_frames
+            .iter()
+            .find(|(vsn, r, _)| *vsn == out.vsn() && r.as_ref() == join_ref);
+        if let Some((_, _, frame)) = cached {
+            out.send(frame.clone());
+            return;
         }
+        let frame = Message::Text(encode(&inner.presence.state_json_before(&window.diff)).into());
+        if window.state_frames.len() < STATE_FRAMES_KEPT {
+            window
+                .state_frames
+                .push((out.vsn(), join_ref.cloned(), frame.clone()));
+        }
+        out.send(frame);
     }
 
     /// Queue a `presence_diff` to every member, encoded once per vsn.
@@ -985,13 +1032,7 @@ impl Registry {
                     sync.waiting.push(id);
                 }
             } else if owed_state {
-                let payload = channel.state_for_joiner(&inner);
-                member.out.send_outgoing(&Outgoing::push(
-                    member.join_ref.as_deref(),
-                    topic,
-                    events::PRESENCE_STATE,
-                    &payload,
-                ));
+                channel.send_state(&mut inner, &member.out, member.join_ref.as_ref());
             }
             inner.count_only += usize::from(member.count_only);
             inner.members.insert(id, member);

@@ -81,7 +81,7 @@ async fn a_burst_becomes_few_diffs_and_every_view_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_mid_window_gets_the_state_before_it_then_the_window() {
-    let s = start_with(|c| c.presence_coalesce = Duration::from_millis(300)).await;
+    let s = start_with(|c| c.presence_coalesce = Duration::from_millis(1000)).await;
     let mut a = Client::connect(s.addr, 2).await;
     let ja = a.join(ROOM, Some("a")).await;
     a.track(&ja, ROOM, json!({"v": 1})).await;
@@ -98,10 +98,42 @@ async fn a_joiner_mid_window_gets_the_state_before_it_then_the_window() {
     let mut b = Client::connect(s.addr, 1).await;
     b.join(ROOM, Some("b")).await;
     assert_eq!(b.view(ROOM)["a"][0]["v"], 1, "state before the window");
+    // More joiners in the same window: the state's frame is built once per
+    // (vsn, join ref) and shared, so each must still carry its own join ref.
+    let mut late = Vec::new();
+    for (vsn, heartbeats) in [(1, 0), (1, 1), (2, 0), (2, 2)] {
+        let mut c = Client::connect(s.addr, vsn).await;
+        for _ in 0..heartbeats {
+            c.heartbeat().await;
+        }
+        let join_ref = c
+            .join_raw(
+                ROOM,
+                json!({"config": {"presence": {"key": format!("late{vsn}-{heartbeats}"), "enabled": true}}}),
+            )
+            .await;
+        let state = c.recv_event("presence_state").await;
+        // vsn 1.0.0 has no join_ref field (Phoenix's V1 serializer).
+        let own = if vsn == 2 {
+            json!(join_ref)
+        } else {
+            json!(null)
+        };
+        assert_eq!(state.join_ref, own, "{:?}", state.raw);
+        assert_eq!(state.payload["a"]["metas"][0]["v"], 1, "{:?}", state.raw);
+        assert_eq!(keys(&state.payload), ["a"], "{:?}", state.raw);
+        late.push(c);
+    }
     b.until_view(ROOM, |v| {
         v.get("a").is_some_and(|m| m.len() == 1 && m[0]["v"] == 2)
     })
     .await;
+    for c in &mut late {
+        c.until_view(ROOM, |v| {
+            v.get("a").is_some_and(|m| m.len() == 1 && m[0]["v"] == 2)
+        })
+        .await;
+    }
     a.recv_reply(&ra).await;
     assert_eq!(a.view(ROOM)["a"][0]["v"], 2);
 }
