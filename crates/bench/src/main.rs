@@ -35,6 +35,12 @@ enum Scenario {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Views {
+    Full,
+    Compact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
     /// Supabase Realtime (Phoenix channels, vsn 1.0.0 / 2.0.0).
     Supabase,
@@ -92,6 +98,11 @@ struct Args {
     /// Give up waiting for convergence after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// `compact`: every client but one in 100 keeps a 16-byte-per-member
+    /// view instead of the phx-js one (10,000 full views of 10,000 members
+    /// need tens of GB); same checks, see `sim/compact.rs`.
+    #[arg(long, value_enum, default_value = "full")]
+    views: Views,
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -121,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
             args.rate,
             pusher.then(|| (args.app_key.clone(), args.app_secret.clone())),
         )?
-        .with_room_size(args.room_size),
+        .with_room_size(args.room_size)
+        .with_compact_views(args.views == Views::Compact),
     );
     let server =
         (!args.server_pid.is_empty()).then(|| proc_stats::Process::new(args.server_pid.clone()));
@@ -161,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "clients": n,
         "vsn": if pusher { "7" } else { args.vsn.as_str() },
+        "views": format!("{:?}", args.views).to_lowercase(),
         "join": {
             "converged": converged_at.is_some(),
             "converge_s": round(join_secs, 3),

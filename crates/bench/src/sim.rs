@@ -1,6 +1,7 @@
 //! One simulated client, and what all clients share. The Supabase client
 //! is here; the Pusher one is in `pusher`.
 
+pub mod compact;
 pub mod pusher;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use compact::CompactView;
 use futures_util::{SinkExt, StreamExt};
 use roster_presence::ClientPresence;
 use roster_protocol::{decode, Vsn};
@@ -44,6 +46,8 @@ pub struct Shared {
     phase: watch::Sender<Phase>,
     /// Pusher mode: the app's key and secret, to sign presence subscriptions.
     pusher: Option<(String, String)>,
+    /// Keep compact views (16 bytes a member), except every `FULL_VIEW_EVERY`th client.
+    compact_views: bool,
     /// Each client's last tracked sequence number: the truth to converge to.
     final_seq: Vec<AtomicU64>,
     /// Broadcasts each client has sent.
@@ -119,6 +123,7 @@ impl Shared {
             sources: sources.max(1),
             rate,
             pusher,
+            compact_views: false,
             epoch: Instant::now(),
             phase: watch::channel(Phase::Join).0,
             final_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -147,6 +152,20 @@ impl Shared {
             self.room_size = size;
         }
         self
+    }
+
+    /// Compact views for very large rooms (see `compact`).
+    pub fn with_compact_views(mut self, compact: bool) -> Self {
+        self.compact_views = compact;
+        self
+    }
+
+    fn view_for(&self, i: usize) -> View {
+        if self.compact_views && !i.is_multiple_of(FULL_VIEW_EVERY) {
+            View::Compact(CompactView::new(self.members(i)))
+        } else {
+            View::Full(ClientPresence::silent())
+        }
     }
 
     /// The clients sharing client i's room.
@@ -210,6 +229,15 @@ fn frame(vsn: Vsn, join_ref: &str, ref_: u64, topic: &str, event: &str, payload:
     Message::Text(v.to_string().into())
 }
 
+/// With compact views, one client in this many still keeps a full phx-js view.
+const FULL_VIEW_EVERY: usize = 100;
+
+/// A client's presence view: the phx-js algorithm, or the compact one.
+enum View {
+    Full(ClientPresence),
+    Compact(CompactView),
+}
+
 struct Client {
     shared: Arc<Shared>,
     i: usize,
@@ -219,7 +247,7 @@ struct Client {
     members: std::ops::Range<usize>,
     next_ref: u64,
     join_ref: String,
-    presence: ClientPresence,
+    presence: View,
     seq: u64,
     /// Last broadcast sequence number seen from each sender (allocated on first use).
     last_seen: Vec<u64>,
@@ -268,7 +296,10 @@ impl Client {
         let key = format!("u{}", self.i);
         self.send("phx_join", json!({"config": {"presence": {"key": key, "enabled": true}, "broadcast": {"self": false, "ack": false}}}))
             .await?;
-        self.presence.rejoined();
+        match &mut self.presence {
+            View::Full(p) => p.rejoined(),
+            View::Compact(p) => p.rejoined(),
+        }
         self.track().await
     }
 
@@ -332,6 +363,28 @@ impl Client {
         self.shared
             .bytes
             .fetch_add(text.len() as u64, Ordering::Relaxed);
+        if let View::Compact(view) = &mut self.presence {
+            // Presence frames are read without building `Value`s; the rest
+            // (replies, broadcasts) take the common path below.
+            match compact::parse_frame(&text) {
+                Some(f) if f.event == "presence_state" => {
+                    let _ = view.on_state(f.payload);
+                    return false;
+                }
+                Some(f) if f.event == "presence_diff" => {
+                    if measure {
+                        let now = self.shared.now_us();
+                        let mut lat = Vec::new();
+                        let _ = view.on_diff(f.payload, Some((now, &mut lat)));
+                        self.shared.update_ms.lock().unwrap().extend(lat);
+                    } else {
+                        let _ = view.on_diff(f.payload, None);
+                    }
+                    return false;
+                }
+                _ => {}
+            }
+        }
         let Ok(f) = decode(self.vsn, &text) else {
             return false;
         };
@@ -342,7 +395,9 @@ impl Client {
             }
             "broadcast" => self.on_broadcast(&f.payload, measure),
             "presence_state" => {
-                let _ = self.presence.on_state_owned(f.payload);
+                if let View::Full(p) = &mut self.presence {
+                    let _ = p.on_state_owned(f.payload);
+                }
             }
             "presence_diff" => {
                 if measure {
@@ -359,7 +414,9 @@ impl Client {
                         self.shared.update_ms.lock().unwrap().extend(lat);
                     }
                 }
-                let _ = self.presence.on_diff_owned(f.payload);
+                if let View::Full(p) = &mut self.presence {
+                    let _ = p.on_diff_owned(f.payload);
+                }
             }
             _ => {}
         }
@@ -367,13 +424,27 @@ impl Client {
     }
 
     fn converged(&self) -> bool {
-        let view = self.presence.view();
+        let view = match &self.presence {
+            View::Full(p) => p.view(),
+            View::Compact(p) => return p.converged(),
+        };
         view.len() == self.members.len() && view.values().all(|m| m.len() == 1)
     }
 
     /// Compare the view with the truth: every client's key, one meta, its last seq.
     fn check(&self) -> Report {
-        let view = self.presence.view();
+        let view = match &self.presence {
+            View::Full(p) => p.view(),
+            View::Compact(p) => {
+                let (missing, ghosts) =
+                    p.check(|k| self.shared.final_seq[k].load(Ordering::Relaxed));
+                return Report {
+                    exact: missing == 0 && ghosts == 0,
+                    ghosts,
+                    missing,
+                };
+            }
+        };
         let mut missing = 0;
         let mut ghosts = 0;
         let n = self.members.len();
@@ -431,7 +502,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         members: shared.members(i),
         next_ref: 1,
         join_ref: String::new(),
-        presence: ClientPresence::silent(),
+        presence: shared.view_for(i),
         seq: 0,
         last_seen: Vec::new(),
     };
