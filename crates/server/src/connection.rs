@@ -154,17 +154,18 @@ pub async fn run(
     // Created once, polled every turn: re-creating them per frame showed up in profiles.
     let idle = sleep(idle_timeout);
     // A node cut off from its cluster too long sends its sockets elsewhere.
-    let island = server
-        .registry
-        .cluster()
-        .map(|c| c.island.lock().clone())
-        .unwrap_or_default();
+    let island = server.registry.cluster().map(|c| c.island.lock().clone());
     // The reasons to stop that come from outside, polled only when one fires.
     let stop = WhenWoken::new(async move {
         tokio::select! {
             biased;
             _ = shutdown.cancelled_owned() => End::Shutdown,
-            _ = island.cancelled_owned() => End::Islanded,
+            _ = async {
+                match island {
+                    Some(island) => island.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            } => End::Islanded,
             _ = overflow.notified() => End::Overflow,
         }
     });
@@ -191,14 +192,14 @@ pub async fn run(
                     flush_at.as_mut().reset(due);
                     continue;
                 }
-                match write_queued(&mut ws, &mut rx, first, write_timeout, &metrics).await {
+                match Box::pin(write_queued(&mut ws, &mut rx, first, write_timeout, &metrics)).await {
                     Ok(()) => last_flush = Instant::now(),
                     Err(end) => break end,
                 }
             }
             _ = &mut flush_at, if held.is_some() => {
                 let first = held.take().expect("guarded by the branch condition");
-                match write_queued(&mut ws, &mut rx, first, write_timeout, &metrics).await {
+                match Box::pin(write_queued(&mut ws, &mut rx, first, write_timeout, &metrics)).await {
                     Ok(()) => last_flush = Instant::now(),
                     Err(end) => break end,
                 }
@@ -271,5 +272,7 @@ pub async fn run(
             None => ws.flush().await,
         }
     };
-    let _ = timeout(Duration::from_secs(1), goodbye).await;
+    // Boxed, like the write: an idle socket's task is only as large as its
+    // largest await point, and these two were the largest (memory per connection).
+    let _ = Box::pin(timeout(Duration::from_secs(1), goodbye)).await;
 }
