@@ -15,12 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use roster_protocol::Vsn;
-use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::auth::{unix_now, Credential};
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Inbox, Outbound};
 use crate::server::Server;
 use crate::session::Session;
 use crate::when_woken::WhenWoken;
@@ -91,7 +90,7 @@ fn message_len(msg: &Message) -> usize {
 /// frames) as one flush, i.e. one syscall when the socket has room.
 async fn write_queued(
     ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &mut Inbox,
     first: Message,
     write_timeout: Duration,
     metrics: &Metrics,
@@ -103,12 +102,12 @@ async fn write_queued(
         ws.feed(first).await?;
         while frames < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(msg) => {
+                Some(msg) => {
                     frames += 1;
                     bytes += message_len(&msg);
                     ws.feed(msg).await?;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         ws.flush().await.map(|()| (frames, bytes))
@@ -254,7 +253,7 @@ pub async fn run(
             if let Some(msg) = held {
                 ws.feed(msg).await?;
             }
-            while let Ok(msg) = rx.try_recv() {
+            while let Some(msg) = rx.try_recv() {
                 ws.feed(msg).await?;
             }
         }

@@ -1,35 +1,116 @@
 //! The sending half of a socket: a bounded queue of ready-made frames.
 //!
-//! Fan-out never waits on a socket: it `try_send`s a frame whose bytes are
+//! Fan-out never waits on a socket: it queues a frame whose bytes are
 //! shared with every other recipient (`Utf8Bytes` clones are reference
 //! counts). A socket whose queue is full is too slow to keep up; it is told to
 //! go away, and its presence is removed when it does.
+//!
+//! The queue is a `VecDeque` that grows with use, not a tokio channel: an
+//! mpsc channel allocates a 32-slot block (1.6 KB) per socket up front, the
+//! largest single cost of an idle connection.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::ws::Message;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use roster_protocol::{Encoded, Outgoing, Vsn};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-#[derive(Clone, Debug)]
+/// A queue that held more than this many frames is given back its memory
+/// once drained (a join storm should not leave every socket large).
+const SHRINK_ABOVE: usize = 64;
+
+struct Queue {
+    frames: Mutex<VecDeque<Message>>,
+    capacity: usize,
+    /// The socket task, when it waits for a frame.
+    waker: AtomicWaker,
+    /// The socket task is gone: frames would never be read.
+    closed: AtomicBool,
+}
+
+#[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Message>,
+    queue: Arc<Queue>,
     vsn: Vsn,
     /// Signalled when the queue overflowed; the socket task then closes.
     overflow: Arc<Notify>,
 }
 
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("vsn", &self.vsn).finish()
+    }
+}
+
+/// The socket task's end of the queue.
+pub struct Inbox {
+    queue: Arc<Queue>,
+}
+
+impl Inbox {
+    /// The next frame; waits while the queue is empty. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Message> {
+        poll_fn(|cx| {
+            if let Some(frame) = self.try_recv() {
+                return Poll::Ready(Some(frame));
+            }
+            // Register, then look again: a frame queued in between wakes us.
+            self.queue.waker.register(cx.waker());
+            match self.try_recv() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let mut frames = self.queue.frames.lock();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > SHRINK_ABOVE {
+            frames.shrink_to_fit();
+        }
+        frame
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.frames.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.frames.lock().clear();
+    }
+}
+
 impl Outbound {
-    pub fn new(capacity: usize, vsn: Vsn) -> (Outbound, mpsc::Receiver<Message>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn new(capacity: usize, vsn: Vsn) -> (Outbound, Inbox, Arc<Notify>) {
+        let queue = Arc::new(Queue {
+            frames: Mutex::new(VecDeque::new()),
+            capacity,
+            waker: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+        });
         let overflow = Arc::new(Notify::new());
         (
             Outbound {
-                tx,
+                queue: queue.clone(),
                 vsn,
                 overflow: overflow.clone(),
             },
-            rx,
+            Inbox { queue },
             overflow,
         )
     }
@@ -42,15 +123,21 @@ impl Outbound {
     /// Text and binary messages clone by reference count, so one encoded
     /// frame can be queued to every recipient.
     pub fn send(&self, frame: Message) {
-        match self.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        // The socket task is gone; its cleanup is already under way.
+        if self.queue.closed.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut frames = self.queue.frames.lock();
+            if frames.len() >= self.queue.capacity {
+                drop(frames);
                 // notify_one stores a permit, so the socket task sees it even if not waiting yet.
                 self.overflow.notify_one();
+                return;
             }
-            // The socket task is gone; its cleanup is already under way.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            frames.push_back(frame);
         }
+        self.queue.waker.wake();
     }
 
     /// Encode for this socket's vsn and queue.
