@@ -238,6 +238,62 @@ enum View {
     Compact(CompactView),
 }
 
+impl View {
+    fn rejoined(&mut self) {
+        match self {
+            View::Full(p) => p.rejoined(),
+            View::Compact(p) => p.rejoined(),
+        }
+    }
+
+    /// Every member once, with one meta (a cheap test, run per frame).
+    fn converged(&self, members: usize) -> bool {
+        match self {
+            View::Full(p) => {
+                let view = p.view();
+                view.len() == members && view.values().all(|m| m.len() == 1)
+            }
+            View::Compact(p) => p.converged(),
+        }
+    }
+
+    /// Compare with the truth: every member's key, one meta, its last seq.
+    fn check(&self, members: std::ops::Range<usize>, final_seq: &[AtomicU64]) -> Report {
+        let want = |k: usize| final_seq[k].load(Ordering::Relaxed);
+        let view = match self {
+            View::Full(p) => p.view(),
+            View::Compact(p) => {
+                let (missing, ghosts) = p.check(want);
+                return Report {
+                    exact: missing == 0 && ghosts == 0,
+                    ghosts,
+                    missing,
+                };
+            }
+        };
+        let mut missing = 0;
+        let mut ghosts = 0;
+        let n = members.len();
+        for k in members {
+            match view.get(&format!("u{k}")) {
+                None => missing += 1,
+                Some(metas) => {
+                    ghosts += metas.len().saturating_sub(1);
+                    if !metas.iter().any(|m| m["seq"].as_u64() == Some(want(k))) {
+                        missing += 1;
+                    }
+                }
+            }
+        }
+        ghosts += view.len().saturating_sub(n - missing.min(n));
+        Report {
+            exact: missing == 0 && ghosts == 0 && view.len() == n,
+            ghosts,
+            missing,
+        }
+    }
+}
+
 struct Client {
     shared: Arc<Shared>,
     i: usize,
@@ -296,10 +352,7 @@ impl Client {
         let key = format!("u{}", self.i);
         self.send("phx_join", json!({"config": {"presence": {"key": key, "enabled": true}, "broadcast": {"self": false, "ack": false}}}))
             .await?;
-        match &mut self.presence {
-            View::Full(p) => p.rejoined(),
-            View::Compact(p) => p.rejoined(),
-        }
+        self.presence.rejoined();
         self.track().await
     }
 
@@ -424,48 +477,12 @@ impl Client {
     }
 
     fn converged(&self) -> bool {
-        let view = match &self.presence {
-            View::Full(p) => p.view(),
-            View::Compact(p) => return p.converged(),
-        };
-        view.len() == self.members.len() && view.values().all(|m| m.len() == 1)
+        self.presence.converged(self.members.len())
     }
 
-    /// Compare the view with the truth: every client's key, one meta, its last seq.
     fn check(&self) -> Report {
-        let view = match &self.presence {
-            View::Full(p) => p.view(),
-            View::Compact(p) => {
-                let (missing, ghosts) =
-                    p.check(|k| self.shared.final_seq[k].load(Ordering::Relaxed));
-                return Report {
-                    exact: missing == 0 && ghosts == 0,
-                    ghosts,
-                    missing,
-                };
-            }
-        };
-        let mut missing = 0;
-        let mut ghosts = 0;
-        let n = self.members.len();
-        for k in self.members.clone() {
-            let want = self.shared.final_seq[k].load(Ordering::Relaxed);
-            match view.get(&format!("u{k}")) {
-                None => missing += 1,
-                Some(metas) => {
-                    ghosts += metas.len().saturating_sub(1);
-                    if !metas.iter().any(|m| m["seq"].as_u64() == Some(want)) {
-                        missing += 1;
-                    }
-                }
-            }
-        }
-        ghosts += view.len().saturating_sub(n - missing.min(n));
-        Report {
-            exact: missing == 0 && ghosts == 0 && view.len() == n,
-            ghosts,
-            missing,
-        }
+        self.presence
+            .check(self.members.clone(), &self.shared.final_seq)
     }
 }
 

@@ -81,15 +81,52 @@ struct Inner {
 struct Window {
     diff: Diff,
     acks: Vec<Ack>,
-    /// `presence_state` frames for joiners of this window, built once per
-    /// (vsn, join_ref): every joiner gets the same state (the one before the
-    /// window), and in a join storm most share a join ref, so the frame's
-    /// bytes are shared too, not serialised and held once per joiner.
-    state_frames: Vec<(Vsn, Option<Arc<str>>, Message)>,
+    /// Every joiner of the window gets the same state (the one before it).
+    state: StateFrames,
 }
 
-/// Most distinct (vsn, join_ref) `presence_state` frames a window keeps.
+/// `presence_state` frames for members joining while the state stands still:
+/// the state is serialised once, and each frame built once per (vsn,
+/// join_ref). In a join storm most joiners share a join ref, so they share
+/// the frame's bytes too instead of each holding a copy.
+#[derive(Default)]
+struct StateFrames {
+    payload: Option<String>,
+    frames: Vec<(Vsn, Option<Arc<str>>, Message)>,
+}
+
+/// Most distinct (vsn, join_ref) frames kept.
 const STATE_FRAMES_KEPT: usize = 8;
+
+impl StateFrames {
+    fn frame(
+        &mut self,
+        topic: &str,
+        vsn: Vsn,
+        join_ref: Option<&Arc<str>>,
+        state: impl FnOnce() -> String,
+    ) -> Message {
+        let cached = self
+            .frames
+            .iter()
+            .find(|(v, r, _)| *v == vsn && r.as_ref() == join_ref);
+        if let Some((_, _, frame)) = cached {
+            return frame.clone();
+        }
+        let payload = self.payload.get_or_insert_with(state);
+        let push = Outgoing::push(
+            join_ref.map(|r| &**r),
+            topic,
+            events::PRESENCE_STATE,
+            payload,
+        );
+        let frame = Message::Text(push.encode(vsn).into());
+        if self.frames.len() < STATE_FRAMES_KEPT {
+            self.frames.push((vsn, join_ref.cloned(), frame.clone()));
+        }
+        frame
+    }
+}
 
 /// A channel's side of the cluster: what this node owns, the write queue,
 /// the replica, and the acks waiting for their diffs.
@@ -568,27 +605,15 @@ impl Channel {
         if first {
             // The state changed without a diff: frames built before are stale.
             if let Some(window) = inner.window.as_mut() {
-                window.state_frames.clear();
+                window.state = StateFrames::default();
             }
         }
-        // Without a window, one serialisation serves every waiting member.
-        let state =
-            (!waiting.is_empty() && inner.window.is_none()).then(|| inner.presence.state_json());
+        // Without a window, these frames serve every waiting member.
+        let mut scratch = StateFrames::default();
         for id in waiting {
-            let Some(m) = inner.members.get(&id) else {
-                continue;
-            };
-            match &state {
-                Some(payload) => m.out.send_outgoing(&Outgoing::push(
-                    m.join_ref.as_deref(),
-                    &self.topic,
-                    events::PRESENCE_STATE,
-                    payload,
-                )),
-                None => {
-                    let (out, join_ref) = (m.out.clone(), m.join_ref.clone());
-                    self.send_state(inner, &out, join_ref.as_ref());
-                }
+            if let Some(m) = inner.members.get(&id) {
+                let (out, join_ref) = (m.out.clone(), m.join_ref.clone());
+                self.send_state(inner, &mut scratch, &out, join_ref.as_ref());
             }
         }
         true
@@ -722,35 +747,24 @@ impl Channel {
     }
 
     /// Queue the `presence_state` for a member joining now: the state
-    /// before the open window, whose diff will reach it like everyone else.
-    fn send_state(&self, inner: &mut Inner, out: &Outbound, join_ref: Option<&Arc<str>>) {
-        let encode = |payload: &str| {
-            Outgoing::push(
-                join_ref.map(|r| &**r),
-                &self.topic,
-                events::PRESENCE_STATE,
-                payload,
-            )
-            .encode(out.vsn())
+    /// before the open window (whose diff will reach it like everyone
+    /// else's), built with the window's frames, or else with `scratch`.
+    fn send_state(
+        &self,
+        inner: &mut Inner,
+        scratch: &mut StateFrames,
+        out: &Outbound,
+        join_ref: Option<&Arc<str>>,
+    ) {
+        let Inner {
+            presence, window, ..
+        } = inner;
+        let frame = match window {
+            Some(w) => w.state.frame(&self.topic, out.vsn(), join_ref, || {
+                presence.state_json_before(&w.diff)
+            }),
+            None => scratch.frame(&self.topic, out.vsn(), join_ref, || presence.state_json()),
         };
-        let Some(window) = inner.window.as_mut() else {
-            out.send(Message::Text(encode(&inner.presence.state_json()).into()));
-            return;
-        };
-        let cached = window
-            .state_frames
-            .iter()
-            .find(|(vsn, r, _)| *vsn == out.vsn() && r.as_ref() == join_ref);
-        if let Some((_, _, frame)) = cached {
-            out.send(frame.clone());
-            return;
-        }
-        let frame = Message::Text(encode(&inner.presence.state_json_before(&window.diff)).into());
-        if window.state_frames.len() < STATE_FRAMES_KEPT {
-            window
-                .state_frames
-                .push((out.vsn(), join_ref.cloned(), frame.clone()));
-        }
         out.send(frame);
     }
 
@@ -1032,7 +1046,8 @@ impl Registry {
                     sync.waiting.push(id);
                 }
             } else if owed_state {
-                channel.send_state(&mut inner, &member.out, member.join_ref.as_ref());
+                let scratch = &mut StateFrames::default();
+                channel.send_state(&mut inner, scratch, &member.out, member.join_ref.as_ref());
             }
             inner.count_only += usize::from(member.count_only);
             inner.members.insert(id, member);
