@@ -93,6 +93,15 @@ fn refs_sorted(view_pairs: impl IntoIterator<Item = Pair>) -> Vec<String> {
     refs
 }
 
+/// Redis holds exactly the entries `peer` sees: no ghost left there either.
+async fn assert_redis_holds_view(c: &Cluster, peer: &Peer, what: &str) {
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_sorted(view_pairs(&peer.view())),
+        "{what}"
+    );
+}
+
 fn marks(peers: &[Peer]) -> Vec<usize> {
     peers.iter().map(Peer::mark).collect()
 }
@@ -264,12 +273,7 @@ async fn kill9_node_leaves_exactly_once_within_bound() {
     );
     assert_exactly_once(&survivors);
     // No ghost left in Redis either (entries of the dead node reaped).
-    let in_redis = c.redis.entry_refs().await;
-    assert_eq!(
-        in_redis,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,12 +349,7 @@ async fn sigstop_longer_than_lease_then_resume_same_refs() {
     );
     assert_exactly_once(&survivors);
     // No entry of the old incarnation left behind.
-    let in_redis = c.redis.entry_refs().await;
-    assert_eq!(
-        in_redis,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,12 +407,7 @@ async fn redis_restart_empty_no_churn() {
     for node in &c.nodes {
         node.wait_ready(200, WAIT).await.unwrap();
     }
-    let in_redis = c.redis.entry_refs().await;
-    assert_eq!(
-        in_redis,
-        refs_sorted(view_pairs(&peers[0].view())),
-        "entries re-asserted into the empty Redis"
-    );
+    assert_redis_holds_view(&c, &peers[0], "entries re-asserted into the empty Redis").await;
     // And the cluster works afterwards.
     peers[1].track(json!({"after": "restart"})).await;
     let expected = oracle(&peers);
@@ -497,12 +491,7 @@ async fn cut_link_then_heal() {
         "survivors: each cut-off presence leaves once and rejoins once, nothing else",
     );
     assert_exactly_once(survivors.iter().chain(victims.iter()));
-    let in_redis = c.redis.entry_refs().await;
-    assert_eq!(
-        in_redis,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,11 +526,7 @@ async fn graceful_sigterm_leaves_fast() {
         &victim_pairs,
         "each survivor: one leave per presence of the stopped node",
     );
-    assert_eq!(
-        c.redis.entry_refs().await,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -831,11 +816,7 @@ async fn two_nodes_killed_at_once_survivor_reaps_both() {
         "each survivor: one leave per presence of either dead node, nothing else",
     );
     assert_exactly_once(&survivors);
-    assert_eq!(
-        c.redis.entry_refs().await,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis: only the survivor's"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis: only the survivor's").await;
     assert_incarnations(&leases(&c.redis).await, &["n0"], "leases in Redis");
     let sets = channel_sets(&c.redis).await;
     assert!(
@@ -921,11 +902,7 @@ async fn stale_dump_case(label: &str, outage: Duration) {
     for node in &c.nodes[..2] {
         node.wait_ready(200, WAIT).await.unwrap();
     }
-    assert_eq!(
-        c.redis.entry_refs().await,
-        refs_sorted(view_pairs(&survivors[0].view())),
-        "entries in Redis: only the live ones"
-    );
+    assert_redis_holds_view(&c, &survivors[0], "entries in Redis: only the live ones").await;
     assert_incarnations(&leases(&c.redis).await, &["n0", "n1"], "leases in Redis");
     let sets = channel_sets(&c.redis).await;
     assert!(
@@ -1020,11 +997,12 @@ async fn rejoin_after_node_restart_same_name() {
         );
         assert_eq!(p.view().len(), all, "{}: one meta per key", p.key);
     }
-    assert_eq!(
-        c.redis.entry_refs().await,
-        refs_sorted(view_pairs(&others[0].view())),
-        "entries in Redis: no entry of the old incarnation"
-    );
+    assert_redis_holds_view(
+        &c,
+        &others[0],
+        "entries in Redis: no entry of the old incarnation",
+    )
+    .await;
     let nids = leases(&c.redis).await;
     assert_incarnations(&nids, &["n0", "n1", "n2"], "leases in Redis");
     let old_n1 = old_nids.iter().find(|n| n.starts_with("n1-")).unwrap();

@@ -10,117 +10,31 @@ mod common;
 #[macro_use]
 #[allow(unused_macros)]
 mod cluster_support;
+mod webhook_receiver;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cluster_support::{redis_available, Cluster, Node, Redis, GHOST_BOUND};
-use common::{now, Client};
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
-use serde_json::{json, Value};
-use sha2::Sha256;
-use tokio::net::TcpListener;
+use common::Client;
+use serde_json::json;
+use webhook_receiver::Receiver;
 
 const SECRET: &str = "whsec_cluster_secret";
 const TOPIC: &str = "realtime:hooked-room";
 const LABEL: &str = "cluster_webhooks";
 
-/// One POST as the receiver saw it.
-#[derive(Debug, Clone)]
-struct Post {
-    /// `/hooks/<node name>`: which node sent it.
-    path: String,
-    delivery: String,
-    raw: Bytes,
-    /// The HMAC signature over `<timestamp>.<body>` and the timestamp checked out.
-    verified: bool,
-}
-
 /// One event with the node that reported it: `(node, "member_join k0")`.
 type Seen = (String, String);
 
-/// Check a request as a receiver should: `sha256=<hex>` of
-/// HMAC-SHA256(secret, "<timestamp>.<body>"), a timestamp within 5 minutes.
-fn verify(timestamp: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(ts) = timestamp.parse::<u64>() else {
-        return false;
-    };
-    if now().abs_diff(ts) > 300 || hex.len() != 64 {
-        return false;
-    }
-    let Some(expected) = (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
-}
-
-/// A local HTTP receiver recording every POST; 200 when the signature
-/// checks out, 401 otherwise.
-struct Receiver {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Post>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
 impl Receiver {
-    async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log: Arc<Mutex<Vec<Post>>> = Arc::default();
-        let record = log.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let log = record.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, log.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, log, server }
-    }
-
-    /// The URL node `name` posts to.
-    fn url(&self, name: &str) -> String {
-        format!("http://{}/hooks/{name}", self.addr)
-    }
-
-    fn posts(&self) -> Vec<Post> {
-        self.log.lock().clone()
-    }
-
     /// Every event received so far, in arrival order, with its reporter.
     fn seen(&self) -> Vec<Seen> {
-        self.posts()
+        self.requests()
             .iter()
             .flat_map(|p| {
                 let node = p.path.strip_prefix("/hooks/").unwrap_or(&p.path).to_owned();
-                let body: Value = serde_json::from_slice(&p.raw).expect("a JSON body");
-                body["events"]
-                    .as_array()
-                    .expect("an events array")
+                p.events()
                     .iter()
                     .map(|e| {
                         assert_eq!(e["channel"], "hooked-room", "{e}");
@@ -155,48 +69,6 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn handle(
-    req: hyper::Request<hyper::body::Incoming>,
-    log: Arc<Mutex<Vec<Post>>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (delivery, timestamp, signature) = (
-        header("x-roster-delivery"),
-        header("x-roster-timestamp"),
-        header("x-roster-signature"),
-    );
-    let path = if req.method() == hyper::Method::POST {
-        req.uri().path().to_owned()
-    } else {
-        format!("{} {}", req.method(), req.uri().path())
-    };
-    let raw = req.into_body().collect().await.unwrap().to_bytes();
-    let verified = verify(&timestamp, &raw, &signature);
-    log.lock().push(Post {
-        path,
-        delivery,
-        raw,
-        verified,
-    });
-    let status = if verified { 200 } else { 401 };
-    Ok(hyper::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from_static(b"noted")))
-        .unwrap())
-}
-
 fn seen(node: &str, what: &str) -> Seen {
     (node.to_owned(), what.to_owned())
 }
@@ -218,7 +90,7 @@ async fn quiet(rx: &Receiver, dur: Duration, expected: &[Seen], what: &str) {
     got.sort();
     want.sort();
     if got != want {
-        for p in rx.posts() {
+        for p in rx.requests() {
             let body = String::from_utf8_lossy(&p.raw);
             eprintln!("POST {} ({}): {body}", p.path, p.delivery);
         }
@@ -232,11 +104,11 @@ async fn each_key_change_is_reported_once_by_the_writer_or_the_reaper() {
         eprintln!("SKIPPED: redis-server is not on PATH");
         return;
     }
-    let rx = &Receiver::start().await;
+    let rx = &Receiver::start(SECRET).await;
     let redis = Redis::start(LABEL).await;
     let mut nodes = Vec::new();
     for name in ["n0", "n1", "n2"] {
-        let url = rx.url(name);
+        let url = rx.url_for(name);
         let hooks = [
             "--webhook-url",
             &url,
@@ -356,7 +228,7 @@ async fn each_key_change_is_reported_once_by_the_writer_or_the_reaper() {
     .await;
 
     // Every request was signed right, to its node's path, each batch once.
-    let posts = rx.posts();
+    let posts = rx.requests();
     for p in &posts {
         assert!(p.verified, "bad signature: {p:?}");
         assert!(

@@ -3,160 +3,21 @@
 //! connections, then answering 500) while presence goes on undelayed.
 
 mod common;
+mod webhook_receiver;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use roster_server::config::WebhookSettings;
 use roster_server::Settings;
 use serde_json::{json, Value};
-use sha2::Sha256;
-use tokio::net::TcpListener;
+use webhook_receiver::{verify, Receiver};
 
 const SECRET: &str = "whsec_test_secret";
 const ROOM: &str = "realtime:hooks";
 
-/// One request as the receiver saw it.
-#[derive(Debug, Clone)]
-struct Request {
-    path: String,
-    content_type: String,
-    delivery: String,
-    timestamp: String,
-    signature: String,
-    raw: Bytes,
-    /// The receiver's signature and timestamp checks passed.
-    verified: bool,
-    /// What the receiver answered.
-    status: u16,
-}
-
-impl Request {
-    fn events(&self) -> Vec<Value> {
-        let body: Value = serde_json::from_slice(&self.raw).expect("a JSON body");
-        body["events"].as_array().expect("an events array").clone()
-    }
-}
-
-/// Check a request as a receiver should: HMAC-SHA256 over
-/// "<timestamp>.<body>", compared in constant time, and a timestamp within
-/// 5 minutes of now.
-fn verify(secret: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(ts) = timestamp.parse::<u64>() else {
-        return false;
-    };
-    if now().abs_diff(ts) > 300 || hex.len() != 64 {
-        return false;
-    }
-    let Some(expected) = (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
-}
-
-/// A tiny HTTP receiver that records every request, checks its signature
-/// (401 when it fails) and otherwise answers `status`; it can go down
-/// (refusing connections, cutting open ones) and come back on the same port.
-struct Receiver {
-    addr: SocketAddr,
-    secret: String,
-    log: Arc<Mutex<Vec<Request>>>,
-    status: Arc<AtomicU16>,
-    server: Option<tokio::task::JoinHandle<()>>,
-}
-
 impl Receiver {
-    async fn start(secret: &str) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut receiver = Receiver {
-            addr: listener.local_addr().unwrap(),
-            secret: secret.into(),
-            log: Arc::default(),
-            status: Arc::new(AtomicU16::new(200)),
-            server: None,
-        };
-        receiver.serve(listener);
-        receiver
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let (log, status, secret) = (self.log.clone(), self.status.clone(), self.secret.clone());
-        self.server = Some(tokio::spawn(async move {
-            // Dropped with this task when it is aborted: cuts every connection.
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                while conns.try_join_next().is_some() {}
-                let (log, status, secret) = (log.clone(), status.clone(), secret.clone());
-                conns.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        handle(req, secret.clone(), log.clone(), status.clone())
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }));
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks", self.addr)
-    }
-
-    fn set_status(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    /// Refuse connections and cut the open ones.
-    async fn down(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-            let _ = server.await;
-        }
-    }
-
-    /// Listen again on the same port.
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("port free again");
-        self.serve(listener);
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.log.lock().clone()
-    }
-
-    /// The events of the requests answered 200, in order.
-    fn delivered(&self) -> Vec<Value> {
-        self.requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .flat_map(Request::events)
-            .collect()
-    }
-
     /// Wait until `n` events have been delivered; returns them.
     async fn wait_events(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + WAIT;
@@ -173,50 +34,6 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-async fn handle(
-    req: hyper::Request<hyper::body::Incoming>,
-    secret: String,
-    log: Arc<Mutex<Vec<Request>>>,
-    status: Arc<AtomicU16>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (content_type, delivery, timestamp, signature) = (
-        header("content-type"),
-        header("x-roster-delivery"),
-        header("x-roster-timestamp"),
-        header("x-roster-signature"),
-    );
-    assert_eq!(req.method(), hyper::Method::POST);
-    let path = req.uri().path().to_owned();
-    let raw = req.into_body().collect().await.unwrap().to_bytes();
-    let verified = verify(&secret, &timestamp, &raw, &signature);
-    let answer = if verified {
-        status.load(Ordering::SeqCst)
-    } else {
-        401
-    };
-    log.lock().push(Request {
-        path,
-        content_type,
-        delivery,
-        timestamp,
-        signature,
-        raw,
-        verified,
-        status: answer,
-    });
-    Ok(hyper::Response::builder()
-        .status(answer)
-        .body(Full::new(Bytes::from_static(b"noted")))
-        .unwrap())
 }
 
 fn hooks(url: String, batch_ms: u64, max_batch: usize) -> impl FnOnce(&mut Settings) {
