@@ -475,39 +475,109 @@ impl Client {
         }
         false
     }
+}
+
+/// What one protocol's client does. [`drive`] runs every client, of
+/// either protocol, through the phases: ticks, churn, heartbeats and the
+/// checks at quiet moments.
+trait Sim {
+    fn ws(&mut self) -> &mut Ws;
+    /// Apply one inbound frame (answering it if the protocol asks to);
+    /// `Ok(true)` when it completed our join.
+    async fn on_frame(&mut self, msg: Message, phase: Phase) -> anyhow::Result<bool>;
+    /// One update or broadcast tick.
+    async fn tick(&mut self, phase: Phase) -> anyhow::Result<()>;
+    /// Connect again (the old connection is dropped without a close) and rejoin.
+    async fn rejoin(&mut self) -> anyhow::Result<()>;
+    async fn heartbeat(&mut self) -> anyhow::Result<()>;
+    /// A cheap test, run after every frame.
+    fn converged(&self) -> bool;
+    /// The view against the truth; not exact while messages are missing.
+    fn check(&self) -> Report;
+}
+
+impl Report {
+    /// A client that could not finish: every member counts as missing.
+    fn failed(n: usize) -> Report {
+        Report {
+            exact: false,
+            ghosts: 0,
+            missing: n,
+        }
+    }
+}
+
+/// Open client `i`'s connection under the connect semaphore, retrying a few
+/// times (counted in `errors`); `None` when it never succeeds.
+async fn connect_retrying<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    shared: &Shared,
+    sem: &Semaphore,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let _permit = sem.acquire().await.expect("semaphore open");
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Ok(ok) => break Some(ok),
+            Err(_) if tries < 5 => {
+                tries += 1;
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            Err(_) => break None,
+        }
+    }
+}
+
+impl Sim for Client {
+    fn ws(&mut self) -> &mut Ws {
+        &mut self.ws
+    }
+
+    async fn on_frame(&mut self, msg: Message, phase: Phase) -> anyhow::Result<bool> {
+        Ok(self.handle(msg, matches!(phase, Phase::Update | Phase::Settle)))
+    }
+
+    async fn tick(&mut self, phase: Phase) -> anyhow::Result<()> {
+        if phase == Phase::Update {
+            self.track().await
+        } else {
+            self.broadcast().await
+        }
+    }
+
+    async fn rejoin(&mut self) -> anyhow::Result<()> {
+        let fresh = connect(&self.shared, self.i).await?;
+        drop(std::mem::replace(&mut self.ws, fresh));
+        self.join_and_track().await
+    }
+
+    async fn heartbeat(&mut self) -> anyhow::Result<()> {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        let msg = frame(self.vsn, "", r, "phoenix", "heartbeat", json!({}));
+        self.ws.send(msg).await?;
+        Ok(())
+    }
 
     fn converged(&self) -> bool {
         self.presence.converged(self.members.len())
     }
 
     fn check(&self) -> Report {
-        self.presence
-            .check(self.members.clone(), &self.shared.final_seq)
+        let mut report = self
+            .presence
+            .check(self.members.clone(), &self.shared.final_seq);
+        report.exact &= self.broadcasts_complete();
+        report
     }
 }
 
 /// Run client `i` through every phase; returns its final exactness report.
 pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
-    let failed = Report {
-        exact: false,
-        ghosts: 0,
-        missing: shared.n,
-    };
     let started = Instant::now();
-    let ws = {
-        let _permit = sem.acquire().await.expect("semaphore open");
-        let mut tries = 0;
-        loop {
-            match connect(&shared, i).await {
-                Ok(ws) => break ws,
-                Err(_) if tries < 5 => {
-                    tries += 1;
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(_) => return failed,
-            }
-        }
+    let Some(ws) = connect_retrying(&shared, &sem, || connect(&shared, i)).await else {
+        return Report::failed(shared.n);
     };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let mut c = Client {
@@ -524,8 +594,14 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         last_seen: Vec::new(),
     };
     if c.join_and_track().await.is_err() {
-        return failed;
+        return Report::failed(shared.n);
     }
+    drive(&shared, i, c, started).await
+}
+
+/// The phases, for a connected client that has sent its join.
+async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> Report {
+    let failed = Report::failed(shared.n);
     let mut phase_rx = shared.phase.subscribe();
     let mut phase = *phase_rx.borrow();
     let mut joined = false;
@@ -540,8 +616,8 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
     let churns =
         |p: Phase| matches!(p, Phase::Churn(share) if (i as f64) < share * shared.n as f64);
     let mut next_churn = tokio::time::Instant::now() + Duration::from_millis(500) + offset;
-    // Heartbeats like the official clients (every 25 s), or long runs are
-    // cut by the server's idle timeout.
+    // Heartbeats like the official clients (every 25 s; Pusher's activity
+    // timeout is 120 s), or long runs are cut by the server's idle timeout.
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(20),
         Duration::from_secs(20),
@@ -550,21 +626,20 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         let idle = tokio::time::sleep(Duration::from_millis(25));
         let mut quiet = false;
         tokio::select! {
-            msg = c.ws.next() => {
-                match msg {
-                    Some(Ok(m)) => {
-                        let measure = matches!(phase, Phase::Update | Phase::Settle);
-                        if c.handle(m, measure) && !joined {
-                            joined = true;
-                            shared.joined.fetch_add(1, Ordering::Relaxed);
-                            shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
-                        }
+            msg = c.ws().next() => {
+                let Some(Ok(m)) = msg else {
+                    // Closed by the server (or broken): this view is lost.
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return failed;
+                };
+                match c.on_frame(m, phase).await {
+                    Ok(true) if !joined => {
+                        joined = true;
+                        shared.joined.fetch_add(1, Ordering::Relaxed);
+                        shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
                     }
-                    _ => {
-                        // Closed by the server (or broken): this view is lost.
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        return failed;
-                    }
+                    Ok(_) => {}
+                    Err(_) => return failed,
                 }
                 if !converged && c.converged() {
                     converged = true;
@@ -580,30 +655,21 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
                     ticker.reset_at(tokio::time::Instant::now() + offset);
                 }
                 if phase == Phase::Stop {
-                    let _ = c.ws.close(None).await;
+                    let _ = c.ws().close(None).await;
                     return report.unwrap_or(failed);
                 }
             }
             _ = ticker.tick(), if matches!(phase, Phase::Update | Phase::Broadcast) => {
-                let sent = if phase == Phase::Update { c.track().await } else { c.broadcast().await };
-                if sent.is_err() { return failed; }
+                if c.tick(phase).await.is_err() { return failed; }
             }
             _ = tokio::time::sleep_until(next_churn), if churns(phase) => {
-                // Drop abruptly (no close frame), reconnect, rejoin, re-track.
-                let fresh = match connect(&shared, i).await {
-                    Ok(ws) => ws,
-                    Err(_) => return failed,
-                };
-                drop(std::mem::replace(&mut c.ws, fresh));
+                // Drop abruptly (no close frame), reconnect, rejoin.
                 shared.rejoins.fetch_add(1, Ordering::Relaxed);
-                if c.join_and_track().await.is_err() { return failed; }
+                if c.rejoin().await.is_err() { return failed; }
                 next_churn = tokio::time::Instant::now() + Duration::from_millis(1000) + offset;
             }
             _ = heartbeat.tick() => {
-                let r = c.next_ref;
-                c.next_ref += 1;
-                let msg = frame(c.vsn, "", r, "phoenix", "heartbeat", json!({}));
-                if c.ws.send(msg).await.is_err() { return failed; }
+                if c.heartbeat().await.is_err() { return failed; }
             }
             _ = idle, if matches!(phase, Phase::Settle | Phase::Verify) => quiet = true,
         }
@@ -612,13 +678,12 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
             continue;
         }
         let settling = matches!(phase, Phase::Settle | Phase::Verify);
-        if !settled && settling && c.check().exact && c.broadcasts_complete() {
+        if !settled && settling && c.check().exact {
             settled = true;
             shared.settled.fetch_add(1, Ordering::Relaxed);
         }
         if !verified && phase == Phase::Verify {
-            let mut r = c.check();
-            r.exact &= c.broadcasts_complete();
+            let r = c.check();
             if r.exact {
                 verified = true;
                 shared.verified.fetch_add(1, Ordering::Relaxed);

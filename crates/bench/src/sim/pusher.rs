@@ -248,12 +248,8 @@ impl Client {
         Inbound::Nothing
     }
 
-    fn converged(&self) -> bool {
-        self.view.len() + self.odd.len() == self.members.len()
-    }
-
     /// Compare the view with the truth: every connected member's user id, nothing else.
-    fn check(&self) -> Report {
+    fn check_view(&self) -> Report {
         let n = self.members.len();
         let missing = self
             .members
@@ -270,28 +266,63 @@ impl Client {
     }
 }
 
+impl Sim for Client {
+    fn ws(&mut self) -> &mut Ws {
+        &mut self.ws
+    }
+
+    async fn on_frame(&mut self, msg: Message, phase: Phase) -> anyhow::Result<bool> {
+        let measure = matches!(phase, Phase::Update | Phase::Broadcast | Phase::Settle);
+        match self.handle(msg, measure) {
+            Inbound::Subscribed => Ok(true),
+            Inbound::Ping => {
+                self.send(json!({"event": "pusher:pong", "data": {}}))
+                    .await?;
+                Ok(false)
+            }
+            Inbound::Nothing => Ok(false),
+        }
+    }
+
+    async fn tick(&mut self, phase: Phase) -> anyhow::Result<()> {
+        let event = if phase == Phase::Update {
+            "client-update"
+        } else {
+            "client-broadcast"
+        };
+        self.client_event(event).await
+    }
+
+    async fn rejoin(&mut self) -> anyhow::Result<()> {
+        let (fresh, socket_id) = handshake(&self.shared, self.i).await?;
+        drop(std::mem::replace(&mut self.ws, fresh));
+        self.view.clear();
+        self.odd.clear();
+        self.subscribing = true;
+        self.subscribe(&socket_id).await
+    }
+
+    async fn heartbeat(&mut self) -> anyhow::Result<()> {
+        self.send(json!({"event": "pusher:ping", "data": {}})).await
+    }
+
+    fn converged(&self) -> bool {
+        self.view.len() + self.odd.len() == self.members.len()
+    }
+
+    fn check(&self) -> Report {
+        let mut report = self.check_view();
+        report.exact &= self.events_complete();
+        report
+    }
+}
+
 /// Run client `i` through every phase; returns its final exactness report.
 pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
-    let failed = Report {
-        exact: false,
-        ghosts: 0,
-        missing: shared.n,
-    };
     let started = Instant::now();
-    let (ws, socket_id) = {
-        let _permit = sem.acquire().await.expect("semaphore open");
-        let mut tries = 0;
-        loop {
-            match handshake(&shared, i).await {
-                Ok(ok) => break ok,
-                Err(_) if tries < 5 => {
-                    tries += 1;
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(_) => return failed,
-            }
-        }
+    let Some((ws, socket_id)) = connect_retrying(&shared, &sem, || handshake(&shared, i)).await
+    else {
+        return Report::failed(shared.n);
     };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let mut c = Client {
@@ -306,111 +337,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         subscribing: true,
     };
     if c.subscribe(&socket_id).await.is_err() {
-        return failed;
+        return Report::failed(shared.n);
     }
-    let mut phase_rx = shared.phase.subscribe();
-    let mut phase = *phase_rx.borrow();
-    let mut joined = false;
-    let mut converged = false;
-    let mut settled = false;
-    let mut verified = false;
-    let mut report = None;
-    let period = Duration::from_secs_f64(1.0 / shared.rate.max(0.001));
-    // Spread the clients' ticks over the period.
-    let offset = period.mul_f64((i as f64 * 0.618_034) % 1.0);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    let churns =
-        |p: Phase| matches!(p, Phase::Churn(share) if (i as f64) < share * shared.n as f64);
-    let mut next_churn = tokio::time::Instant::now() + Duration::from_millis(500) + offset;
-    // Pusher clients ping when idle; the server's activity timeout is 120 s.
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(20),
-        Duration::from_secs(20),
-    );
-    loop {
-        let idle = tokio::time::sleep(Duration::from_millis(25));
-        let mut quiet = false;
-        tokio::select! {
-            msg = c.ws.next() => {
-                match msg {
-                    Some(Ok(m)) => {
-                        let measure = matches!(phase, Phase::Update | Phase::Broadcast | Phase::Settle);
-                        let inbound = c.handle(m, measure);
-                        if inbound == Inbound::Subscribed && !joined {
-                            joined = true;
-                            shared.joined.fetch_add(1, Ordering::Relaxed);
-                            shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        if inbound == Inbound::Ping
-                            && c.send(json!({"event": "pusher:pong", "data": {}})).await.is_err()
-                        {
-                            return failed;
-                        }
-                    }
-                    _ => {
-                        // Closed by the server (or broken): this view is lost.
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        return failed;
-                    }
-                }
-                if !converged && c.converged() {
-                    converged = true;
-                    shared.converged.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            changed = phase_rx.changed() => {
-                if changed.is_err() { return failed; }
-                phase = *phase_rx.borrow();
-                quiet = true;
-                if matches!(phase, Phase::Update | Phase::Broadcast) {
-                    // Start ticking now: no burst of the ticks missed while joining.
-                    ticker.reset_at(tokio::time::Instant::now() + offset);
-                }
-                if phase == Phase::Stop {
-                    let _ = c.ws.close(None).await;
-                    return report.unwrap_or(failed);
-                }
-            }
-            _ = ticker.tick(), if matches!(phase, Phase::Update | Phase::Broadcast) => {
-                let event = if phase == Phase::Update { "client-update" } else { "client-broadcast" };
-                if c.client_event(event).await.is_err() { return failed; }
-            }
-            _ = tokio::time::sleep_until(next_churn), if churns(phase) => {
-                // Drop abruptly (no close frame), reconnect, subscribe again.
-                let (fresh, socket_id) = match handshake(&shared, i).await {
-                    Ok(ok) => ok,
-                    Err(_) => return failed,
-                };
-                drop(std::mem::replace(&mut c.ws, fresh));
-                c.view.clear();
-                c.odd.clear();
-                c.subscribing = true;
-                shared.rejoins.fetch_add(1, Ordering::Relaxed);
-                if c.subscribe(&socket_id).await.is_err() { return failed; }
-                next_churn = tokio::time::Instant::now() + Duration::from_millis(1000) + offset;
-            }
-            _ = heartbeat.tick() => {
-                if c.send(json!({"event": "pusher:ping", "data": {}})).await.is_err() { return failed; }
-            }
-            _ = idle, if matches!(phase, Phase::Settle | Phase::Verify) => quiet = true,
-        }
-        // Quiet moments are when to run the O(n) checks.
-        if !quiet {
-            continue;
-        }
-        let settling = matches!(phase, Phase::Settle | Phase::Verify);
-        if !settled && settling && c.check().exact && c.events_complete() {
-            settled = true;
-            shared.settled.fetch_add(1, Ordering::Relaxed);
-        }
-        if !verified && phase == Phase::Verify {
-            let mut r = c.check();
-            r.exact &= c.events_complete();
-            if r.exact {
-                verified = true;
-                shared.verified.fetch_add(1, Ordering::Relaxed);
-            }
-            report = Some(r);
-        }
-    }
+    drive(&shared, i, c, started).await
 }
