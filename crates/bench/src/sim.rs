@@ -229,6 +229,46 @@ fn frame(vsn: Vsn, join_ref: &str, ref_: u64, topic: &str, event: &str, payload:
     Message::Text(v.to_string().into())
 }
 
+/// Messages `{i, seq, t}` (broadcasts, or Pusher client events) from the
+/// other members: each sender's must come once and in order.
+#[derive(Default)]
+struct Received {
+    /// Last sequence number seen from each sender (allocated on first use).
+    last_seen: Vec<u64>,
+}
+
+impl Received {
+    fn on_message(&mut self, shared: &Shared, data: &Value, measure: bool) {
+        let (Some(from), Some(seq)) = (data["i"].as_u64(), data["seq"].as_u64()) else {
+            shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.last_seen.is_empty() {
+            self.last_seen = vec![0; shared.n];
+        }
+        match self.last_seen.get_mut(from as usize) {
+            Some(last) if *last + 1 == seq => *last = seq,
+            _ => {
+                shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if measure {
+            if let Some(t) = data["t"].as_u64() {
+                let ms = shared.now_us().saturating_sub(t) as f64 / 1000.0;
+                shared.update_ms.lock().unwrap().push(ms);
+            }
+        }
+    }
+
+    /// Has every other member's every message arrived?
+    fn complete(&self, shared: &Shared, members: std::ops::Range<usize>, me: usize) -> bool {
+        members.filter(|&k| k != me).all(|k| {
+            let sent = shared.sent[k].load(Ordering::Relaxed);
+            sent == 0 || self.last_seen.get(k).copied() == Some(sent)
+        })
+    }
+}
+
 /// With compact views, one client in this many still keeps a full phx-js view.
 const FULL_VIEW_EVERY: usize = 100;
 
@@ -305,8 +345,8 @@ struct Client {
     join_ref: String,
     presence: View,
     seq: u64,
-    /// Last broadcast sequence number seen from each sender (allocated on first use).
-    last_seen: Vec<u64>,
+    /// The broadcasts received, checked for order.
+    received: Received,
 }
 
 async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
@@ -375,38 +415,6 @@ impl Client {
         Ok(())
     }
 
-    /// A broadcast from sender `i` must be its next one: none lost, none twice, in order.
-    fn on_broadcast(&mut self, payload: &Value, measure: bool) {
-        let inner = &payload["payload"];
-        let (Some(from), Some(seq)) = (inner["i"].as_u64(), inner["seq"].as_u64()) else {
-            self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if self.last_seen.is_empty() {
-            self.last_seen = vec![0; self.shared.n];
-        }
-        match self.last_seen.get_mut(from as usize) {
-            Some(last) if *last + 1 == seq => *last = seq,
-            _ => {
-                self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if measure {
-            if let Some(t) = inner["t"].as_u64() {
-                let ms = self.shared.now_us().saturating_sub(t) as f64 / 1000.0;
-                self.shared.update_ms.lock().unwrap().push(ms);
-            }
-        }
-    }
-
-    /// Has every other client's every broadcast arrived?
-    fn broadcasts_complete(&self) -> bool {
-        self.members.clone().filter(|&k| k != self.i).all(|k| {
-            let sent = self.shared.sent[k].load(Ordering::Relaxed);
-            sent == 0 || self.last_seen.get(k).copied() == Some(sent)
-        })
-    }
-
     /// Apply one inbound frame; returns true for our join's `ok` reply.
     fn handle(&mut self, msg: Message, measure: bool) -> bool {
         let Message::Text(text) = msg else {
@@ -446,7 +454,9 @@ impl Client {
                 return f.ref_.as_deref() == Some(self.join_ref.as_str())
                     && f.payload["status"] == "ok"
             }
-            "broadcast" => self.on_broadcast(&f.payload, measure),
+            "broadcast" => self
+                .received
+                .on_message(&self.shared, &f.payload["payload"], measure),
             "presence_state" => {
                 if let View::Full(p) = &mut self.presence {
                     let _ = p.on_state_owned(f.payload);
@@ -568,7 +578,9 @@ impl Sim for Client {
         let mut report = self
             .presence
             .check(self.members.clone(), &self.shared.final_seq);
-        report.exact &= self.broadcasts_complete();
+        report.exact &= self
+            .received
+            .complete(&self.shared, self.members.clone(), self.i);
         report
     }
 }
@@ -591,7 +603,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         join_ref: String::new(),
         presence: shared.view_for(i),
         seq: 0,
-        last_seen: Vec::new(),
+        received: Received::default(),
     };
     if c.join_and_track().await.is_err() {
         return Report::failed(shared.n);

@@ -27,8 +27,8 @@ struct Client {
     view: HashSet<u32>,
     /// Members whose user id is not `u{k}` (always ghosts).
     odd: HashSet<String>,
-    /// Last client-event sequence number seen from each sender (allocated on first use).
-    last_seen: Vec<u64>,
+    /// The client events received, checked for order.
+    received: Received,
     /// Between a (re)subscribe and its `subscription_succeeded`.
     subscribing: bool,
 }
@@ -144,37 +144,6 @@ impl Client {
         Ok(())
     }
 
-    /// A client event from sender `i` must be its next one: none lost, none twice, in order.
-    fn on_client_event(&mut self, data: &Value, measure: bool) {
-        let (Some(from), Some(seq)) = (data["i"].as_u64(), data["seq"].as_u64()) else {
-            self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if self.last_seen.is_empty() {
-            self.last_seen = vec![0; self.shared.n];
-        }
-        match self.last_seen.get_mut(from as usize) {
-            Some(last) if *last + 1 == seq => *last = seq,
-            _ => {
-                self.shared.broadcast_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if measure {
-            if let Some(t) = data["t"].as_u64() {
-                let ms = self.shared.now_us().saturating_sub(t) as f64 / 1000.0;
-                self.shared.update_ms.lock().unwrap().push(ms);
-            }
-        }
-    }
-
-    /// Has every other member's every client event arrived?
-    fn events_complete(&self) -> bool {
-        self.members.clone().filter(|&k| k != self.i).all(|k| {
-            let sent = self.shared.sent[k].load(Ordering::Relaxed);
-            sent == 0 || self.last_seen.get(k).copied() == Some(sent)
-        })
-    }
-
     fn add(&mut self, id: &str) {
         match parse_user_id(id) {
             Some(k) => self.view.insert(k),
@@ -242,7 +211,10 @@ impl Client {
                 report_error(&frame);
                 self.shared.errors.fetch_add(1, Ordering::Relaxed);
             }
-            e if e.starts_with("client-") => self.on_client_event(&data_of(&frame), measure),
+            e if e.starts_with("client-") => {
+                self.received
+                    .on_message(&self.shared, &data_of(&frame), measure)
+            }
             _ => {}
         }
         Inbound::Nothing
@@ -312,7 +284,9 @@ impl Sim for Client {
 
     fn check(&self) -> Report {
         let mut report = self.check_view();
-        report.exact &= self.events_complete();
+        report.exact &= self
+            .received
+            .complete(&self.shared, self.members.clone(), self.i);
         report
     }
 }
@@ -333,7 +307,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         members: shared.members(i),
         view: HashSet::new(),
         odd: HashSet::new(),
-        last_seen: Vec::new(),
+        received: Received::default(),
         subscribing: true,
     };
     if c.subscribe(&socket_id).await.is_err() {
