@@ -17,6 +17,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const KEY: &str = DEV_PUBLISHABLE_KEY;
 pub const WAIT: Duration = Duration::from_secs(5);
+/// realtime-py's WebSocket library (`websockets`) closes on any message
+/// larger than this (1009): the frame limit of the strictest official client.
+pub const PY_MAX_MESSAGE: usize = 1 << 20;
 
 pub async fn start() -> Running {
     start_with(|_| {}).await
@@ -118,6 +121,22 @@ impl Client {
             .expect("connects")
     }
 
+    /// A client that, like realtime-py, cannot take a message over
+    /// [`PY_MAX_MESSAGE`]: the canary of hostile tests. A server frame over
+    /// the limit ends its socket (and a later `recv` panics).
+    pub async fn connect_canary(addr: SocketAddr, vsn: u8) -> Client {
+        let query = format!("apikey={KEY}&vsn={vsn}.0.0");
+        let req = url(addr, "/realtime/v1/websocket", &query)
+            .into_client_request()
+            .unwrap();
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(PY_MAX_MESSAGE))
+            .max_frame_size(Some(PY_MAX_MESSAGE));
+        Client::connect_request_with(req, vsn, Some(config))
+            .await
+            .expect("connects")
+    }
+
     pub async fn connect_url(
         url: &str,
         vsn: u8,
@@ -129,7 +148,15 @@ impl Client {
         req: tokio_tungstenite::tungstenite::handshake::client::Request,
         vsn: u8,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Client::connect_request_with(req, vsn, None).await
+    }
+
+    pub async fn connect_request_with(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        vsn: u8,
+        config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, config, false).await?;
         Ok(Client {
             vsn,
             ws,
