@@ -13,6 +13,31 @@ use crate::{Meta, RefGen, State};
 /// A rejoin is a new member.
 pub type MemberId = u64;
 
+/// Bytes a meta's refs and the wrapping around it add to a `presence_state`
+/// at most: `"phx_ref":"…","phx_ref_prev":"…"` (16-character refs) and
+/// `"key":{"metas":[…]},`, with room to spare.
+pub const META_OVERHEAD: usize = 96;
+
+/// What one meta adds to a `presence_state` at most: its state, its key as
+/// JSON (counted for every meta, as if each had its own key) and
+/// [`META_OVERHEAD`]. Summed over a channel it bounds the snapshot, so a
+/// cap on it is a cap on the frame every joiner gets.
+pub fn meta_weight(key: &str, state: &State) -> usize {
+    json_string_len(key) + state.as_json().len() + META_OVERHEAD
+}
+
+/// The length of `s` written as a JSON string, quotes included.
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// What changed, to send to every member as one `presence_diff`.
 ///
 /// A ref never appears in both `joins` and `leaves`. An update carries the new
@@ -168,7 +193,7 @@ pub struct ChannelPresence {
     by_key: BTreeMap<String, Vec<Tracked>>,
     /// member → the key it tracks under, for untrack and disconnect.
     key_of: HashMap<MemberId, String>,
-    /// Sum of the tracked states' JSON lengths: what a snapshot weighs.
+    /// Sum of [`meta_weight`]s: a bound on what a snapshot weighs.
     state_bytes: usize,
     /// Members whose socket went away but whose meta is kept for a grace
     /// period, to be adopted by a rejoin tracking the same state.
@@ -224,7 +249,7 @@ impl ChannelPresence {
 
     /// Add `meta` under `key` for `member` (which holds none now), noting the join.
     fn add(&mut self, member: MemberId, key: &str, meta: Meta, diff: &mut Diff) {
-        self.state_bytes += meta.state.as_json().len();
+        self.state_bytes += meta_weight(key, &meta.state);
         self.by_key
             .entry(key.to_owned())
             .or_default()
@@ -293,7 +318,7 @@ impl ChannelPresence {
             .position(|t| t.member == member)
             .expect("key_of and by_key agree");
         let removed = metas.remove(pos);
-        self.state_bytes -= removed.meta.state.as_json().len();
+        self.state_bytes -= meta_weight(&key, &removed.meta.state);
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
@@ -371,7 +396,8 @@ impl ChannelPresence {
             .map(|t| &t.meta)
     }
 
-    /// Total JSON length of all tracked states (without refs and keys).
+    /// A bound on the bytes of this channel's `presence_state` payload: the
+    /// sum of every meta's [`meta_weight`].
     pub fn state_bytes(&self) -> usize {
         self.state_bytes
     }

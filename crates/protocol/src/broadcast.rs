@@ -18,6 +18,20 @@ pub enum BroadcastBody {
     Binary(Vec<u8>),
 }
 
+impl BroadcastBody {
+    /// Bytes of the payload as it will be sent on.
+    pub fn len(&self) -> usize {
+        match self {
+            BroadcastBody::Json(text) => text.len(),
+            BroadcastBody::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A user broadcast: `channel.send({type: 'broadcast', event, payload})`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UserBroadcast {

@@ -70,6 +70,33 @@ pub fn decode(vsn: Vsn, text: &str) -> Result<Frame, DecodeError> {
     }
 }
 
+/// Where to answer a frame that [`decode`] refused: its refs and topic (in
+/// a `Frame` with an empty event and a null payload), when the text is JSON
+/// of the vsn's shape and those three can be read. `None` means the frame
+/// cannot be answered at all.
+pub fn reply_address(vsn: Vsn, text: &str) -> Option<Frame> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let (join_ref, ref_, topic) = match (vsn, value) {
+        (Vsn::V1, Value::Object(mut obj)) => (
+            obj.remove("join_ref"),
+            obj.remove("ref"),
+            obj.remove("topic"),
+        ),
+        (Vsn::V2, Value::Array(items)) => {
+            let mut it = items.into_iter();
+            (it.next(), it.next(), it.next())
+        }
+        _ => return None,
+    };
+    Some(Frame {
+        join_ref: opt_ref(join_ref, "join_ref").ok()?,
+        ref_: Some(opt_ref(ref_, "ref").ok()??),
+        topic: string(topic, "topic").ok()?,
+        event: String::new(),
+        payload: Value::Null,
+    })
+}
+
 fn string(v: Option<Value>, field: &'static str) -> Result<String, DecodeError> {
     match v {
         Some(Value::String(s)) => Ok(s),
@@ -115,6 +142,27 @@ mod tests {
         assert_eq!(f.join_ref.as_deref(), Some("1"));
         assert_eq!(f.ref_.as_deref(), Some("2"));
         assert_eq!(f.payload, json!({"x": 1}));
+    }
+
+    #[test]
+    fn refused_frames_are_answered_where_their_address_reads() {
+        let f = reply_address(Vsn::V2, r#"["1","2","realtime:a"]"#).unwrap();
+        assert_eq!(
+            (f.join_ref.as_deref(), f.ref_.as_deref()),
+            (Some("1"), Some("2"))
+        );
+        assert_eq!(f.topic, "realtime:a");
+        let f = reply_address(Vsn::V1, r#"{"topic":"t","ref":7,"event":5}"#).unwrap();
+        assert_eq!(f.ref_.as_deref(), Some("7"));
+        // No JSON, the other vsn's shape, no ref or no topic: nowhere to answer.
+        for text in [
+            "nope",
+            r#"{"topic":"t","ref":"1"}"#,
+            r#"[null,null,"t"]"#,
+            r#"[null,"1",5]"#,
+        ] {
+            assert!(reply_address(Vsn::V2, text).is_none(), "{text}");
+        }
     }
 
     #[test]

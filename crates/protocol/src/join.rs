@@ -61,6 +61,68 @@ impl JoinConfig {
     }
 }
 
+impl JoinConfig {
+    /// Whether the payload has the shape of a join, naming the first field
+    /// that does not. Parsing itself is tolerant (what is missing or null
+    /// takes its default); a field of the wrong type is a client bug that
+    /// deserves an answer rather than a silent default.
+    pub fn check(payload: &Value) -> Result<(), String> {
+        let is_flag = |v: &Value| v.is_null() || flexible_bool(v).is_some();
+        let obj_or_null = |v: &Value| v.is_null() || v.is_object();
+        let payload = match payload {
+            Value::Null => return Ok(()),
+            Value::Object(p) => p,
+            _ => return Err("the join payload must be an object".into()),
+        };
+        for name in ["access_token", "user_token"] {
+            if payload
+                .get(name)
+                .is_some_and(|t| !t.is_null() && !t.is_string())
+            {
+                return Err(format!("{name} must be a string"));
+            }
+        }
+        let Some(config) = payload.get("config").filter(|c| !c.is_null()) else {
+            return Ok(());
+        };
+        if !config.is_object() {
+            return Err("config must be an object".into());
+        }
+        for section in ["broadcast", "presence"] {
+            if config.get(section).is_some_and(|s| !obj_or_null(s)) {
+                return Err(format!("config.{section} must be an object"));
+            }
+        }
+        let flags = [
+            ("broadcast", "ack"),
+            ("broadcast", "self"),
+            ("presence", "enabled"),
+            ("presence", "count_only"),
+        ];
+        for (section, name) in flags {
+            if config
+                .get(section)
+                .and_then(|s| s.get(name))
+                .is_some_and(|f| !is_flag(f))
+            {
+                return Err(format!("config.{section}.{name} must be a boolean"));
+            }
+        }
+        if config.get("private").is_some_and(|f| !is_flag(f)) {
+            return Err("config.private must be a boolean".into());
+        }
+        let key = config.get("presence").and_then(|p| p.get("key"));
+        if key.is_some_and(|k| !(k.is_null() || k.is_string() || k.is_number())) {
+            return Err("config.presence.key must be a string".into());
+        }
+        let changes = config.get("postgres_changes");
+        if changes.is_some_and(|c| !(c.is_null() || c.is_array())) {
+            return Err("config.postgres_changes must be an array".into());
+        }
+        Ok(())
+    }
+}
+
 /// `true`/`false`, or the strings in any letter case.
 fn flexible_bool(v: &Value) -> Option<bool> {
     match v {
@@ -107,5 +169,57 @@ mod tests {
         assert!(count.presence_count_only);
         let numeric = JoinConfig::parse(&json!({"config": {"presence": {"key": 42}}}));
         assert_eq!(numeric.presence_key.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn check_names_the_field_of_the_wrong_type() {
+        let ok = [
+            json!(null),
+            json!({}),
+            json!({"config": null}),
+            json!({"config": {"broadcast": null, "presence": {"key": "", "enabled": "TRUE"}}}),
+            json!({"config": {"presence": {"key": 42}, "private": "false", "postgres_changes": []},
+                   "access_token": null}),
+            // realtime-py's join, with its unknown `replay` key.
+            json!({"config": {"broadcast": {"ack": false, "self": false, "replay": null},
+                   "presence": {"key": "", "enabled": false}, "private": false},
+                   "access_token": "sb_publishable_x"}),
+        ];
+        for p in ok {
+            assert_eq!(JoinConfig::check(&p), Ok(()), "{p}");
+        }
+        let bad = [
+            (json!("garbage"), "the join payload must be an object"),
+            (json!({"config": "x"}), "config must be an object"),
+            (json!({"config": []}), "config must be an object"),
+            (
+                json!({"config": {"presence": {"key": {"a": 1}}}}),
+                "config.presence.key must be a string",
+            ),
+            (
+                json!({"config": {"presence": 5}}),
+                "config.presence must be an object",
+            ),
+            (
+                json!({"config": {"broadcast": "yes"}}),
+                "config.broadcast must be an object",
+            ),
+            (
+                json!({"config": {"private": 7}}),
+                "config.private must be a boolean",
+            ),
+            (
+                json!({"config": {"broadcast": {"ack": [1]}}}),
+                "config.broadcast.ack must be a boolean",
+            ),
+            (
+                json!({"config": {"postgres_changes": {}}}),
+                "config.postgres_changes must be an array",
+            ),
+            (json!({"access_token": 5}), "access_token must be a string"),
+        ];
+        for (p, why) in bad {
+            assert_eq!(JoinConfig::check(&p), Err(why.to_owned()), "{p}");
+        }
     }
 }

@@ -20,7 +20,7 @@ pub use broadcast::{
     decode_binary, decode_user_broadcast, BinaryBroadcast, BinaryError, BinaryPush, BroadcastBody,
     Encoded, UserBroadcast,
 };
-pub use decode::{decode, DecodeError, Frame};
+pub use decode::{decode, reply_address, DecodeError, Frame};
 pub use encode::{Outgoing, Reply};
 pub use event::{ClientEvent, PresenceAction};
 pub use join::JoinConfig;

@@ -1,4 +1,6 @@
-//! Who may open a connection: caps on open connections, in all and per IP.
+//! Who may open a connection: caps on open connections, in all and per IP;
+//! and the rate counters that outlive a socket (per client IP), so that
+//! reconnecting does not reset them.
 //!
 //! A [`Permit`] is taken before the WebSocket upgrade and released when the
 //! socket task ends, so the counts are exact whatever ends the socket.
@@ -14,6 +16,84 @@ pub struct Admission {
     counts: Mutex<Counts>,
     joins: Mutex<RateWindow>,
     presence_events: Mutex<RateWindow>,
+    /// Per client IP, all its sockets and REST calls together.
+    broadcasts_by_ip: Mutex<PerIp>,
+    presence_calls_by_ip: Mutex<PerIp>,
+}
+
+/// One-second windows per IP address. Windows that have ended are swept
+/// out every few seconds, so the map holds only addresses active lately.
+#[derive(Default)]
+struct PerIp {
+    windows: HashMap<IpAddr, RateWindow>,
+    swept: Option<std::time::Instant>,
+}
+
+impl PerIp {
+    fn allow(&mut self, ip: IpAddr, max: u32) -> bool {
+        let now = std::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        if self
+            .swept
+            .is_none_or(|t| now.duration_since(t) > 5 * second)
+        {
+            self.windows.retain(|_, w| w.is_current(second));
+            self.swept = Some(now);
+        }
+        self.windows.entry(ip).or_default().allow(max, second)
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most one second's
+/// worth, so a burst is allowed up to what the rate would give in a second.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64) -> Self {
+        TokenBucket {
+            rate,
+            tokens: rate,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Refill for the time passed; whether `n` tokens are there now.
+    fn has(&mut self, n: f64) -> bool {
+        let now = std::time::Instant::now();
+        let passed = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + passed * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens >= n
+    }
+
+    /// Take `n` tokens if they are all there.
+    pub fn take(&mut self, n: f64) -> bool {
+        let ok = self.has(n);
+        if ok {
+            self.tokens -= n;
+        }
+        ok
+    }
+
+    /// Give back tokens taken for work not done.
+    pub fn refund(&mut self, n: f64) {
+        self.tokens = (self.tokens + n).min(self.rate);
+    }
+
+    /// Take `a` from `self` and `b` from `other`, both or neither.
+    pub fn take_both(&mut self, a: f64, other: &mut TokenBucket, b: f64) -> bool {
+        let ok = self.has(a) && other.has(b);
+        if ok {
+            self.tokens -= a;
+            other.tokens -= b;
+        }
+        ok
+    }
 }
 
 #[derive(Default)]
@@ -70,6 +150,12 @@ impl RateWindow {
             }
         }
     }
+
+    /// Whether the window started less than `period` ago.
+    pub fn is_current(&self, period: std::time::Duration) -> bool {
+        self.window
+            .is_some_and(|(start, _)| start.elapsed() < period)
+    }
 }
 
 /// Held by a connection; frees its place when dropped.
@@ -87,6 +173,16 @@ impl Admission {
                 .presence_events
                 .lock()
                 .allow(max, std::time::Duration::from_secs(1))
+    }
+
+    /// One more broadcast from `ip`, under `max` per second (0 = no cap)?
+    pub fn allow_broadcast_from(&self, ip: IpAddr, max: u32) -> bool {
+        max == 0 || self.broadcasts_by_ip.lock().allow(ip, max)
+    }
+
+    /// One more presence call from `ip`, under `max` per second (0 = no cap)?
+    pub fn allow_presence_call_from(&self, ip: IpAddr, max: u32) -> bool {
+        max == 0 || self.presence_calls_by_ip.lock().allow(ip, max)
     }
 
     /// One more channel join on this node, under `max` per second?
@@ -152,5 +248,30 @@ mod tests {
         drop(p1);
         assert!(a.admit(ip1, 3, 1).is_ok());
         assert!(a.counts.lock().per_ip.contains_key(&ip2));
+    }
+
+    #[test]
+    fn per_ip_rates_are_separate_and_capped() {
+        let a = Admission::default();
+        let ip1: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| a.allow_broadcast_from(ip1, 3)));
+        assert!(!a.allow_broadcast_from(ip1, 3));
+        assert!(a.allow_broadcast_from(ip2, 3));
+        assert!(a.allow_presence_call_from(ip1, 3), "a separate counter");
+        assert!(
+            (0..10).all(|_| a.allow_broadcast_from(ip1, 0)),
+            "0 = no cap"
+        );
+    }
+
+    #[test]
+    fn token_bucket_allows_a_second_of_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10.0);
+        assert!((0..10).all(|_| b.take(1.0)));
+        assert!(!b.take(1.0));
+        let mut bytes = TokenBucket::new(100.0);
+        assert!(!b.take_both(1.0, &mut bytes, 50.0));
+        assert!(bytes.take(100.0), "nothing was taken by the refused pair");
     }
 }

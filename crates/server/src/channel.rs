@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{ChannelPresence, Diff, MemberId, Meta, RefGen, State};
+use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
+use crate::admission::TokenBucket;
 use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
@@ -56,6 +57,8 @@ pub struct Channel {
     webhooks: Option<Arc<Webhooks>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
+    /// What broadcasts this channel takes per second, all senders together.
+    budget: Mutex<BroadcastBudget>,
     /// Itself, for timers started from `&self`.
     me: std::sync::Weak<Channel>,
 }
@@ -75,6 +78,58 @@ struct Inner {
     /// How many members are `count_only` (most channels: none).
     count_only: usize,
 }
+
+/// A channel's broadcast budget: messages and payload bytes per second,
+/// all senders together. Every member receives each broadcast, so this is
+/// what each member must absorb; kept under the per-socket outbound budget,
+/// it means many senders together are refused before any member overflows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BroadcastRates {
+    /// 0 = no cap.
+    pub per_second: u32,
+    /// 0 = no cap.
+    pub bytes_per_second: u64,
+}
+
+#[derive(Debug)]
+struct BroadcastBudget {
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+impl BroadcastBudget {
+    fn new(rates: BroadcastRates) -> Self {
+        let bucket = |rate: u64| (rate > 0).then(|| TokenBucket::new(rate as f64));
+        BroadcastBudget {
+            messages: bucket(u64::from(rates.per_second)),
+            bytes: bucket(rates.bytes_per_second),
+        }
+    }
+
+    /// Room for `count` more broadcasts of `bytes` in all? Takes it if so.
+    fn take(&mut self, count: u32, bytes: usize) -> bool {
+        let (count, bytes) = (f64::from(count), bytes as f64);
+        match (&mut self.messages, &mut self.bytes) {
+            (None, None) => true,
+            (Some(m), None) => m.take(count),
+            (None, Some(b)) => b.take(bytes),
+            (Some(m), Some(b)) => m.take_both(count, b, bytes),
+        }
+    }
+
+    fn refund(&mut self, count: u32, bytes: usize) {
+        if let Some(m) = &mut self.messages {
+            m.refund(f64::from(count));
+        }
+        if let Some(b) = &mut self.bytes {
+            b.refund(bytes as f64);
+        }
+    }
+}
+
+/// A broadcast refused: the channel is at its broadcast rate.
+#[derive(Debug)]
+pub struct Throttled;
 
 /// Diffs of the current coalescing window, sent as one when it closes.
 #[derive(Default)]
@@ -305,14 +360,18 @@ impl Channel {
             return Ok(());
         }
         let old = match &inner.sync {
-            Some(sync) => sync.owned.get(&member).map(|o| &o.meta),
-            None => inner.presence.meta_of(member),
+            Some(sync) => sync
+                .owned
+                .get(&member)
+                .map(|o| meta_weight(&o.key, &o.meta.state)),
+            None => inner
+                .presence
+                .meta_of(member)
+                .map(|m| meta_weight(key, &m.state)),
         }
-        .map_or(0, |m| m.state.as_json().len());
-        if inner.presence.state_bytes() - old.min(inner.presence.state_bytes())
-            + state.as_json().len()
-            > max_state_bytes
-        {
+        .unwrap_or(0);
+        let others = inner.presence.state_bytes().saturating_sub(old);
+        if !fair_share(others, meta_weight(key, &state), max_state_bytes) {
             return Err(StateFull);
         }
         let Some(sync) = inner.sync.as_mut() else {
@@ -827,17 +886,55 @@ impl Channel {
         ));
     }
 
-    /// Deliver a broadcast here and, with a cluster, on the other nodes.
-    pub fn broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
+    /// Deliver a broadcast here and, with a cluster, on the other nodes,
+    /// if the channel's broadcast budget has room for it; else the sender
+    /// is refused and no member sees it.
+    pub fn broadcast(
+        &self,
+        msg: &UserBroadcast,
+        sender: Option<MemberId>,
+    ) -> Result<usize, Throttled> {
+        self.take_budget(1, msg.body.len())?;
+        Ok(self.broadcast_prepaid(msg, sender))
+    }
+
+    /// Take `count` broadcasts of `bytes` in all from the budget, all or none.
+    pub fn take_budget(&self, count: u32, bytes: usize) -> Result<(), Throttled> {
+        if self.budget.lock().take(count, bytes) {
+            Ok(())
+        } else {
+            self.metrics.refused("channel_rate");
+            Err(Throttled)
+        }
+    }
+
+    /// Give back what [`Self::take_budget`] took for broadcasts not sent.
+    pub fn refund_budget(&self, count: u32, bytes: usize) {
+        self.budget.lock().refund(count, bytes);
+    }
+
+    /// [`Self::broadcast`] for a message whose budget was taken already.
+    pub fn broadcast_prepaid(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
         if let Some((cluster, tag)) = &self.cluster {
             relay_broadcast(cluster, tag.clone(), msg);
         }
-        self.deliver_broadcast(msg, sender)
+        self.deliver(msg, sender)
+    }
+
+    /// Deliver a broadcast from another node. It counts against this node's
+    /// budget of the channel too; over it, the message is dropped here
+    /// (its sender is elsewhere, and the members must not overflow).
+    pub fn deliver_broadcast(&self, msg: &UserBroadcast) -> usize {
+        if !self.budget.lock().take(1, msg.body.len()) {
+            self.metrics.refused("channel_rate_remote");
+            return 0;
+        }
+        self.deliver(msg, None)
     }
 
     /// Deliver a broadcast to this node's members but `sender` (when given),
     /// each in the form its vsn can receive. Returns how many got it.
-    pub fn deliver_broadcast(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
+    fn deliver(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
         let inner = self.inner.lock();
         self.metrics.broadcasts.increment(1);
         let mut frame = SharedFrame::new(|vsn| msg.encode(vsn, &self.topic));
@@ -935,6 +1032,17 @@ pub fn relay_broadcast(cluster: &Arc<Cluster>, tag: String, msg: &UserBroadcast)
     cluster.publish_broadcast(&tag, msg);
 }
 
+/// Whether a meta of `weight` fits a channel whose other metas weigh
+/// `others`, under a budget of `max`. A large meta (over 1/256 of the
+/// budget: 2 KiB by default) must leave the last quarter free: that quarter
+/// is kept for ordinary states, so a few sockets with large states cannot
+/// lock everyone else out of the room.
+pub fn fair_share(others: usize, weight: usize, max: usize) -> bool {
+    let after = others.saturating_add(weight);
+    let large = weight > max / 256;
+    after <= max && !(large && after > max - max / 4)
+}
+
 /// A track refused because the channel's presence state is full.
 #[derive(Debug)]
 pub struct StateFull;
@@ -950,12 +1058,19 @@ pub struct Registry {
     cluster: Option<Arc<Cluster>>,
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
+    broadcast_rates: BroadcastRates,
 }
 
 impl Registry {
     /// Coalesce each channel's diffs over `window` (zero = off).
     pub fn with_coalesce(mut self, window: std::time::Duration) -> Self {
         self.coalesce = window;
+        self
+    }
+
+    /// Give each channel this broadcast budget.
+    pub fn with_broadcast_rates(mut self, rates: BroadcastRates) -> Self {
+        self.broadcast_rates = rates;
         self
     }
 
@@ -970,6 +1085,7 @@ impl Registry {
             cluster,
             webhooks,
             coalesce: std::time::Duration::ZERO,
+            broadcast_rates: BroadcastRates::default(),
         }
     }
 
@@ -1018,6 +1134,7 @@ impl Registry {
                             .map(|c| (c.clone(), wire::tag(topic, private))),
                         webhooks: self.webhooks.clone(),
                         coalesce: self.coalesce,
+                        budget: Mutex::new(BroadcastBudget::new(self.broadcast_rates)),
                     })
                 })
                 .clone();

@@ -98,9 +98,57 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
 
-    /// Largest inbound WebSocket message in bytes [default: 5000000, as Supabase].
+    /// Largest inbound WebSocket message in bytes; a larger one closes that socket (1009) [default: 524288].
     #[arg(long, env = "ROSTER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+
+    /// Longest topic, `realtime:` included, in bytes (binary broadcast frames carry it with a one-byte length) [default: 255].
+    #[arg(long, env = "ROSTER_MAX_TOPIC_BYTES")]
+    pub max_topic_bytes: Option<usize>,
+
+    /// Longest presence key (`config.presence.key`) in bytes [default: 256].
+    #[arg(long, env = "ROSTER_MAX_PRESENCE_KEY_BYTES")]
+    pub max_presence_key_bytes: Option<usize>,
+
+    /// Longest broadcast event name in bytes (binary frames carry it with a one-byte length) [default: 255].
+    #[arg(long, env = "ROSTER_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+
+    /// Largest broadcast payload in bytes, WebSocket or REST; kept well under realtime-py's 1 MiB message limit [default: 262144].
+    #[arg(long, env = "ROSTER_MAX_BROADCAST_BYTES")]
+    pub max_broadcast_bytes: Option<usize>,
+
+    /// Inbound frames (of any kind) one socket may send per second; more closes it (1008); 0 = no cap [default: 1000].
+    #[arg(long, env = "ROSTER_MAX_FRAMES_PER_SECOND")]
+    pub max_frames_per_second: Option<u32>,
+
+    /// Bytes queued for one socket (frames waiting plus those being written) before it is dropped as too slow [default: 4194304].
+    #[arg(long, env = "ROSTER_OUTBOUND_BUFFER_BYTES")]
+    pub outbound_buffer_bytes: Option<usize>,
+
+    /// Broadcasts one channel takes per second from all senders together (WebSocket and REST; a burst of one second's worth); over it senders are refused; 0 = no cap [default: 1000].
+    #[arg(long, env = "ROSTER_CHANNEL_BROADCASTS_PER_SECOND")]
+    pub channel_broadcasts_per_second: Option<u32>,
+
+    /// Broadcast payload bytes one channel takes per second from all senders together (a burst of one second's worth); 0 = no cap [default: 2097152].
+    #[arg(long, env = "ROSTER_CHANNEL_BROADCAST_BYTES_PER_SECOND")]
+    pub channel_broadcast_bytes_per_second: Option<u64>,
+
+    /// Broadcasts per second from one client IP address, all its sockets and REST calls together; 0 = no cap [default: 2000].
+    #[arg(long, env = "ROSTER_MAX_BROADCASTS_PER_SECOND_PER_IP")]
+    pub max_broadcasts_per_second_per_ip: Option<u32>,
+
+    /// Presence calls (track, untrack) per second from one client IP address, all its sockets together; 0 = no cap [default: 1000].
+    #[arg(long, env = "ROSTER_MAX_PRESENCE_CALLS_PER_SECOND_PER_IP")]
+    pub max_presence_calls_per_second_per_ip: Option<u32>,
+
+    /// Largest REST request body in bytes [default: 1048576].
+    #[arg(long, env = "ROSTER_MAX_REST_BODY_BYTES")]
+    pub max_rest_body_bytes: Option<usize>,
+
+    /// Most messages in one REST broadcast call [default: 100].
+    #[arg(long, env = "ROSTER_MAX_REST_MESSAGES")]
+    pub max_rest_messages: Option<usize>,
 
     /// Channels one socket may join at once [default: 100, as Supabase].
     #[arg(long, env = "ROSTER_MAX_CHANNELS_PER_SOCKET")]
@@ -260,6 +308,20 @@ pub struct Limits {
     pub max_events_per_second_per_socket: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Byte budgets of client input, checked before anything is kept.
+    pub max_topic_bytes: usize,
+    pub max_presence_key_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_broadcast_bytes: usize,
+    pub max_frames_per_second: u32,
+    /// A channel's broadcast budget, all senders together (0 = no cap).
+    pub channel_broadcasts_per_second: u32,
+    pub channel_broadcast_bytes_per_second: u64,
+    /// Per client IP, all its sockets and calls together (0 = no cap).
+    pub max_broadcasts_per_second_per_ip: u32,
+    pub max_presence_calls_per_second_per_ip: u32,
+    pub max_rest_body_bytes: usize,
+    pub max_rest_messages: usize,
 }
 
 /// Fully resolved settings.
@@ -277,6 +339,8 @@ pub struct Settings {
     pub presence_coalesce: Duration,
     pub handshake_timeout: Duration,
     pub outbound_queue: usize,
+    /// Bytes queued or being written for one socket before it is dropped.
+    pub outbound_buffer_bytes: usize,
     pub write_timeout: Duration,
     pub write_coalesce: Duration,
     pub max_message_bytes: usize,
@@ -518,7 +582,12 @@ impl ServeArgs {
             max_message_bytes: self
                 .max_message_bytes
                 .or(file.max_message_bytes)
-                .unwrap_or(5_000_000),
+                .unwrap_or(512 * 1024),
+            outbound_buffer_bytes: self
+                .outbound_buffer_bytes
+                .or(file.outbound_buffer_bytes)
+                .unwrap_or(4 << 20)
+                .max(64 * 1024),
             private_only: self.private_only || file.private_only,
             policies: file.policies,
             limits: Limits {
@@ -564,6 +633,44 @@ impl ServeArgs {
                     .max_connections_per_ip
                     .or(file.max_connections_per_ip)
                     .unwrap_or(0),
+                max_topic_bytes: self.max_topic_bytes.or(file.max_topic_bytes).unwrap_or(255),
+                max_presence_key_bytes: self
+                    .max_presence_key_bytes
+                    .or(file.max_presence_key_bytes)
+                    .unwrap_or(256),
+                max_event_bytes: self.max_event_bytes.or(file.max_event_bytes).unwrap_or(255),
+                max_broadcast_bytes: self
+                    .max_broadcast_bytes
+                    .or(file.max_broadcast_bytes)
+                    .unwrap_or(256 * 1024),
+                max_frames_per_second: self
+                    .max_frames_per_second
+                    .or(file.max_frames_per_second)
+                    .unwrap_or(1000),
+                channel_broadcasts_per_second: self
+                    .channel_broadcasts_per_second
+                    .or(file.channel_broadcasts_per_second)
+                    .unwrap_or(1000),
+                channel_broadcast_bytes_per_second: self
+                    .channel_broadcast_bytes_per_second
+                    .or(file.channel_broadcast_bytes_per_second)
+                    .unwrap_or(2 << 20),
+                max_broadcasts_per_second_per_ip: self
+                    .max_broadcasts_per_second_per_ip
+                    .or(file.max_broadcasts_per_second_per_ip)
+                    .unwrap_or(2000),
+                max_presence_calls_per_second_per_ip: self
+                    .max_presence_calls_per_second_per_ip
+                    .or(file.max_presence_calls_per_second_per_ip)
+                    .unwrap_or(1000),
+                max_rest_body_bytes: self
+                    .max_rest_body_bytes
+                    .or(file.max_rest_body_bytes)
+                    .unwrap_or(1 << 20),
+                max_rest_messages: self
+                    .max_rest_messages
+                    .or(file.max_rest_messages)
+                    .unwrap_or(100),
             },
         })
     }

@@ -19,7 +19,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::auth::{unix_now, Credential};
 use crate::metrics::Metrics;
-use crate::outbound::{Inbox, Outbound};
+use crate::outbound::{message_len, Inbox, Outbound};
 use crate::server::Server;
 use crate::session::Session;
 use crate::when_woken::WhenWoken;
@@ -37,8 +37,9 @@ enum End {
     Shutdown,
     /// The node was cut off from its cluster for the island timeout.
     Islanded,
-    /// A rule says this socket must go (e.g. the join rate).
-    Policy(&'static str),
+    /// A rule says this socket must go (the join rate, undecodable input):
+    /// the close code and reason.
+    Policy(u16, String),
     #[allow(dead_code)] // read through Debug in the log line
     Error(String),
 }
@@ -52,7 +53,7 @@ impl End {
             End::WriteStalled => "write_stalled",
             End::Shutdown => "shutdown",
             End::Islanded => "islanded",
-            End::Policy(_) => "policy",
+            End::Policy(..) => "policy",
             End::Error(_) => "error",
         }
     }
@@ -76,14 +77,6 @@ fn rearm(session: &Session, at: &mut Option<u64>, timer: std::pin::Pin<&mut toki
         None => NEVER,
     };
     timer.reset(Instant::now() + wait);
-}
-
-fn message_len(msg: &Message) -> usize {
-    match msg {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    }
 }
 
 /// Write `first` and whatever is queued behind it (up to [`WRITE_BATCH`]
@@ -112,15 +105,18 @@ async fn write_queued(
         }
         ws.flush().await.map(|()| (frames, bytes))
     };
-    let mut write = pin!(write);
-    // Most writes complete at once; only a write that has to wait arms the
-    // stall timer (a timer registration per write showed up in profiles).
-    let written = match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-        Poll::Ready(done) => Ok(done),
-        Poll::Pending => timeout(write_timeout, write).await,
+    let written = {
+        let mut write = pin!(write);
+        // Most writes complete at once; only a write that has to wait arms the
+        // stall timer (a timer registration per write showed up in profiles).
+        match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(done) => Ok(done),
+            Poll::Pending => timeout(write_timeout, write).await,
+        }
     };
     match written {
         Ok(Ok((frames, bytes))) => {
+            rx.written(bytes);
             metrics.frames_out.increment(frames as u64);
             metrics.bytes_out.increment(bytes as u64);
             Ok(())
@@ -128,6 +124,15 @@ async fn write_queued(
         Ok(Err(e)) => Err(End::Error(e.to_string())),
         Err(_) => Err(End::WriteStalled),
     }
+}
+
+/// The longest prefix of `text` within `max` bytes, on a char boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 pub async fn run(
@@ -142,9 +147,10 @@ pub async fn run(
     let write_timeout = settings.write_timeout;
     // At most one write per socket per this long while frames keep coming.
     let coalesce = settings.write_coalesce;
-    let (out, mut rx, overflow) = Outbound::new(settings.outbound_queue, vsn);
+    let (out, mut rx, overflow) =
+        Outbound::new(settings.outbound_queue, settings.outbound_buffer_bytes, vsn);
     let shutdown = server.shutdown.clone();
-    let mut session = Session::new(server.clone(), out, credential);
+    let mut session = Session::new(server.clone(), out, credential, peer.ip());
     let metrics = server.metrics.clone();
     metrics.connections.increment(1);
     metrics.connections_total.increment(1);
@@ -213,11 +219,16 @@ pub async fn run(
                     Some(Ok(Message::Text(text))) => {
                         session.handle_text(&text);
                         rearm(&session, &mut expiry_at, expiry.as_mut());
-                        if let Some(reason) = session.close_reason() {
-                            break End::Policy(reason);
+                        if let Some((code, reason)) = session.close_reason() {
+                            break End::Policy(code, reason.to_owned());
                         }
                     }
-                    Some(Ok(Message::Binary(bytes))) => session.handle_binary(&bytes),
+                    Some(Ok(Message::Binary(bytes))) => {
+                        session.handle_binary(&bytes);
+                        if let Some((code, reason)) = session.close_reason() {
+                            break End::Policy(code, reason.to_owned());
+                        }
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
                     Some(Err(e)) => break End::Error(e.to_string()),
@@ -238,16 +249,17 @@ pub async fn run(
     metrics.connections.decrement(1);
     metrics.disconnect(end.label());
     tracing::debug!(%peer, ?end, channels, "disconnected");
-    let close = match end {
+    let close = match &end {
         End::Shutdown => Some((1001, "server shutting down")),
         End::Islanded => Some((1012, "node lost its cluster link")),
         End::IdleTimeout => Some((1000, "idle timeout")),
         End::Overflow => Some((1008, "too slow: outbound queue overflow")),
-        End::Policy(reason) => Some((1008, reason)),
+        // A close reason has to fit a control frame (123 bytes).
+        End::Policy(code, reason) => Some((*code, truncate(reason, 123))),
         _ => None,
     };
     // A policy close follows a reply that explains it: send what is queued first.
-    let flush_queue = matches!(end, End::Policy(_));
+    let flush_queue = matches!(end, End::Policy(..));
     let goodbye = async {
         if flush_queue {
             if let Some(msg) = held {

@@ -102,6 +102,12 @@ impl Metrics {
         }
     }
 
+    /// Input refused by a budget or rate (`topic_bytes`, `channel_rate`, …).
+    pub fn refused(&self, budget: &str) {
+        self.labelled("roster_refusals_total", "budget", budget)
+            .increment(1);
+    }
+
     /// A channel the server shut down (`system` error + `phx_close`), by why.
     pub fn channel_shutdown(&self, reason: &str) {
         self.labelled("roster_channel_shutdowns_total", "reason", reason)

@@ -5,6 +5,11 @@
 //! counts). A socket whose queue is full is too slow to keep up; it is told to
 //! go away, and its presence is removed when it does.
 //!
+//! The budget is in frames and in bytes: a frame's bytes count from the
+//! moment it is queued until the socket task has written it (the WebSocket
+//! library copies it into its own write buffer), so N slow readers cost at
+//! most N × the byte budget, whatever the frames are.
+//!
 //! The queue is a `VecDeque` that grows with use, not a tokio channel: an
 //! mpsc channel allocates a 32-slot block (1.6 KB) per socket up front, the
 //! largest single cost of an idle connection.
@@ -26,8 +31,9 @@ use tokio::sync::Notify;
 const SHRINK_ABOVE: usize = 64;
 
 struct Queue {
-    frames: Mutex<VecDeque<Message>>,
+    pending: Mutex<Pending>,
     capacity: usize,
+    max_bytes: usize,
     /// The socket task, when it waits for a frame.
     waker: AtomicWaker,
     /// The socket task is gone: frames would never be read.
@@ -46,6 +52,13 @@ impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound").field("vsn", &self.vsn).finish()
     }
+}
+
+#[derive(Default)]
+struct Pending {
+    frames: VecDeque<Message>,
+    /// Bytes of the queued frames plus those taken but not yet written.
+    bytes: usize,
 }
 
 /// The socket task's end of the queue.
@@ -70,17 +83,30 @@ impl Inbox {
         .await
     }
 
+    /// The next frame, if one is queued. Its bytes still count against the
+    /// budget until [`Inbox::written`] says they are out.
     pub fn try_recv(&mut self) -> Option<Message> {
-        let mut frames = self.queue.frames.lock();
-        let frame = frames.pop_front();
-        if frames.is_empty() && frames.capacity() > SHRINK_ABOVE {
-            frames.shrink_to_fit();
+        let mut pending = self.queue.pending.lock();
+        let frame = pending.frames.pop_front();
+        if pending.frames.is_empty() && pending.frames.capacity() > SHRINK_ABOVE {
+            pending.frames.shrink_to_fit();
         }
         frame
     }
 
+    /// `bytes` of taken frames have been written to the socket.
+    pub fn written(&mut self, bytes: usize) {
+        let mut pending = self.queue.pending.lock();
+        pending.bytes = pending.bytes.saturating_sub(bytes);
+    }
+
     pub fn len(&self) -> usize {
-        self.queue.frames.lock().len()
+        self.queue.pending.lock().frames.len()
+    }
+
+    /// Bytes queued or being written.
+    pub fn bytes(&self) -> usize {
+        self.queue.pending.lock().bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,15 +117,19 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.queue.closed.store(true, Ordering::Release);
-        self.queue.frames.lock().clear();
+        let mut pending = self.queue.pending.lock();
+        pending.frames.clear();
+        pending.bytes = 0;
     }
 }
 
 impl Outbound {
-    pub fn new(capacity: usize, vsn: Vsn) -> (Outbound, Inbox, Arc<Notify>) {
+    /// A queue of at most `capacity` frames and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize, vsn: Vsn) -> (Outbound, Inbox, Arc<Notify>) {
         let queue = Arc::new(Queue {
-            frames: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
             capacity,
+            max_bytes,
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
         });
@@ -128,14 +158,18 @@ impl Outbound {
             return;
         }
         {
-            let mut frames = self.queue.frames.lock();
-            if frames.len() >= self.queue.capacity {
-                drop(frames);
+            let len = message_len(&frame);
+            let mut pending = self.queue.pending.lock();
+            if pending.frames.len() >= self.queue.capacity
+                || pending.bytes + len > self.queue.max_bytes
+            {
+                drop(pending);
                 // notify_one stores a permit, so the socket task sees it even if not waiting yet.
                 self.overflow.notify_one();
                 return;
             }
-            frames.push_back(frame);
+            pending.bytes += len;
+            pending.frames.push_back(frame);
         }
         self.queue.waker.wake();
     }
@@ -143,6 +177,15 @@ impl Outbound {
     /// Encode for this socket's vsn and queue.
     pub fn send_outgoing(&self, out: &Outgoing<'_>) {
         self.send(Message::Text(out.encode(self.vsn).into()));
+    }
+}
+
+/// What a frame weighs in the byte budget: its payload.
+pub fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
     }
 }
 

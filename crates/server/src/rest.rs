@@ -4,12 +4,12 @@
 //! an empty body; failures are 4xx with `{"error": …}`, which realtime-js
 //! surfaces as the error message.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::auth::Credential;
 use crate::authz;
+use crate::channel::Channel;
 use crate::server::Server;
 
 pub fn router() -> Router<Arc<Server>> {
@@ -58,25 +59,113 @@ pub(crate) fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credenti
     })
 }
 
-/// Deliver to subscribers. A private message without broadcast-write on its
-/// topic is skipped silently, as rt does.
-fn deliver(server: &Server, cred: &Credential, topic: &str, private: bool, msg: &UserBroadcast) {
-    if private && !authz::rights(&server.settings.policies, topic, cred).broadcast_write {
-        return;
-    }
-    let topic = format!("{TOPIC_PREFIX}{topic}");
-    match server.registry.get(&topic, private) {
-        Some(channel) => {
-            channel.broadcast(msg, None);
+/// The body, read up to the REST body budget: 413 past it, before more
+/// is read.
+async fn read_body(server: &Server, body: Body) -> Result<Bytes, Response> {
+    let max = server.settings.limits.max_rest_body_bytes;
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        server.metrics.refused("rest_body_bytes");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {max} bytes"),
+        )
+    })
+}
+
+/// One message to deliver: its topic (without `realtime:`), private or not,
+/// and the broadcast.
+struct Outgoing {
+    topic: String,
+    private: bool,
+    msg: UserBroadcast,
+}
+
+/// Check every message's budgets and the rates of every channel they go
+/// to, then deliver them all, or none: 413/422 for a message over a byte
+/// budget, 429 when the sender's address or a channel is at its rate.
+fn deliver_all(
+    server: &Server,
+    cred: &Credential,
+    ip: std::net::IpAddr,
+    batch: Vec<Outgoing>,
+) -> Response {
+    let limits = &server.settings.limits;
+    for (i, m) in batch.iter().enumerate() {
+        if TOPIC_PREFIX.len() + m.topic.len() > limits.max_topic_bytes {
+            server.metrics.refused("topic_bytes");
+            let max = limits.max_topic_bytes - TOPIC_PREFIX.len();
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("messages[{i}]: a topic may be at most {max} bytes"),
+            );
         }
-        None => {
-            // Nobody here; maybe on other nodes.
-            if let Some(cluster) = server.registry.cluster() {
-                let tag = crate::cluster::wire::tag(&topic, private);
-                crate::channel::relay_broadcast(cluster, tag, msg);
+        if let Err(refused) = crate::session::check_broadcast(&m.msg, limits) {
+            server.metrics.refused(refused.budget);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("messages[{i}]: {}", refused.message),
+            );
+        }
+    }
+    let max_per_ip = limits.max_broadcasts_per_second_per_ip;
+    if !(0..batch.len()).all(|_| server.admission.allow_broadcast_from(ip, max_per_ip)) {
+        server.metrics.refused("ip_broadcast_rate");
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many broadcasts from this address",
+        );
+    }
+    // A private message without broadcast-write on its topic is skipped
+    // silently, as rt does.
+    let batch: Vec<Outgoing> = batch
+        .into_iter()
+        .filter(|m| {
+            !m.private || authz::rights(&server.settings.policies, &m.topic, cred).broadcast_write
+        })
+        .collect();
+    // Each channel's share of the batch, taken from its budget at once.
+    let mut channels: Vec<(Arc<Channel>, u32, usize)> = Vec::new();
+    let mut targets = Vec::with_capacity(batch.len());
+    for m in &batch {
+        let topic = format!("{TOPIC_PREFIX}{}", m.topic);
+        let channel = server.registry.get(&topic, m.private);
+        if let Some(channel) = &channel {
+            match channels.iter_mut().find(|(c, ..)| Arc::ptr_eq(c, channel)) {
+                Some((_, count, bytes)) => {
+                    *count += 1;
+                    *bytes += m.msg.body.len();
+                }
+                None => channels.push((channel.clone(), 1, m.msg.body.len())),
+            }
+        }
+        targets.push((topic, channel));
+    }
+    for (i, (channel, count, bytes)) in channels.iter().enumerate() {
+        if channel.take_budget(*count, *bytes).is_err() {
+            for (channel, count, bytes) in &channels[..i] {
+                channel.refund_budget(*count, *bytes);
+            }
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                crate::session::CHANNEL_BUSY.trim_start_matches("RateLimited: "),
+            );
+        }
+    }
+    for (m, (topic, channel)) in batch.iter().zip(targets) {
+        match channel {
+            Some(channel) => {
+                channel.broadcast_prepaid(&m.msg, None);
+            }
+            None => {
+                // Nobody here; maybe on other nodes.
+                if let Some(cluster) = server.registry.cluster() {
+                    let tag = crate::cluster::wire::tag(&topic, m.private);
+                    crate::channel::relay_broadcast(cluster, tag, &m.msg);
+                }
             }
         }
     }
+    StatusCode::ACCEPTED.into_response()
 }
 
 #[derive(Deserialize)]
@@ -97,10 +186,19 @@ struct BatchMessage {
     id: Option<Value>,
 }
 
-async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn batch(
+    State(server): State<Arc<Server>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let cred = match authorize(&server, &headers) {
         Ok(c) => c,
         Err(refusal) => return *refusal,
+    };
+    let body = match read_body(&server, body).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
     };
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -111,6 +209,14 @@ async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             )
         }
     };
+    let max = server.settings.limits.max_rest_messages;
+    if batch.messages.len() > max {
+        server.metrics.refused("rest_messages");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {max} messages per call"),
+        );
+    }
     // Validate all before delivering any: a batch is all or nothing.
     let mut ready = Vec::with_capacity(batch.messages.len());
     for (i, m) in batch.messages.into_iter().enumerate() {
@@ -128,24 +234,30 @@ async fn batch(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             body: BroadcastBody::Json(payload.to_string()),
             meta: m.id.map(|id| serde_json::json!({ "id": id }).to_string()),
         };
-        ready.push((m.topic, m.private, msg));
+        ready.push(Outgoing {
+            topic: m.topic,
+            private: m.private,
+            msg,
+        });
     }
-    for (topic, private, msg) in &ready {
-        deliver(&server, &cred, topic, *private, msg);
-    }
-    StatusCode::ACCEPTED.into_response()
+    deliver_all(&server, &cred, peer.ip(), ready)
 }
 
 async fn single(
     State(server): State<Arc<Server>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((topic, event)): Path<(String, String)>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let cred = match authorize(&server, &headers) {
         Ok(c) => c,
         Err(refusal) => return *refusal,
+    };
+    let body = match read_body(&server, body).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
     };
     let private = query.get("private").is_some_and(|v| v == "true");
     let content_type = headers
@@ -176,6 +288,10 @@ async fn single(
         body,
         meta: None,
     };
-    deliver(&server, &cred, &topic, private, &msg);
-    StatusCode::ACCEPTED.into_response()
+    let one = Outgoing {
+        topic,
+        private,
+        msg,
+    };
+    deliver_all(&server, &cred, peer.ip(), vec![one])
 }

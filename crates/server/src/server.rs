@@ -45,6 +45,10 @@ impl Server {
     /// their delivery task.
     pub fn with_cluster(settings: Settings, cluster: Option<Arc<Cluster>>) -> Arc<Server> {
         let coalesce = settings.presence_coalesce;
+        let broadcast_rates = crate::channel::BroadcastRates {
+            per_second: settings.limits.channel_broadcasts_per_second,
+            bytes_per_second: settings.limits.channel_broadcast_bytes_per_second,
+        };
         let random = uuid::Uuid::new_v4();
         let bytes = random.as_bytes();
         let mut uuid_node = [0u8; 6];
@@ -63,7 +67,8 @@ impl Server {
             auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
             settings,
             registry: Registry::new(metrics.clone(), cluster, webhooks.clone())
-                .with_coalesce(coalesce),
+                .with_coalesce(coalesce)
+                .with_broadcast_rates(broadcast_rates),
             webhooks,
             metrics,
             admission: Arc::default(),

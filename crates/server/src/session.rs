@@ -7,13 +7,14 @@
 //! memberships, and with them its presences.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use roster_presence::{MemberId, State};
 use roster_protocol::{
-    decode, decode_binary, events, ClientEvent, Frame, JoinConfig, Outgoing, PresenceAction, Reply,
-    UserBroadcast, Vsn, TOPIC_PREFIX,
+    decode, decode_binary, events, reply_address, ClientEvent, Frame, JoinConfig, Outgoing,
+    PresenceAction, Reply, UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
 use crate::admission::RateWindow;
@@ -39,8 +40,6 @@ struct Joined {
     token: Option<String>,
     /// When the channel's credential expires (Unix seconds); API keys never do.
     expires_at: Option<u64>,
-    /// Client presence calls in the current window.
-    presence_calls: RateWindow,
     /// Private channels are authorized by policy; public ones allow all.
     private: bool,
     rights: Rights,
@@ -50,54 +49,108 @@ pub struct Session {
     server: Arc<Server>,
     out: Outbound,
     credential: Credential,
+    /// The client's address: some rates are counted per address, so that
+    /// reconnecting does not reset them.
+    ip: IpAddr,
     joined: HashMap<String, Joined>,
+    /// Presence calls per topic in the current window. Kept by topic, not
+    /// by join, so that leaving and rejoining does not start a new window.
+    presence_calls: HashMap<String, RateWindow>,
     /// Broadcasts sent by this socket in the current second.
     events: RateWindow,
-    /// Set when the socket must be closed (a join rate violation, as rt does).
-    close: Option<&'static str>,
+    /// Inbound frames of any kind in the current second.
+    frames: RateWindow,
+    /// Set when the socket must be closed: the close code and reason.
+    close: Option<(u16, String)>,
 }
 
 impl Session {
-    pub fn new(server: Arc<Server>, out: Outbound, credential: Credential) -> Self {
+    pub fn new(server: Arc<Server>, out: Outbound, credential: Credential, ip: IpAddr) -> Self {
         Session {
             server,
             out,
             credential,
+            ip,
             joined: HashMap::new(),
+            presence_calls: HashMap::new(),
             events: RateWindow::default(),
+            frames: RateWindow::default(),
             close: None,
         }
     }
 
-    /// Why the socket must now be closed, if it must.
-    pub fn close_reason(&self) -> Option<&'static str> {
-        self.close
+    /// Why the socket must now be closed, if it must: a close code and reason.
+    pub fn close_reason(&self) -> Option<(u16, &str)> {
+        self.close.as_ref().map(|(code, why)| (*code, why.as_str()))
+    }
+
+    /// Close this socket after what is queued (1008: policy, 1007: bad data).
+    fn close_socket(&mut self, code: u16, reason: impl Into<String>) {
+        if self.close.is_none() {
+            self.close = Some((code, reason.into()));
+        }
+    }
+
+    /// Count one inbound frame against the socket's frame rate; over it,
+    /// the socket is closed.
+    fn frame_allowed(&mut self) -> bool {
+        if self.close.is_some() {
+            return false;
+        }
+        let max = self.server.settings.limits.max_frames_per_second;
+        if self.frames.allow(max, std::time::Duration::from_secs(1)) {
+            return true;
+        }
+        self.server.metrics.refused("frame_rate");
+        self.close_socket(1008, "Too many messages per second");
+        false
     }
 
     fn vsn(&self) -> Vsn {
         self.out.vsn()
     }
 
-    /// Handle one inbound text frame. Malformed frames are logged and
-    /// ignored; the socket stays open (checklist item 10).
+    /// Handle one inbound text frame. A frame that does not decode gets an
+    /// error reply when its ref and topic can be read, else the socket is
+    /// closed with 1007 and the reason (the client would wait forever on a
+    /// reply that never comes).
     pub fn handle_text(&mut self, text: &str) {
+        if !self.frame_allowed() {
+            return;
+        }
         match decode(self.vsn(), text) {
             Ok(frame) => self.handle(frame),
-            Err(e) => tracing::debug!(error = %e, "ignoring malformed frame"),
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed frame");
+                self.server.metrics.refused("malformed");
+                match reply_address(self.vsn(), text) {
+                    Some(at) => self.reply(&at, Reply::error(&format!("MalformedMessage: {e}"))),
+                    None => self.close_socket(1007, format!("malformed frame: {e}")),
+                }
+            }
         }
     }
 
     /// Handle one inbound binary frame: only vsn-2 kind-3 broadcasts exist.
+    /// Anything else cannot be answered (no readable ref): 1007.
     pub fn handle_binary(&mut self, bytes: &[u8]) {
+        if !self.frame_allowed() {
+            return;
+        }
         if self.vsn() != Vsn::V2 {
-            return tracing::debug!("ignoring binary frame on a vsn 1.0.0 socket");
+            self.server.metrics.refused("malformed");
+            return self.close_socket(1007, "binary frames need vsn 2.0.0");
         }
         match decode_binary(bytes) {
             Ok(push) => {
                 let envelope = push.envelope();
                 self.broadcast(&envelope, Some(push.broadcast));
             }
-            Err(e) => tracing::debug!(error = %e, "ignoring binary frame"),
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed binary frame");
+                self.server.metrics.refused("malformed");
+                self.close_socket(1007, format!("malformed binary frame: {e}"));
+            }
         }
     }
 
@@ -208,6 +261,29 @@ impl Session {
 
     fn join(&mut self, frame: &Frame, config: JoinConfig) {
         let topic = frame.topic.as_str();
+        let limits = &self.server.settings.limits;
+        // Budgets first: nothing of the join is kept before they pass.
+        if topic.len() > limits.max_topic_bytes {
+            let max = limits.max_topic_bytes;
+            return self.refuse_join(
+                frame,
+                &format!("TopicNameTooLong: A topic may be at most {max} bytes"),
+            );
+        }
+        if let Err(field) = JoinConfig::check(&frame.payload) {
+            return self.refuse_join(frame, &format!("InvalidJoinPayload: {field}"));
+        }
+        if config
+            .presence_key
+            .as_ref()
+            .is_some_and(|k| k.len() > limits.max_presence_key_bytes)
+        {
+            let max = limits.max_presence_key_bytes;
+            return self.refuse_join(
+                frame,
+                &format!("PresenceKeyTooLong: A presence key may be at most {max} bytes"),
+            );
+        }
         let Some(name) = topic.strip_prefix(TOPIC_PREFIX) else {
             return self.refuse_join(frame, "unmatched topic");
         };
@@ -233,7 +309,7 @@ impl Session {
             .allow_join(limits.max_joins_per_second)
         {
             // rt refuses the join and then disconnects the whole socket.
-            self.close = Some("join rate limit");
+            self.close_socket(1008, "join rate limit");
             return self.refuse_join(
                 frame,
                 "ClientJoinRateLimitReached: Too many joins per second",
@@ -323,7 +399,6 @@ impl Session {
                 broadcast_ack: config.broadcast_ack,
                 token,
                 expires_at,
-                presence_calls: RateWindow::default(),
                 private,
                 rights,
             },
@@ -400,23 +475,49 @@ impl Session {
             }
             return;
         }
+        let limits = &self.server.settings.limits;
+        if let Err(reason) = check_broadcast(&msg, limits) {
+            self.server.metrics.refused(reason.budget);
+            return self.reply(frame, Reply::error(&reason.message));
+        }
+        let max_per_ip = limits.max_broadcasts_per_second_per_ip;
+        if !self
+            .server
+            .admission
+            .allow_broadcast_from(self.ip, max_per_ip)
+        {
+            self.server.metrics.refused("ip_broadcast_rate");
+            return self.reply(
+                frame,
+                Reply::error("RateLimited: Too many broadcasts from this address"),
+            );
+        }
         let sender = (!joined.broadcast_self).then_some(joined.member);
-        joined.channel.broadcast(&msg, sender);
-        if joined.broadcast_ack {
-            self.reply(frame, Reply::ok());
+        match joined.channel.broadcast(&msg, sender) {
+            Ok(_) if joined.broadcast_ack => self.reply(frame, Reply::ok()),
+            Ok(_) => {}
+            Err(_) => self.reply(frame, Reply::error(CHANNEL_BUSY)),
         }
     }
 
     fn presence(&mut self, frame: &Frame, action: PresenceAction) {
         let limits = &self.server.settings.limits;
         // Matched by topic: a stale, null or missing join_ref is fine (rt's REAL-981).
-        let Some(joined) = self.joined.get_mut(&frame.topic) else {
+        if !self.joined.contains_key(&frame.topic) {
             return self.reply(frame, Reply::error("unmatched topic"));
-        };
-        // Every presence push counts against the channel's window.
-        if !joined
+        }
+        // Every presence push counts against the channel's window, which a
+        // rejoin does not reset; expired windows of other topics are let go.
+        let window = limits.presence_window;
+        if self.presence_calls.len() > limits.max_channels_per_socket {
+            self.presence_calls
+                .retain(|topic, w| w.is_current(window) || self.joined.contains_key(topic));
+        }
+        if !self
             .presence_calls
-            .allow(limits.presence_calls_per_window, limits.presence_window)
+            .entry(frame.topic.clone())
+            .or_default()
+            .allow(limits.presence_calls_per_window, window)
         {
             return self.shut_down(
                 &frame.topic,
@@ -435,6 +536,19 @@ impl Session {
                 &frame.topic,
                 "presence_events",
                 "Too many presence messages per second",
+            );
+        }
+        let max_per_ip = limits.max_presence_calls_per_second_per_ip;
+        if writes
+            && !self
+                .server
+                .admission
+                .allow_presence_call_from(self.ip, max_per_ip)
+        {
+            self.server.metrics.refused("ip_presence_rate");
+            return self.reply(
+                frame,
+                Reply::error("RateLimited: Too many presence calls from this address"),
             );
         }
         let joined = self
@@ -487,6 +601,42 @@ impl Session {
     pub fn channel_count(&self) -> usize {
         self.joined.len()
     }
+}
+
+/// The error reply of a broadcast refused by its channel's budget.
+pub const CHANNEL_BUSY: &str =
+    "RateLimited: This channel is at its broadcast rate; try again shortly";
+
+/// A broadcast refused by a byte budget: which one (for metrics) and why.
+pub struct Refused {
+    pub budget: &'static str,
+    pub message: String,
+}
+
+/// The byte budgets of a broadcast, whether it came by WebSocket or REST:
+/// an event name binary frames can carry, a payload well under the
+/// official clients' frame limit.
+pub fn check_broadcast(msg: &UserBroadcast, limits: &crate::config::Limits) -> Result<(), Refused> {
+    if msg.event.len() > limits.max_event_bytes {
+        return Err(Refused {
+            budget: "event_bytes",
+            message: format!(
+                "EventNameTooLong: An event name may be at most {} bytes",
+                limits.max_event_bytes
+            ),
+        });
+    }
+    let size = msg.body.len() + msg.meta.as_ref().map_or(0, String::len);
+    if size > limits.max_broadcast_bytes {
+        return Err(Refused {
+            budget: "broadcast_bytes",
+            message: format!(
+                "PayloadTooLarge: A broadcast payload may be at most {} bytes, this one is {size}",
+                limits.max_broadcast_bytes
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Drop for Session {

@@ -155,7 +155,21 @@ async fn item33_presence_rate_and_track_size_limits_shut_down_without_reply() {
     c.expect_silence(SHORT).await;
     canary.until_view(ROOM, |v| !v.contains_key("spammy")).await;
 
-    // Oversized state: refused the same way; the canary keeps working.
+    // A rejoin does not start a new window: still over it.
+    let j = c.join(ROOM, Some("spammy")).await;
+    c.push(
+        &j,
+        ROOM,
+        "presence",
+        json!({"event": "track", "payload": {}}),
+    )
+    .await;
+    expect_shutdown(&mut c, &j, "Client presence rate limit exceeded").await;
+    c.clear_stash();
+
+    // Oversized state (a socket with a fresh window): refused the same way;
+    // the canary keeps working.
+    let mut c = Client::connect(s.addr, 2).await;
     let j = c.join(ROOM, Some("big")).await;
     let r = c
         .push(
@@ -181,7 +195,7 @@ async fn item33_presence_rate_and_track_size_limits_shut_down_without_reply() {
     // Operators see both shutdowns, by cause.
     let (_, metrics) = http_get(s.addr, "/metrics").await;
     assert!(
-        metrics.contains(r#"roster_channel_shutdowns_total{reason="presence_rate"} 1"#),
+        metrics.contains(r#"roster_channel_shutdowns_total{reason="presence_rate"} 2"#),
         "{metrics}"
     );
     assert!(

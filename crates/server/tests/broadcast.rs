@@ -120,8 +120,11 @@ async fn item08_item35_kind3_frames_json_and_binary() {
     v1.expect_silence(SHORT).await;
 }
 
+/// A binary frame that is not a well-formed kind 3 cannot be answered (it
+/// has no readable ref): that socket is closed with 1007 and a reason, and
+/// only that one.
 #[tokio::test]
-async fn item09_bad_binary_frames_are_ignored_and_only_kind4_is_sent() {
+async fn item09_bad_binary_frames_close_that_socket_and_only_kind4_is_sent() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let j = join_with(&mut c, true, true).await;
@@ -133,11 +136,20 @@ async fn item09_bad_binary_frames_are_ignored_and_only_kind4_is_sent() {
         vec![3, 200, 0, 0, 0, 0, 1],
         vec![3, 0, 0, 0, 0, 0, 9],
     ] {
-        c.send_binary(junk).await;
+        let mut bad = Client::connect(s.addr, 2).await;
+        bad.send_binary(junk.clone()).await;
+        assert_eq!(
+            bad.expect_closed(WAIT).await,
+            Some(1007),
+            "{junk:?} should close with 1007"
+        );
     }
-    c.expect_silence(SHORT).await;
-    // The socket still works, and a binary self-broadcast comes back as kind 4
-    // (the harness panics on any other binary kind).
+    // A vsn-1 socket has no binary frames at all.
+    let mut v1 = Client::connect(s.addr, 1).await;
+    v1.send_binary(kind3(&j, "9", ROOM, "b", 0, b"ok")).await;
+    assert_eq!(v1.expect_closed(WAIT).await, Some(1007));
+    // The joined socket still works, and a binary self-broadcast comes back
+    // as kind 4 (the harness panics on any other binary kind).
     c.send_binary(kind3(&j, "9", ROOM, "b", 0, b"ok")).await;
     let mut saw_kind4 = false;
     for _ in 0..2 {

@@ -9,7 +9,6 @@ use common::*;
 use serde_json::json;
 
 const ROOM: &str = "realtime:hostile";
-const SHORT: Duration = Duration::from_millis(300);
 
 async fn canary(addr: std::net::SocketAddr) -> (Client, String) {
     let mut c = Client::connect(addr, 2).await;
@@ -25,27 +24,53 @@ async fn still_alive(c: &mut Client, j: &str, n: i64) {
         .await;
 }
 
+/// Garbage gets a reason: a join of the wrong shape an error reply naming
+/// the field, a frame that is not JSON (too deep, a number too large) a
+/// 1007 close of that socket. The canary's room goes on.
 #[tokio::test]
-async fn garbage_json_deep_nesting_and_huge_numbers_are_dropped() {
+async fn garbage_json_deep_nesting_and_wrong_types_get_a_reason() {
     let s = start().await;
     let (mut canary, j) = canary(s.addr).await;
-    let mut bad = Client::connect(s.addr, 2).await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let huge = r#"[null,"1","realtime:hostile","phx_join",{"config":{"presence":{"key":1e400}}}]"#;
-    let wrong_types = [
-        r#"[1,2,"realtime:hostile","phx_join",{"config":[]}]"#,
-        r#"[null,null,"realtime:hostile","phx_join",{"config":{"presence":{"key":{"a":1},"enabled":[1]},"broadcast":"yes","private":7}}]"#,
-        r#"[null,"x","realtime:hostile","presence",{"event":["track"],"payload":{}}]"#,
-        r#"[null,"y","realtime:hostile","presence",{"event":"track","payload":null}]"#,
-        r#"[{},[],"realtime:hostile","phx_leave",{}]"#,
-    ];
-    bad.send_raw(&deep).await;
-    bad.send_raw(huge).await;
-    for w in wrong_types {
-        bad.send_raw(w).await;
+    for text in [deep.as_str(), huge] {
+        let mut bad = Client::connect(s.addr, 2).await;
+        bad.send_raw(text).await;
+        assert_eq!(bad.expect_closed(WAIT).await, Some(1007));
     }
-    // Still answering, still sane.
+    let mut bad = Client::connect(s.addr, 2).await;
+    let wrong_types = [
+        (
+            r#"[1,"2","realtime:hostile","phx_join",{"config":[]}]"#,
+            "InvalidJoinPayload: config must be an object",
+        ),
+        (
+            r#"[1,"3","realtime:hostile","phx_join",{"config":"{}"}]"#,
+            "InvalidJoinPayload: config must be an object",
+        ),
+        (
+            r#"[1,"4","realtime:hostile","phx_join",{"config":{"presence":{"key":{"a":1}}}}]"#,
+            "InvalidJoinPayload: config.presence.key must be a string",
+        ),
+        (
+            r#"[null,"5","realtime:hostile","phx_join",{"config":{"presence":{"enabled":[1]},"broadcast":"yes","private":7}}]"#,
+            "InvalidJoinPayload: config.broadcast must be an object",
+        ),
+    ];
+    for (text, reason) in wrong_types {
+        bad.send_raw(text).await;
+        let r = serde_json::from_str::<serde_json::Value>(text).unwrap()[1].clone();
+        let reply = bad
+            .recv_matching("reply", |g| g.event == "phx_reply" && g.ref_ == r)
+            .await;
+        assert_eq!(
+            reply.payload,
+            json!({"status": "error", "response": {"reason": reason}})
+        );
+    }
+    // Still answering, still sane, and in no channel.
     assert_eq!(bad.heartbeat().await.payload["status"], "ok");
+    assert_eq!(s.server.registry.get(ROOM, false).unwrap().counts().0, 1);
     still_alive(&mut canary, &j, 1).await;
 }
 
@@ -117,9 +142,13 @@ async fn thousands_of_joins_and_track_floods_are_capped() {
     still_alive(&mut canary, &j, 3).await;
 }
 
+/// The channel cap counts what a snapshot weighs (key and refs included),
+/// refuses with a clear reason, and counts only the difference when a
+/// member replaces its own state.
 #[tokio::test]
 async fn a_channel_presence_state_is_capped_with_a_clear_refusal() {
-    let s = start_with(|c| c.limits.max_state_bytes_per_channel = 100).await;
+    // The canary weighs 8 + 7 + 96 = 111 bytes; "a" and "b" 3 + 68 + 96 = 167.
+    let s = start_with(|c| c.limits.max_state_bytes_per_channel = 480).await;
     let (mut canary, j) = canary(s.addr).await; // {"n":0} = 7 bytes
     let mut a = Client::connect(s.addr, 2).await;
     let ja = a.join(ROOM, Some("a")).await;
@@ -133,10 +162,11 @@ async fn a_channel_presence_state_is_capped_with_a_clear_refusal() {
     );
     // Replacing one's own state counts only the difference.
     assert_eq!(a.track(&ja, ROOM, blob(10)).await.payload["status"], "ok");
-    assert_eq!(b.track(&jb, ROOM, blob(40)).await.payload["status"], "ok");
-    b.clear_stash();
-    b.expect_silence(SHORT).await;
+    assert_eq!(b.track(&jb, ROOM, blob(10)).await.payload["status"], "ok");
     still_alive(&mut canary, &j, 4).await;
+    canary
+        .until_view(ROOM, |v| v.contains_key("a") && v.contains_key("b"))
+        .await;
 }
 
 /// Slowloris: a connection that never finishes its request headers is cut
@@ -164,4 +194,232 @@ async fn trickled_request_headers_are_cut_off() {
     assert!(closed.is_ok(), "the slow connection stayed open");
     assert!(started.elapsed() >= Duration::from_millis(250));
     still_alive(&mut canary, &j, 5).await;
+}
+
+// ---------------------------------------------------------------------------
+// Issue #14: an attacker holding the publishable key. Each test has a canary
+// with realtime-py's 1 MiB message limit in the same room, which must keep
+// its presence and its diffs, and a fresh client that must still join and
+// track afterwards.
+
+/// A canary that cannot take a message over 1 MiB, as realtime-py.
+async fn py_canary(addr: std::net::SocketAddr) -> (Client, String) {
+    let mut c = Client::connect_canary(addr, 1).await;
+    let j = c.join(ROOM, Some("canary")).await;
+    c.track(&j, ROOM, json!({"n": 0})).await;
+    (c, j)
+}
+
+/// A newcomer still joins, tracks and is seen by the canary.
+async fn newcomer_gets_in(addr: std::net::SocketAddr, canary: &mut Client) {
+    let mut fresh = Client::connect(addr, 2).await;
+    let jf = fresh.join(ROOM, Some("fresh")).await;
+    assert_eq!(
+        fresh.track(&jf, ROOM, json!({"hi": 1})).await.payload["status"],
+        "ok"
+    );
+    canary
+        .until_view(ROOM, |v| v.get("fresh").is_some_and(|m| m[0]["hi"] == 1))
+        .await;
+}
+
+async fn error_reason(c: &mut Client, r: &str) -> String {
+    let reply = c.recv_reply(r).await;
+    assert_eq!(reply.payload["status"], "error", "{:?}", reply.raw);
+    reply.payload["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Finding 1: a presence key so long that every diff and snapshot would
+/// cut realtime-py clients off is refused at the join; so is a broadcast
+/// over the payload budget, by WebSocket and by REST.
+#[tokio::test]
+async fn oversized_keys_and_broadcasts_are_refused_at_the_source() {
+    let s = start().await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let mut evil = Client::connect(s.addr, 2).await;
+    for len in [257, 400_000] {
+        let key = "k".repeat(len);
+        let r = evil
+            .join_raw(
+                ROOM,
+                json!({"config": {"presence": {"key": key, "enabled": true}}}),
+            )
+            .await;
+        assert_eq!(
+            error_reason(&mut evil, &r).await,
+            "PresenceKeyTooLong: A presence key may be at most 256 bytes"
+        );
+    }
+    // A key of exactly the budget is fine.
+    let jk = evil.join(ROOM, Some(&"k".repeat(256))).await;
+    evil.track(&jk, ROOM, json!({})).await;
+    // Broadcasts: one byte over the payload budget is refused with a reason.
+    let payload = json!({"blob": "x".repeat(256 * 1024)});
+    let r = evil
+        .push(
+            &jk,
+            ROOM,
+            "broadcast",
+            json!({"type": "broadcast", "event": "big", "payload": payload}),
+        )
+        .await;
+    assert!(error_reason(&mut evil, &r)
+        .await
+        .starts_with("PayloadTooLarge: A broadcast payload may be at most 262144 bytes"));
+    let body = serde_json::to_vec(&payload).unwrap();
+    let (status, text) = http_post(
+        s.addr,
+        "/api/broadcast/hostile/events/big",
+        &[("apikey", KEY), ("content-type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("PayloadTooLarge"), "{text}");
+    // An event name over its budget too.
+    let r = evil
+        .push(
+            &jk,
+            ROOM,
+            "broadcast",
+            json!({"type": "broadcast", "event": "e".repeat(256), "payload": {}}),
+        )
+        .await;
+    assert_eq!(
+        error_reason(&mut evil, &r).await,
+        "EventNameTooLong: An event name may be at most 255 bytes"
+    );
+    // The canary never saw a frame it could not take, and the room goes on.
+    still_alive(&mut canary, &j, 1).await;
+    canary
+        .until_view(ROOM, |v| v.contains_key(&"k".repeat(256)))
+        .await;
+    newcomer_gets_in(s.addr, &mut canary).await;
+}
+
+/// Finding 2: one REST call cannot carry thousands of messages, and many
+/// senders together (REST or WebSocket) are refused once the channel is at
+/// its broadcast rate, instead of every member's queue overflowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_floods_are_refused_at_the_channel_not_its_members() {
+    // Senders from many addresses: the per-address cap is not what is tested.
+    let s = start_with(|c| c.limits.max_broadcasts_per_second_per_ip = 0).await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let message = json!({"topic": "hostile", "event": "e", "payload": {"x": 1}});
+    let body =
+        |n: usize| serde_json::to_vec(&json!({"messages": vec![message.clone(); n]})).unwrap();
+    let headers = [("apikey", KEY), ("content-type", "application/json")];
+    let (status, text) = http_post(s.addr, "/api/broadcast", &headers, &body(20_000)).await;
+    assert_eq!(status, 413, "{text}");
+    // Calls of 100 until the channel's second of budget (1,000) is spent.
+    let mut accepted = 0;
+    let mut throttled = 0;
+    for _ in 0..30 {
+        match http_post(s.addr, "/api/broadcast", &headers, &body(100)).await {
+            (202, _) => accepted += 1,
+            (429, text) => {
+                assert!(text.contains("broadcast rate"), "{text}");
+                throttled += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(accepted >= 10 && throttled > 0, "{accepted} / {throttled}");
+    // 150 sockets, each under its own cap of 200 a second, all at once.
+    let mut senders = Vec::new();
+    for i in 0..150 {
+        let mut c = Client::connect(s.addr, 2).await;
+        let jc = c.join(ROOM, Some(&format!("s{i}"))).await;
+        senders.push((c, jc));
+    }
+    for (c, jc) in senders.iter_mut() {
+        for _ in 0..100 {
+            c.push(
+                jc,
+                ROOM,
+                "broadcast",
+                json!({"type": "broadcast", "event": "e", "payload": {"x": 1}}),
+            )
+            .await;
+        }
+    }
+    let mut refused = 0;
+    for (c, _) in senders.iter_mut() {
+        // Every refused push is answered; stop at a heartbeat sent after them.
+        let hb = c.heartbeat().await;
+        assert_eq!(hb.payload["status"], "ok");
+        refused += c
+            .stashed()
+            .filter(|g| {
+                g.event == "phx_reply"
+                    && g.payload["response"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("RateLimited: This channel"))
+            })
+            .count();
+        c.clear_stash();
+    }
+    assert!(refused > 10_000, "only {refused} of 15,000 pushes refused");
+    // No member was dropped: all 151 are still here, and the canary's
+    // presence and diffs are fine.
+    let channel = s.server.registry.get(ROOM, false).unwrap();
+    assert_eq!(channel.counts().0, 151);
+    still_alive(&mut canary, &j, 2).await;
+    newcomer_gets_in(s.addr, &mut canary).await;
+}
+
+/// Finding 9: a few sockets with large states cannot lock everyone else
+/// out of a room: large states may fill three quarters of the channel's
+/// budget, the rest is kept for ordinary ones.
+#[tokio::test]
+async fn large_states_cannot_squat_a_room() {
+    let s = start().await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let mut squatters = Vec::new();
+    let mut refused = 0;
+    for i in 0..17 {
+        let mut c = Client::connect(s.addr, 2).await;
+        let jc = c.join(ROOM, Some(&format!("squat{i}"))).await;
+        let big = json!({"blob": "x".repeat(32 * 1024 - 20)});
+        let got = c.track(&jc, ROOM, big).await;
+        if got.payload["status"] != "ok" {
+            refused += 1;
+        }
+        squatters.push(c);
+    }
+    assert!(refused >= 5, "only {refused} large states refused");
+    // A hundred ordinary members still get in.
+    let mut ordinary = Vec::new();
+    for i in 0..100 {
+        let mut c = Client::connect(s.addr, 2).await;
+        let jc = c.join(ROOM, Some(&format!("user{i}"))).await;
+        let state =
+            json!({"name": format!("user {i}"), "status": "online", "at": "2026-12-01T00:00:00Z"});
+        assert_eq!(c.track(&jc, ROOM, state).await.payload["status"], "ok");
+        ordinary.push(c);
+    }
+    canary.until_view(ROOM, |v| v.contains_key("user99")).await;
+    still_alive(&mut canary, &j, 3).await;
+}
+
+/// Finding 12 (and a budget beyond the list): a socket sending frames
+/// faster than its frame rate is closed, alone.
+#[tokio::test]
+async fn a_frame_flood_closes_only_that_socket() {
+    let s = start().await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let mut flood = Client::connect(s.addr, 2).await;
+    for i in 0..1500 {
+        let heartbeat = format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#);
+        if !flood.try_send_raw(&heartbeat).await {
+            break;
+        }
+    }
+    // The first second's worth is answered, then the socket is closed.
+    assert_eq!(flood.expect_closed(WAIT).await, Some(1008));
+    still_alive(&mut canary, &j, 4).await;
+    newcomer_gets_in(s.addr, &mut canary).await;
 }

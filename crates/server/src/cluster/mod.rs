@@ -545,7 +545,7 @@ impl Cluster {
             },
             Some(b'B') => match wire::decode_broadcast(payload) {
                 Some((origin, msg)) if *origin != *self.nid() => {
-                    channel.deliver_broadcast(&msg, None);
+                    channel.deliver_broadcast(&msg);
                 }
                 Some(_) => {}
                 None => tracing::warn!(channel_name, "unreadable broadcast ignored"),

@@ -170,6 +170,11 @@ impl Client {
         self.ws.send(Message::Text(text.into())).await.unwrap();
     }
 
+    /// Send, or false once the server has closed the socket.
+    pub async fn try_send_raw(&mut self, text: &str) -> bool {
+        self.ws.send(Message::Text(text.into())).await.is_ok()
+    }
+
     /// A text frame whose bytes are not UTF-8 (a protocol violation).
     pub async fn send_invalid_utf8_text(&mut self) {
         use tokio_tungstenite::tungstenite::protocol::frame::{
