@@ -542,6 +542,38 @@ mod tests {
     }
 
     #[test]
+    fn the_weight_bounds_the_rendered_snapshot() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let keys = [
+            "plain",
+            "quote\"back\\slash",
+            "ctl\u{1}\n\u{1f}",
+            "é ü 😀",
+            "",
+        ];
+        for (m, key) in keys.iter().enumerate() {
+            let state = State::from_value(Some(serde_json::json!({"s": key, "m": m}))).unwrap();
+            p.track(m as u64, key, state.clone(), &refs);
+            // A second meta under the same key, and an update with a prev ref.
+            p.track(100 + m as u64, key, State::empty(), &refs);
+            let other = State::from_value(Some(serde_json::json!({"m": m + 1}))).unwrap();
+            p.track(m as u64, key, other, &refs);
+            let rendered = p.state_json().len();
+            assert!(
+                rendered <= p.state_bytes(),
+                "{rendered} > {}",
+                p.state_bytes()
+            );
+        }
+        for m in 0..keys.len() as u64 {
+            p.untrack(m);
+            p.untrack(100 + m);
+        }
+        assert_eq!(p.state_bytes(), 0);
+    }
+
+    #[test]
     fn pages_walk_the_keys_in_order() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();

@@ -135,6 +135,9 @@ pub struct Throttled;
 #[derive(Default)]
 struct Window {
     diff: Diff,
+    /// Sum of the [`meta_weight`]s of the diffs absorbed: a bound on the
+    /// window's diff frame.
+    weight: usize,
     acks: Vec<Ack>,
     /// Every joiner of the window gets the same state (the one before it).
     state: StateFrames,
@@ -765,6 +768,25 @@ impl Channel {
         if self.coalesce.is_zero() {
             return self.fan_out_now(inner, diff);
         }
+        let weight: usize = diff
+            .joins
+            .iter()
+            .chain(&diff.leaves)
+            .map(|(key, meta)| meta_weight(key, &meta.state))
+            .sum();
+        // A window whose diff would outgrow what every client can take is
+        // sent now, and a new one opened: no diff frame over the budget.
+        if inner
+            .window
+            .as_ref()
+            .is_some_and(|w| !w.diff.is_empty() && w.weight + weight > COALESCED_DIFF_BYTES)
+        {
+            let window = inner.window.take().expect("checked above");
+            self.fan_out_now(inner, &window.diff);
+            for ack in window.acks {
+                ack();
+            }
+        }
         if inner.window.is_none() {
             inner.window = Some(Window::default());
             let channel = self.clone();
@@ -782,6 +804,7 @@ impl Channel {
             });
         }
         let window = inner.window.as_mut().expect("opened above");
+        window.weight += weight;
         window.diff.absorb(diff.clone());
     }
 
@@ -1001,6 +1024,10 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
         Arc::from(topic)
     }
 }
+
+/// The most a coalesced `presence_diff` payload may weigh: with the
+/// envelope, under realtime-py's 1 MiB message limit.
+const COALESCED_DIFF_BYTES: usize = 768 * 1024;
 
 /// How often, at most, `count_only` members hear of a change.
 const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);

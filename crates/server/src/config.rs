@@ -158,7 +158,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_TRACK_BYTES")]
     pub max_track_bytes: Option<usize>,
 
-    /// Total presence state one channel may hold, in bytes of JSON [default: 524288].
+    /// Total presence state one channel may hold, counted as it weighs in a `presence_state` (states, keys and refs), so that every snapshot stays under realtime-py's 1 MiB message limit [default: 786432].
     #[arg(long, env = "ROSTER_MAX_STATE_BYTES_PER_CHANNEL")]
     pub max_state_bytes_per_channel: Option<usize>,
 
@@ -602,7 +602,7 @@ impl ServeArgs {
                 max_state_bytes_per_channel: self
                     .max_state_bytes_per_channel
                     .or(file.max_state_bytes_per_channel)
-                    .unwrap_or(512 * 1024),
+                    .unwrap_or(768 * 1024),
                 presence_calls_per_window: self
                     .presence_calls_per_window
                     .or(file.presence_calls_per_window)

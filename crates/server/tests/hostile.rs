@@ -380,7 +380,8 @@ async fn large_states_cannot_squat_a_room() {
     let (mut canary, j) = py_canary(s.addr).await;
     let mut squatters = Vec::new();
     let mut refused = 0;
-    for i in 0..17 {
+    // 25 × 32 KiB would hold the whole 768 KiB budget.
+    for i in 0..25 {
         let mut c = Client::connect(s.addr, 2).await;
         let jc = c.join(ROOM, Some(&format!("squat{i}"))).await;
         let big = json!({"blob": "x".repeat(32 * 1024 - 20)});
@@ -422,4 +423,134 @@ async fn a_frame_flood_closes_only_that_socket() {
     assert_eq!(flood.expect_closed(WAIT).await, Some(1008));
     still_alive(&mut canary, &j, 4).await;
     newcomer_gets_in(s.addr, &mut canary).await;
+}
+
+/// A `roster` process of its own, so that its memory can be read from /proc.
+struct Spawned {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Spawned {
+    async fn start(flags: &[&str]) -> Spawned {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(flags)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("roster starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = lines.next_line().await.unwrap().expect("a first line");
+        let addr = first
+            .strip_prefix("roster listening on http://")
+            .expect("the listening line")
+            .parse()
+            .unwrap();
+        // Keep reading so that the banner never blocks the server.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Spawned { child, addr }
+    }
+
+    /// Peak resident memory so far, in MB (VmHWM).
+    fn peak_rss_mb(&self) -> u64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb / 1024
+    }
+}
+
+/// Finding 3: joins with topics far over the budget are refused before
+/// anything of them is kept: 400 joins with 400 KB topics leave the node's
+/// memory where it was (they cost about 1.6 MB each when topics were kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_topics_are_refused_before_they_are_kept() {
+    let node = Spawned::start(&[]).await;
+    let (mut canary, j) = py_canary(node.addr).await;
+    let before = node.peak_rss_mb();
+    let mut attackers = Vec::new();
+    for a in 0..4 {
+        let addr = node.addr;
+        attackers.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, 2).await;
+            for i in 0..100 {
+                let topic = format!("realtime:{a}-{i}-{}", "t".repeat(400_000));
+                let r = c.join_raw(&topic, json!({})).await;
+                let reason = error_reason(&mut c, &r).await;
+                assert_eq!(reason, "TopicNameTooLong: A topic may be at most 255 bytes");
+            }
+        }));
+    }
+    for a in attackers {
+        a.await.unwrap();
+    }
+    let after = node.peak_rss_mb();
+    assert!(
+        after < before + 60,
+        "peak RSS went from {before} MB to {after} MB"
+    );
+    still_alive(&mut canary, &j, 5).await;
+    newcomer_gets_in(node.addr, &mut canary).await;
+}
+
+/// Finding 8: outbound memory is bounded in bytes. Sockets that never read
+/// while asking for snapshot after snapshot of a room of ~360 KB are
+/// dropped once they hold their byte budget, and the node's memory stays
+/// near N × budget (before: 500 snapshots each, about 1 GB for six).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_read_cost_at_most_their_byte_budget() {
+    let node = Spawned::start(&[]).await;
+    let (mut canary, j) = py_canary(node.addr).await;
+    // Fill the room's state with large states, as far as the fair share lets.
+    let mut fillers = Vec::new();
+    for i in 0..11 {
+        let mut c = Client::connect(node.addr, 2).await;
+        let jc = c.join(ROOM, Some(&format!("fill{i}"))).await;
+        let big = json!({"blob": "x".repeat(32 * 1024 - 200)});
+        assert_eq!(c.track(&jc, ROOM, big).await.payload["status"], "ok");
+        fillers.push(c);
+    }
+    let before = node.peak_rss_mb();
+    let mut readers_that_never_read = Vec::new();
+    for _ in 0..6 {
+        let mut c = Client::connect(node.addr, 2).await;
+        for _ in 0..500 {
+            let join = json!({"config": {"presence": {"enabled": true, "key": ""}}});
+            if !c
+                .try_send_raw(&json!([null, "1", ROOM, "phx_join", join]).to_string())
+                .await
+            {
+                break;
+            }
+        }
+        readers_that_never_read.push(c);
+    }
+    // The node drops each of them once it holds its budget (4 MiB), without
+    // their reading a thing: its metrics say so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(node.addr, "/metrics").await;
+        if metrics.contains(r#"roster_disconnects_total{reason="overflow"} 6"#) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in readers_that_never_read.iter_mut() {
+        c.expect_closed(WAIT).await;
+    }
+    let after = node.peak_rss_mb();
+    assert!(
+        after < before + 6 * 4 + 60,
+        "peak RSS went from {before} MB to {after} MB"
+    );
+    still_alive(&mut canary, &j, 6).await;
+    newcomer_gets_in(node.addr, &mut canary).await;
 }
