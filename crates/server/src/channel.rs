@@ -1061,7 +1061,7 @@ pub fn relay_broadcast(cluster: &Arc<Cluster>, tag: String, msg: &UserBroadcast)
 
 /// Whether a meta of `weight` fits a channel whose other metas weigh
 /// `others`, under a budget of `max`. A large meta (over 1/256 of the
-/// budget: 2 KiB by default) must leave the last quarter free: that quarter
+/// budget: 3 KiB by default) must leave the last quarter free: that quarter
 /// is kept for ordinary states, so a few sockets with large states cannot
 /// lock everyone else out of the room.
 pub fn fair_share(others: usize, weight: usize, max: usize) -> bool {
