@@ -2,13 +2,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
 const ROOM: &str = "realtime:room_01";
-const SHORT: Duration = Duration::from_millis(300);
 
 async fn join_with(c: &mut Client, self_: bool, ack: bool) -> String {
     let r = c
@@ -66,7 +63,7 @@ async fn item34_json_broadcast_reaches_others_or_all_with_self_and_ack_replies()
         got.raw,
         json!({"topic": ROOM, "event": "broadcast", "payload": payload, "ref": null})
     );
-    sender.expect_silence(SHORT).await; // self: false
+    sender.expect_nothing_pending().await; // self: false
 
     // self: true, ack: false → the sender gets its own message and no reply.
     let mut echo = Client::connect(s.addr, 2).await;
@@ -83,7 +80,7 @@ async fn item34_json_broadcast_reaches_others_or_all_with_self_and_ack_replies()
         (own.event.as_str(), own.payload["event"].clone()),
         ("broadcast", json!("typing"))
     );
-    echo.expect_silence(SHORT).await;
+    echo.expect_nothing_pending().await;
     assert_eq!(v1.recv().await.payload["event"], "typing");
 }
 
@@ -117,7 +114,7 @@ async fn item08_item35_kind3_frames_json_and_binary() {
     assert_eq!(got.topic, ROOM);
     assert_eq!(got.payload["event"], "blob");
     assert_eq!(got.binary.as_deref(), Some(&[0u8, 1, 2, 255][..]));
-    v1.expect_silence(SHORT).await;
+    v1.expect_nothing_pending().await;
 }
 
 /// A binary frame that is not a well-formed kind 3 cannot be answered (it
@@ -213,7 +210,7 @@ async fn item36_rest_broadcast_batch_and_single() {
     .await;
     assert_eq!(status, 202);
     assert_eq!(v2.recv().await.binary.as_deref(), Some(&[9u8, 8, 7][..]));
-    v1.expect_silence(SHORT).await;
+    v1.expect_nothing_pending().await;
 
     // Refusals: clear status and a JSON error.
     let (status, body) = http_post(

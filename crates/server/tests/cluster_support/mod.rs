@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{http_get, Client, Got};
+use crate::common::{http_get, Client, Got, Next};
 
 /// Fast cluster timings used by every test node.
 pub const HEARTBEAT_MS: u64 = 200;
@@ -882,7 +882,8 @@ impl Peer {
             .map(str::to_owned)
     }
 
-    /// Read and record everything arriving for `dur`.
+    /// Read and record everything arriving for `dur`; panics if the socket
+    /// closes (a peer that must keep its socket is not quiet when dropped).
     pub async fn pump(&mut self, dur: Duration) {
         let deadline = Instant::now() + dur;
         loop {
@@ -890,9 +891,10 @@ impl Peer {
             if left.is_zero() {
                 return;
             }
-            match self.client.try_recv(left).await {
-                Some(got) => self.record(got),
-                None => return, // timeout, or the socket closed
+            match self.client.next_within(left).await {
+                Next::Frame(got) => self.record(got),
+                Next::Quiet => return,
+                Next::Closed(why) => panic!("{}: socket closed while pumping: {why}", self.who()),
             }
         }
     }
@@ -912,12 +914,10 @@ impl Peer {
             if left.is_zero() {
                 return Err(format!("{}: not there after {within:?}", self.who()));
             }
-            match self.client.try_recv(left).await {
-                Some(got) => self.record(got),
-                None if Instant::now() < deadline => {
-                    return Err(format!("{}: socket closed", self.who()))
-                }
-                None => {}
+            match self.client.next_within(left).await {
+                Next::Frame(got) => self.record(got),
+                Next::Quiet => {}
+                Next::Closed(why) => return Err(format!("{}: socket closed: {why}", self.who())),
             }
         }
     }

@@ -71,6 +71,18 @@ pub struct Client {
     pub presence: std::collections::HashMap<String, ClientPresence>,
     /// Frames passed over by `recv_event` / `recv_reply`, returned first by `recv`.
     stash: std::collections::VecDeque<Got>,
+    /// Every frame read since `start_log`, however it was consumed.
+    log: Option<Vec<Got>>,
+}
+
+/// What reading the socket found.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Got),
+    /// Nothing within the time given; the socket is still open.
+    Quiet,
+    /// The socket closed or broke (why).
+    Closed(String),
 }
 
 pub fn url(addr: SocketAddr, path: &str, query: &str) -> String {
@@ -163,6 +175,7 @@ impl Client {
             next_ref: 1,
             presence: Default::default(),
             stash: Default::default(),
+            log: None,
         })
     }
 
@@ -262,36 +275,68 @@ impl Client {
         self.recv_reply(&r).await
     }
 
-    /// Next frame, or panic after `WAIT`.
+    /// Next frame, or panic after `WAIT` or if the socket closes.
     pub async fn recv(&mut self) -> Got {
         match self.stash.pop_front() {
             Some(got) => got,
-            None => self.read(WAIT).await.expect("expected a frame"),
+            None => match self.read(WAIT).await {
+                Next::Frame(got) => got,
+                Next::Quiet => panic!("expected a frame, none within {WAIT:?}"),
+                Next::Closed(why) => panic!("expected a frame, the socket closed: {why}"),
+            },
         }
     }
 
-    /// Next frame within `dur`, or `None`.
+    /// Next frame within `dur`, or `None` if none came; panics if the
+    /// socket closes (a close is never silence).
     pub async fn try_recv(&mut self, dur: Duration) -> Option<Got> {
+        match self.next_within(dur).await {
+            Next::Frame(got) => Some(got),
+            Next::Quiet => None,
+            Next::Closed(why) => panic!("the socket closed: {why}"),
+        }
+    }
+
+    /// Next frame within `dur` (stashed first), silence, or the close.
+    pub async fn next_within(&mut self, dur: Duration) -> Next {
         match self.stash.pop_front() {
-            Some(got) => Some(got),
+            Some(got) => Next::Frame(got),
             None => self.read(dur).await,
         }
     }
 
+    /// From now on, keep a copy of every frame read (see `take_log`).
+    pub fn start_log(&mut self) {
+        self.log = Some(Vec::new());
+    }
+
+    /// The frames read since `start_log`, in arrival order (also those
+    /// `until_view` consumed); logging goes on.
+    pub fn take_log(&mut self) -> Vec<Got> {
+        self.log.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn log(&mut self, got: Got) -> Got {
+        if let Some(log) = self.log.as_mut() {
+            log.push(got.clone());
+        }
+        got
+    }
+
     /// Read the socket for up to `dur`. Presence frames update `self.presence`.
-    async fn read(&mut self, dur: Duration) -> Option<Got> {
+    async fn read(&mut self, dur: Duration) -> Next {
         loop {
             let msg = match tokio::time::timeout(dur, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(None) => return None,
-                Ok(Some(Err(_))) => return None,
+                Err(_) => return Next::Quiet,
+                Ok(None) => return Next::Closed("the stream ended".into()),
+                Ok(Some(Err(e))) => return Next::Closed(e.to_string()),
                 Ok(Some(Ok(m))) => m,
             };
             let text = match msg {
                 Message::Text(t) => t.to_string(),
-                Message::Close(_) => return None,
+                Message::Close(frame) => return Next::Closed(format!("close frame {frame:?}")),
                 // Item 9: the only binary frame a client may get is kind 4.
-                Message::Binary(b) => return Some(decode_kind4(&b)),
+                Message::Binary(b) => return Next::Frame(self.log(decode_kind4(&b))),
                 _ => continue,
             };
             let raw: Value = serde_json::from_str(&text).expect("server sends JSON");
@@ -329,7 +374,7 @@ impl Client {
                 }
                 _ => {}
             }
-            return Some(got);
+            return Next::Frame(self.log(got));
         }
     }
 
@@ -339,10 +384,17 @@ impl Client {
             return self.stash.remove(i).unwrap();
         }
         loop {
-            let got = self
-                .read(WAIT)
-                .await
-                .unwrap_or_else(|| panic!("expected {what}, stash {:?}", self.stash));
+            let got = match self.read(WAIT).await {
+                Next::Frame(got) => got,
+                Next::Quiet => panic!(
+                    "expected {what}, none within {WAIT:?}; stash {:?}",
+                    self.stash
+                ),
+                Next::Closed(why) => panic!(
+                    "expected {what}, the socket closed ({why}); stash {:?}",
+                    self.stash
+                ),
+            };
             if pred(&got) {
                 return got;
             }
@@ -370,11 +422,39 @@ impl Client {
         self.stash.clear();
     }
 
-    /// Assert nothing arrives for `dur` (and nothing was left unread).
+    /// Negative check: nothing is queued for this socket (and nothing was
+    /// left unread). The marker is a heartbeat's reply: the server handles a
+    /// socket's frames in order and fans a change out before acknowledging
+    /// it, so whatever an acknowledged change (this socket's or another's on
+    /// this node) sent here arrives first. A close fails.
+    pub async fn expect_nothing_pending(&mut self) {
+        assert!(
+            self.stash.is_empty(),
+            "expected nothing, left unread: {:?}",
+            self.stash
+        );
+        let r = self.take_ref();
+        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({}))
+            .await;
+        let got = self.recv().await;
+        assert!(
+            got.event == "phx_reply" && got.ref_ == json!(r),
+            "expected nothing before the heartbeat's reply, got {:?}",
+            got.raw
+        );
+        assert_eq!(got.payload["status"], "ok", "{:?}", got.raw);
+    }
+
+    /// Assert nothing arrives for `dur` (for checks on timers: something
+    /// must not happen within a period), then that the socket still
+    /// answers with nothing pending. A close fails.
     pub async fn expect_silence(&mut self, dur: Duration) {
-        if let Some(got) = self.try_recv(dur).await {
-            panic!("expected silence, got {:?}", got.raw);
+        match self.next_within(dur).await {
+            Next::Quiet => {}
+            Next::Frame(got) => panic!("expected silence, got {:?}", got.raw),
+            Next::Closed(why) => panic!("expected silence, the socket closed: {why}"),
         }
+        self.expect_nothing_pending().await;
     }
 
     pub async fn heartbeat(&mut self) -> Got {
@@ -392,12 +472,15 @@ impl Client {
                 return;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if self.read(left).await.is_none() {
-                panic!(
-                    "view of {topic} never got there: {:?}",
-                    self.presence.get(topic).map(|p| p.view())
-                );
-            }
+            let why = match self.read(left).await {
+                Next::Frame(_) => continue,
+                Next::Quiet => format!("not within {WAIT:?}"),
+                Next::Closed(why) => format!("the socket closed: {why}"),
+            };
+            panic!(
+                "view of {topic} never got there ({why}): {:?}",
+                self.presence.get(topic).map(|p| p.view())
+            );
         }
     }
 
