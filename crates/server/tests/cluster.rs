@@ -11,11 +11,10 @@
 //!
 //! Each test starts its own redis-server and 3 nodes with fast timings
 //! (heartbeat 200 ms, lease 1.2 s, reap grace 200 ms, settle 800 ms).
-//! Skipped (with a message) if `redis-server` is not on PATH.
+//! They fail if `redis-server` is not on PATH.
 
-mod common;
-#[macro_use]
 mod cluster_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -120,7 +119,7 @@ fn since(t0: Instant, at: &std::collections::BTreeMap<String, Instant>) -> Vec<D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_over_three_nodes_converges() {
-    let c = cluster_or_skip!("spread", 3);
+    let c = Cluster::start("spread", 3).await;
     let mut peers = Vec::new();
     // Join and track one by one, round robin over the nodes: each client
     // joins a room that already has presences (warm and cold nodes).
@@ -175,7 +174,7 @@ async fn spread_over_three_nodes_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_on_each_node_gets_exact_state() {
-    let c = cluster_or_skip!("late_joiner", 3);
+    let c = Cluster::start("late_joiner", 3).await;
     // Presences only on n0; n1 has a watcher (warm); n2 has nobody (cold).
     let mut peers = Vec::new();
     for j in 0..3 {
@@ -240,7 +239,7 @@ async fn late_joiner_on_each_node_gets_exact_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_node_leaves_exactly_once_within_bound() {
-    let mut c = cluster_or_skip!("kill9", 3);
+    let mut c = Cluster::start("kill9", 3).await;
     let peers = populate(&c, 2).await;
     let (victims, mut survivors) = split_node(peers, 2);
     let victim_pairs = pairs_of(&survivors[0], &victims);
@@ -278,7 +277,7 @@ async fn kill9_node_leaves_exactly_once_within_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_shorter_than_lease_is_silent() {
-    let c = cluster_or_skip!("sigstop_short", 3);
+    let c = Cluster::start("sigstop_short", 3).await;
     let mut peers = populate(&c, 2).await;
     let m = marks(&peers);
 
@@ -302,7 +301,7 @@ async fn sigstop_shorter_than_lease_is_silent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_longer_than_lease_then_resume_same_refs() {
-    let c = cluster_or_skip!("sigstop_long", 3);
+    let c = Cluster::start("sigstop_long", 3).await;
     let peers = populate(&c, 2).await;
     let (mut victims, mut survivors) = split_node(peers, 2);
     let victim_pairs = pairs_of(&survivors[0], &victims);
@@ -354,7 +353,7 @@ async fn sigstop_longer_than_lease_then_resume_same_refs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_empty_no_churn() {
-    let mut c = cluster_or_skip!("redis_restart", 3);
+    let mut c = Cluster::start("redis_restart", 3).await;
     let mut peers = populate(&c, 2).await;
     let mut late = Peer::join(c.addr(0), 0, "late", 2).await;
     let mut m = marks(&peers);
@@ -416,7 +415,7 @@ async fn redis_restart_empty_no_churn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_briefly_is_silent() {
-    let c = cluster_or_skip!("redis_pause", 3);
+    let c = Cluster::start("redis_pause", 3).await;
     let mut peers = populate(&c, 2).await;
     let m = marks(&peers);
 
@@ -440,7 +439,7 @@ async fn redis_paused_briefly_is_silent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_link_then_heal() {
-    let c = cluster_or_skip!("cut_link", 3, proxied: &[2]);
+    let c = Cluster::start_proxied("cut_link", 3, &[2]).await;
     let peers = populate(&c, 2).await;
     let (mut victims, mut survivors) = split_node(peers, 2);
     let victim_pairs = pairs_of(&survivors[0], &victims);
@@ -496,7 +495,7 @@ async fn cut_link_then_heal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_sigterm_leaves_fast() {
-    let mut c = cluster_or_skip!("sigterm", 3);
+    let mut c = Cluster::start("sigterm", 3).await;
     let peers = populate(&c, 2).await;
     let (victims, mut survivors) = split_node(peers, 2);
     let victim_pairs = pairs_of(&survivors[0], &victims);
@@ -531,7 +530,7 @@ async fn graceful_sigterm_leaves_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_crosses_nodes() {
-    let c = cluster_or_skip!("broadcast", 3);
+    let c = Cluster::start("broadcast", 3).await;
     let mut peers = Vec::new();
     for (i, node) in [0, 0, 1, 2, 1].into_iter().enumerate() {
         peers.push(Peer::join(c.addr(node), node, &format!("b{i}"), 1 + (i % 2) as u8).await);
@@ -587,7 +586,7 @@ async fn broadcast_crosses_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn track_while_cut_off_is_accepted_and_lands_after_heal() {
-    let c = cluster_or_skip!("cut_track", 3, proxied: &[2]);
+    let c = Cluster::start_proxied("cut_track", 3, &[2]).await;
     let peers = populate(&c, 1).await;
     let (mut victims, mut survivors) = split_node(peers, 2);
     c.proxy(2).cut();
@@ -613,7 +612,7 @@ async fn track_while_cut_off_is_accepted_and_lands_after_heal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_api_on_a_node_without_clients_reads_redis() {
-    let c = cluster_or_skip!("presence_api", 3);
+    let c = Cluster::start("presence_api", 3).await;
     // Everyone on n0; n1 and n2 have no client in the room.
     let mut peers = Vec::new();
     for j in 0..3 {
@@ -722,7 +721,7 @@ fn assert_incarnations(nids: &[String], names: &[&str], what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_connections_killed_is_silent_and_recovers() {
-    let c = cluster_or_skip!("pubsub_kill", 3);
+    let c = Cluster::start("pubsub_kill", 3).await;
     let mut peers = populate(&c, 2).await;
     let m = marks(&peers);
 
@@ -782,7 +781,7 @@ async fn pubsub_connections_killed_is_silent_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_killed_at_once_survivor_reaps_both() {
-    let mut c = cluster_or_skip!("kill9_two", 3);
+    let mut c = Cluster::start("kill9_two", 3).await;
     let peers = populate(&c, 2).await;
     let (mut survivors, victims): (Vec<Peer>, Vec<Peer>) =
         peers.into_iter().partition(|p| p.node == 0);
@@ -832,7 +831,7 @@ async fn two_nodes_killed_at_once_survivor_reaps_both() {
 /// entries and channel set); the survivors must end on exactly the live
 /// presences, with one leave per dead presence and nothing else.
 async fn stale_dump_case(label: &str, outage: Duration) {
-    let mut c = cluster_or_skip!(label, 3);
+    let mut c = Cluster::start(label, 3).await;
     let peers = populate(&c, 2).await;
     let (victims, mut survivors) = split_node(peers, 2);
     let victim_pairs = pairs_of(&survivors[0], &victims);
@@ -930,7 +929,7 @@ async fn redis_restarted_late_with_stale_data_reaps_only_the_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_after_node_restart_same_name() {
-    let mut c = cluster_or_skip!("rejoin_same_name", 3);
+    let mut c = Cluster::start("rejoin_same_name", 3).await;
     let peers = populate(&c, 2).await;
     let (victims, mut others) = split_node(peers, 1);
     let old_pairs = pairs_of(&others[0], &victims);
@@ -1022,7 +1021,7 @@ async fn rejoin_after_node_restart_same_name() {
 async fn redis_restarted_with_dump_older_than_replicas() {
     // The dump misses the last changes: its channel seq is behind every
     // replica's. Then n2 dies and Redis comes back from that dump.
-    let mut c = cluster_or_skip!("redis_older_dump", 3);
+    let mut c = Cluster::start("redis_older_dump", 3).await;
     let mut peers = populate(&c, 2).await;
     c.redis.save().await;
     let seq_in_dump = channel_seq(&c.redis).await;

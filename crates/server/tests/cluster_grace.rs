@@ -2,14 +2,12 @@
 //! through *another* node, tracking the same state under the same key,
 //! takes its old meta over (same `phx_ref`); nobody sees a leave or a join.
 
-mod common;
-#[macro_use]
-#[allow(unused_macros)]
 mod cluster_support;
+mod common;
 
 use std::time::Duration;
 
-use cluster_support::{redis_available, Node, Redis};
+use cluster_support::{Node, Redis};
 use common::Client;
 use serde_json::json;
 
@@ -30,10 +28,6 @@ fn refs_of(client: &Client, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_through_another_node_takes_the_meta_over() {
-    if !redis_available() {
-        eprintln!("SKIPPED: redis-server is not on PATH");
-        return;
-    }
     let redis = Redis::start("grace_x").await;
     let grace = ["--presence-grace-ms", "1500"];
     let a = Node::start("grace_x", &redis.url(), "a", &grace).await;
@@ -87,10 +81,6 @@ async fn rejoin_through_another_node_takes_the_meta_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_rejoin_within_grace_means_one_leave_after_it() {
-    if !redis_available() {
-        eprintln!("SKIPPED: redis-server is not on PATH");
-        return;
-    }
     let redis = Redis::start("grace_y").await;
     let grace = ["--presence-grace-ms", "800"];
     let a = Node::start("grace_y", &redis.url(), "a", &grace).await;

@@ -2,14 +2,12 @@
 //! sockets (1012), so clients reconnect to healthy nodes; until then it
 //! refuses new joins (`NodeUnavailable`) and says not-ready.
 
-mod common;
-#[macro_use]
-#[allow(unused_macros)]
 mod cluster_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{redis_available, Node, Proxy, Redis};
+use cluster_support::{Node, Proxy, Redis};
 use common::Client;
 use serde_json::json;
 
@@ -17,10 +15,6 @@ const TOPIC: &str = "realtime:island";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_island_refuses_joins_then_closes_its_sockets() {
-    if !redis_available() {
-        eprintln!("SKIPPED: redis-server is not on PATH");
-        return;
-    }
     let redis = Redis::start("island").await;
     let proxy = Proxy::start(redis.addr()).await;
     // The harness gives every node a 5 s island timeout.

@@ -50,13 +50,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn redis_available() -> bool {
-    Command::new("redis-server")
+/// Panics, with what to do, when `redis-server` is not on PATH: a cluster
+/// test without Redis fails loudly rather than passing as skipped.
+pub fn require_redis() {
+    let found = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "the cluster tests need redis-server on PATH \
+         (apt-get install redis-server; ./scripts/test installs it)"
+    );
 }
 
 fn log_dir() -> PathBuf {
@@ -111,6 +118,7 @@ const DUMP: &str = "dump.rdb";
 
 impl Redis {
     pub async fn start(label: &str) -> Redis {
+        require_redis();
         let log = log_dir().join(format!("{label}-redis.log"));
         let _ = std::fs::remove_file(&log);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -594,16 +602,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `None` (with a message) when `redis-server` is not installed.
-    pub async fn start(label: &str, n: usize) -> Option<Cluster> {
+    pub async fn start(label: &str, n: usize) -> Cluster {
         Cluster::start_proxied(label, n, &[]).await
     }
 
-    pub async fn start_proxied(label: &str, n: usize, proxied: &[usize]) -> Option<Cluster> {
-        if !redis_available() {
-            eprintln!("SKIPPED {label}: redis-server is not on PATH");
-            return None;
-        }
+    pub async fn start_proxied(label: &str, n: usize, proxied: &[usize]) -> Cluster {
         let redis = Redis::start(label).await;
         let mut nodes = Vec::new();
         let mut proxies = Vec::new();
@@ -617,12 +620,12 @@ impl Cluster {
             nodes.push(Node::start(label, &url, &format!("n{i}"), &[]).await);
             proxies.push(proxy);
         }
-        Some(Cluster {
+        Cluster {
             label: label.into(),
             nodes,
             proxies,
             redis,
-        })
+        }
     }
 
     pub fn addr(&self, node: usize) -> SocketAddr {
@@ -652,22 +655,6 @@ impl Drop for Cluster {
             );
         }
     }
-}
-
-/// Start a cluster or skip the test (returns from it) without redis-server.
-macro_rules! cluster_or_skip {
-    ($label:expr, $n:expr) => {
-        match Cluster::start($label, $n).await {
-            Some(c) => c,
-            None => return,
-        }
-    };
-    ($label:expr, $n:expr, proxied: $p:expr) => {
-        match Cluster::start_proxied($label, $n, $p).await {
-            Some(c) => c,
-            None => return,
-        }
-    };
 }
 
 // ---------------------------------------------------------------- peers
