@@ -51,9 +51,13 @@ async fn join_with_token(c: &mut Client, key: &str, token: &str) -> String {
 async fn item31_access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
     let s = start().await;
     let mut canary = canary(s.addr).await;
+    let first = token(2);
     let mut c = Client::connect(s.addr, 1).await;
-    let j = join_with_token(&mut c, "user", &token(2)).await;
+    let j = join_with_token(&mut c, "user", &first).await;
     c.track(&j, ROOM, json!({})).await;
+    // The marker: a channel on the same token, never refreshed.
+    let mut stale = Client::connect(s.addr, 2).await;
+    let js = join_with_token(&mut stale, "stale", &first).await;
     canary.until_view(ROOM, |v| v.contains_key("user")).await;
     // Refresh before expiry: no reply at all. sb_ keys and null are ignored too.
     c.push(&j, ROOM, "access_token", json!({"access_token": token(60)}))
@@ -68,7 +72,23 @@ async fn item31_access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
     c.push(&j, ROOM, "access_token", json!({"access_token": null}))
         .await;
     c.clear_stash();
-    c.expect_silence(Duration::from_millis(3000)).await; // past the first token's exp
+    // The first token's expiry has come: the unrefreshed channel ends...
+    let system = stale.recv_event("system").await;
+    assert!(
+        system.payload["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Token has expired")),
+        "{:?}",
+        system.raw
+    );
+    assert_eq!(stale.recv_event("phx_close").await.ref_, json!(js));
+    // ...the refreshed one does not (its timer was due at the same instant).
+    c.expect_nothing_pending().await;
+    // A fresh view: the canary's own update comes after any earlier leave.
+    canary.track("1", ROOM, json!({"alive": "later"})).await;
+    canary
+        .until_view(ROOM, |v| v["canary"][0]["alive"] == "later")
+        .await;
     assert!(
         canary.view(ROOM).contains_key("user"),
         "still present after the first token expired"
