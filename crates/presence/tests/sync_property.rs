@@ -1,11 +1,16 @@
 //! The central invariant of Roster: a client that has received every message
-//! the server sent it holds exactly the server's state.
+//! the server sent it holds exactly the server's state, and that state is
+//! what its members tracked.
 //!
 //! Random interleavings of join / track / update / untrack / leave /
 //! disconnect over several clients, with message delivery to each client
-//! delayed arbitrarily (but in order, like a socket). After every step, every
-//! client whose inbox is empty must equal the server's truth, and after
-//! delivering everything, every client must.
+//! delayed arbitrarily (but in order, like a socket). The truth is a
+//! [`Model`], a plain map of who tracks what written without the tracker.
+//! After every step the tracker's state must equal the model's, and every
+//! client whose inbox is empty must equal what has been published (the model,
+//! or with coalescing the model as of the last window) and the server's
+//! snapshot of it, refs included; after delivering everything, every client
+//! must equal the model.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -70,6 +75,89 @@ fn normalise(view: &View) -> BTreeMap<String, BTreeSet<String>> {
                 .map(|m| serde_json::to_string(m).unwrap())
                 .collect();
             (k.clone(), set)
+        })
+        .collect()
+}
+
+/// The truth, without the tracker: each member's one meta, and the members
+/// whose socket dropped with a grace period (their meta kept, to be adopted
+/// by a new member tracking the same state under the same key).
+#[derive(Clone, Default)]
+struct Model {
+    metas: BTreeMap<MemberId, (String, Value)>,
+    orphans: BTreeSet<MemberId>,
+}
+
+/// key → states (metas without refs), sorted: what clients and server must hold.
+type Contents = BTreeMap<String, Vec<String>>;
+
+impl Model {
+    fn track(&mut self, member: MemberId, key: &str, state: Value) {
+        let entry = (key.to_owned(), state);
+        if !self.metas.contains_key(&member) {
+            let adopted = self
+                .orphans
+                .iter()
+                .copied()
+                .find(|o| self.metas[o] == entry);
+            if let Some(orphan) = adopted {
+                self.orphans.remove(&orphan);
+                self.metas.remove(&orphan);
+            }
+        }
+        self.metas.insert(member, entry);
+    }
+
+    /// Untrack, leave, close, or the end of a grace period.
+    fn untrack(&mut self, member: MemberId) {
+        self.metas.remove(&member);
+        self.orphans.remove(&member);
+    }
+
+    /// Whether there was a meta to keep.
+    fn drop_socket(&mut self, member: MemberId) -> bool {
+        self.metas.contains_key(&member) && self.orphans.insert(member)
+    }
+
+    fn contents(&self) -> Contents {
+        let mut out: Contents = BTreeMap::new();
+        for (key, state) in self.metas.values() {
+            out.entry(key.clone()).or_default().push(state.to_string());
+        }
+        out.into_iter().map(|(k, v)| (k, sorted(v))).collect()
+    }
+}
+
+/// A meta's state: the meta without its refs, as text.
+fn state_of(meta: &serde_json::Map<String, Value>) -> String {
+    let mut meta = meta.clone();
+    meta.remove("phx_ref");
+    meta.remove("phx_ref_prev");
+    Value::Object(meta).to_string()
+}
+
+fn sorted(mut states: Vec<String>) -> Vec<String> {
+    states.sort();
+    states
+}
+
+/// A client view's contents.
+fn contents(view: &View) -> Contents {
+    view.iter()
+        .filter(|(_, metas)| !metas.is_empty())
+        .map(|(key, metas)| (key.clone(), sorted(metas.iter().map(state_of).collect())))
+        .collect()
+}
+
+/// The tracker's contents, read straight from its snapshot JSON.
+fn server_contents(server: &ChannelPresence) -> Contents {
+    let state: serde_json::Map<String, Value> = serde_json::from_str(&server.state_json()).unwrap();
+    state
+        .iter()
+        .map(|(key, entry)| {
+            let metas = entry["metas"].as_array().expect("metas");
+            let states = metas.iter().map(|m| state_of(m.as_object().unwrap()));
+            (key.clone(), sorted(states.collect()))
         })
         .collect()
 }
@@ -154,11 +242,16 @@ fn run(ops: Vec<Op>, coalesce: bool) {
 
     // The current window's changes, not yet sent (coalescing only).
     let mut pending = roster_presence::Diff::default();
+    let mut model = Model::default();
+    // The model as of the last diff sent: what clients may know.
+    let mut model_published = Model::default();
     for op in ops {
+        let flush = matches!(op, Op::Flush);
         match op {
             Op::Join(i, key) => {
                 if let Some((member, _)) = clients[i].member.take() {
                     // A duplicate join closes the old member first.
+                    model.untrack(member);
                     let diff = server.untrack(member);
                     publish(&mut clients, &mut pending, coalesce, diff);
                 }
@@ -187,13 +280,16 @@ fn run(ops: Vec<Op>, coalesce: bool) {
             }
             Op::Track(i, p) => {
                 if let Some((member, key)) = clients[i].member.clone() {
-                    let state = State::from_value(Some(json!({"status": p, "client": i}))).unwrap();
+                    let tracked = json!({"status": p, "client": i});
+                    model.track(member, &key, tracked.clone());
+                    let state = State::from_value(Some(tracked)).unwrap();
                     let diff = server.track(member, &key, state, &refs);
                     publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Untrack(i) => {
                 if let Some((member, _)) = clients[i].member.clone() {
+                    model.untrack(member);
                     let diff = server.untrack(member);
                     publish(&mut clients, &mut pending, coalesce, diff);
                 }
@@ -201,6 +297,7 @@ fn run(ops: Vec<Op>, coalesce: bool) {
             Op::Leave(i) => {
                 if let Some((member, _)) = clients[i].member.take() {
                     clients[i].inbox.clear();
+                    model.untrack(member);
                     let diff = server.untrack(member);
                     publish(&mut clients, &mut pending, coalesce, diff);
                 }
@@ -209,7 +306,9 @@ fn run(ops: Vec<Op>, coalesce: bool) {
             Op::Drop(i) => {
                 if let Some((member, _)) = clients[i].member.take() {
                     clients[i].inbox.clear();
-                    if server.orphan(member) {
+                    let kept = model.drop_socket(member);
+                    assert_eq!(server.orphan(member), kept, "meta kept on drop");
+                    if kept {
                         orphans.push(member);
                     }
                 }
@@ -223,19 +322,34 @@ fn run(ops: Vec<Op>, coalesce: bool) {
                 if !orphans.is_empty() {
                     let member = orphans.remove(k as usize % orphans.len());
                     // Adopted in the meantime: nothing left to expire, no diff.
+                    model.untrack(member);
                     let diff = server.untrack(member);
                     publish(&mut clients, &mut pending, coalesce, diff);
                 }
             }
         }
+        if !coalesce || flush {
+            model_published = model.clone();
+        }
+        assert_eq!(
+            server_contents(&server),
+            model.contents(),
+            "the tracker differs from what was tracked"
+        );
         // What has been published: the truth before the open window.
         let expected = published(&server, &pending);
+        let expected_contents = model_published.contents();
         for (i, c) in clients.iter().enumerate() {
             if c.member.is_some() && c.inbox.is_empty() {
                 assert_eq!(
+                    contents(c.presence.view()),
+                    expected_contents,
+                    "client {i} received everything but differs from what was tracked"
+                );
+                assert_eq!(
                     normalise(c.presence.view()),
                     expected,
-                    "client {i} received everything but differs"
+                    "client {i} received everything but differs from the server"
                 );
             }
         }
@@ -246,6 +360,7 @@ fn run(ops: Vec<Op>, coalesce: bool) {
     let expected = truth(&server);
     for c in clients.iter_mut().filter(|c| c.member.is_some()) {
         deliver(c, usize::MAX);
+        assert_eq!(contents(c.presence.view()), model.contents());
         assert_eq!(normalise(c.presence.view()), expected);
     }
 }
