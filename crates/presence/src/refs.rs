@@ -61,8 +61,14 @@ mod tests {
 
     #[test]
     fn different_salts_never_collide() {
-        let a = RefGen::new(1);
-        let b = RefGen::new(2);
-        assert_ne!(a.next_ref(), b.next_ref());
+        // Salts one bit or one byte apart, and the extremes; every counter
+        // value of one generator meets every counter value of the others.
+        let salts = [0, 1, 2, 0x100, 0x0100_0000, u32::MAX];
+        let mut all = HashSet::new();
+        for salt in salts {
+            let gen = RefGen::new(salt);
+            all.extend((0..2_000).map(|_| gen.next_ref()));
+        }
+        assert_eq!(all.len(), salts.len() * 2_000);
     }
 }
