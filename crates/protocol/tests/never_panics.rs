@@ -225,6 +225,11 @@ fn kind3() -> impl Strategy<Value = Kind3> {
             meta: meta.map(|m| Value::Object(m.into_iter().collect())),
             payload,
         })
+        // Each field's length is one byte.
+        .prop_filter("fields fit in 255 bytes", |f| {
+            let meta = f.meta.as_ref().map_or(0, |m| m.to_string().len());
+            meta <= 255 && f.topic.len() <= 255 && f.event.len() <= 255
+        })
 }
 
 fn text(e: Encoded) -> String {
