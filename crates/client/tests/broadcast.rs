@@ -45,9 +45,11 @@ async fn two_clients_exchange_broadcasts_in_every_vsn_pairing() {
             [r#"cursor {"x":10,"y":20}"#, r#"other {"n":1}"#]
         );
         assert_eq!(cursor.lines(), [r#"cursor {"x":10,"y":20}"#]);
-        // `self` is off by default.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(own.lines().is_empty());
+        // `self` is off by default. The marker: the receiver answers only
+        // once both arrived, so an echo of either would reach the sender first.
+        rx.send_broadcast("marker", &json!({})).await.unwrap();
+        eventually("the marker", || !own.lines().is_empty()).await;
+        assert_eq!(own.lines(), ["marker {}"]);
         sender.disconnect().await;
         receiver.disconnect().await;
     }

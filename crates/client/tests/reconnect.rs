@@ -6,8 +6,20 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use roster_client::{ChannelOptions, ChannelStatus, RealtimeClient, Vsn};
+use roster_client::{ChannelOptions, ChannelStatus, RealtimeChannel, RealtimeClient, Vsn};
 use serde_json::json;
+
+/// A negative check's positive marker: `from` broadcasts, and this waits
+/// until `to` has it. The server handles a socket's pushes in order and
+/// fans each out before the next, so whatever `from` sent before (a track,
+/// a second join) reached `to` first.
+async fn marker(from: &RealtimeChannel, to: &RealtimeChannel) {
+    let got = Log::default();
+    let g = got.clone();
+    to.on_broadcast("marker", move |_| g.push("marker".into()));
+    from.send_broadcast("marker", &json!({})).await.unwrap();
+    eventually("the marker", || got.has("marker")).await;
+}
 
 fn through(proxy: &Proxy, vsn: Vsn) -> RealtimeClient {
     RealtimeClient::with_options(&format!("http://{}", proxy.addr), KEY, options(vsn)).unwrap()
@@ -56,7 +68,9 @@ async fn after_the_socket_drops_it_reconnects_rejoins_and_retracks() {
             })
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Anything else the roamer sent on rejoining reaches the observer
+        // before its marker.
+        marker(&ch, &watch).await;
         let metas = &watch.presence_state()["roamer"];
         assert_eq!(metas.len(), 1, "no ghost, no duplicate: {metas:?}");
         // The roamer's own view agrees.
@@ -99,7 +113,8 @@ async fn auto_retrack_can_be_switched_off() {
     })
     .await;
     status_becomes(&ch, "subscribed again", ChannelStatus::is_subscribed).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A re-track on rejoining would reach the observer before the marker.
+    marker(&ch, &watch).await;
     assert!(!watch.presence_state().contains_key("roamer"));
     // The application tracks again itself.
     ch.track(&json!({"user": "r"})).await.unwrap();
@@ -160,7 +175,7 @@ async fn a_paused_connection_times_the_track_out_then_recovers() {
             .is_some_and(|m| m.len() == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    marker(&ch, &watch).await;
     assert_eq!(watch.presence_state()["p"].len(), 1);
     running.shutdown(Duration::from_secs(1)).await;
 }

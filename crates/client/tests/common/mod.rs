@@ -23,7 +23,26 @@ pub const KEY: &str = roster_server::config::DEV_PUBLISHABLE_KEY;
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const VSNS: [Vsn; 2] = [Vsn::V1, Vsn::V2];
 
+/// A panic outside the test code itself (in the client, the server, or a
+/// library they call) aborts the whole test binary, so none can pass
+/// unseen: tokio would otherwise just end that one task.
+pub fn abort_on_library_panic() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let in_tests = info.location().is_some_and(|l| l.file().contains("tests/"));
+            if !in_tests {
+                eprintln!("a panic outside the tests: aborting the test run");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 pub async fn server() -> Running {
+    abort_on_library_panic();
     roster_server::start(Settings::for_tests())
         .await
         .expect("server starts")
@@ -242,6 +261,7 @@ impl Drop for Fake {
 
 impl Fake {
     pub async fn start(reply_join: bool, reply_heartbeat: bool) -> Fake {
+        abort_on_library_panic();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
