@@ -340,3 +340,185 @@ async fn node_wide_presence_event_rate_shuts_the_offending_channel() {
         .until_view(ROOM, |v| v["canary"][0]["alive"] == "later")
         .await;
 }
+
+// ---- Issue #14: crafted topics, odd token claims, silent connections, logs ----
+
+/// A realtime-py-like canary member of `ROOM` (1 MiB message limit).
+async fn py_canary(addr: std::net::SocketAddr) -> (Client, String) {
+    let mut c = Client::connect_canary(addr, 2).await;
+    let j = c.join(ROOM, Some("canary")).await;
+    c.track(&j, ROOM, json!({"n": 0})).await;
+    (c, j)
+}
+
+/// The canary still answers heartbeats, keeps its presence and sees its own diff.
+async fn canary_still_alive(c: &mut Client, j: &str, n: i64) {
+    assert_eq!(c.heartbeat().await.payload["status"], "ok");
+    c.track(j, ROOM, json!({"n": n})).await;
+    c.until_view(ROOM, |v| v.get("canary").is_some_and(|m| m[0]["n"] == n))
+        .await;
+}
+
+/// A new client can still connect, join and track.
+async fn fresh_client_works(addr: std::net::SocketAddr, key: &str) {
+    let mut c = Client::connect(addr, 2).await;
+    let j = c.join(ROOM, Some(key)).await;
+    assert_eq!(c.track(&j, ROOM, json!({})).await.payload["status"], "ok");
+    c.until_view(ROOM, |v| v.contains_key(key)).await;
+}
+
+/// Finding 4: with a policy of several stars, private joins with long
+/// topics of repeated literals used to backtrack for tens of seconds, and
+/// the whole node with them.
+#[tokio::test]
+async fn crafted_private_topics_do_not_stall_the_node() {
+    let s = start_with(|c| {
+        c.max_message_bytes = 1_000_000;
+        let policies: toml::Table = toml::from_str(
+            "[[p]]\ntopic = \"org:*:team:*:chat\"\nallow = [\"presence-read\"]\n",
+        )
+        .unwrap();
+        c.policies = policies["p"].clone().try_into().unwrap();
+    })
+    .await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let mut attacker = Client::connect(s.addr, 2).await;
+    let crafted = format!("realtime:org:{}", ":team:".repeat(200_000 / 6));
+    let started = std::time::Instant::now();
+    let refs = [
+        attacker
+            .join_raw(&crafted, json!({"config": {"private": true}}))
+            .await,
+        attacker
+            .join_raw(&format!("{crafted}x"), json!({"config": {"private": true}}))
+            .await,
+    ];
+    canary_still_alive(&mut canary, &j, 1).await;
+    for r in refs {
+        let reply = attacker.recv_reply(&r).await.payload;
+        assert_eq!(reply["status"], "error");
+        assert!(reply["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unauthorized: "));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // A long topic that matches is granted as fast.
+    let matching = format!("realtime:org:{}:chat", ":team:".repeat(200_000 / 6));
+    let r = attacker
+        .join_raw(&matching, json!({"config": {"private": true}}))
+        .await;
+    assert_eq!(attacker.recv_reply(&r).await.payload["status"], "ok");
+    canary_still_alive(&mut canary, &j, 2).await;
+    fresh_client_works(s.addr, "fresh").await;
+}
+
+/// Findings 5 and 6: odd claims in correctly signed tokens are refused with
+/// a clear reason (an `exp` above 2^63 used to panic the socket's task, a
+/// fractional one never expired, a future `nbf` was accepted), and
+/// `--jwt-audience` / `--jwt-issuer` are enforced.
+#[tokio::test]
+async fn odd_token_claims_are_refused_cleanly_and_a_fractional_exp_expires() {
+    let s = start().await;
+    let (mut canary, cj) = py_canary(s.addr).await;
+    let mut c = Client::connect(s.addr, 2).await;
+    let t = now();
+    let refused = [
+        (json!({"role": "authenticated", "exp": (1u64 << 63) + 1}), "InvalidJWTToken: Invalid JWT claim: exp"),
+        (json!({"role": "authenticated", "exp": u64::MAX}), "InvalidJWTToken: Invalid JWT claim: exp"),
+        (json!({"role": "authenticated", "exp": 1e300}), "InvalidJWTToken: Invalid JWT claim: exp"),
+        (json!({"role": "authenticated", "exp": "soon"}), "InvalidJWTToken: Invalid JWT claim: exp"),
+        (json!({"role": "authenticated", "exp": t + 60, "nbf": t + 30}), "InvalidJWTToken: Token is not valid yet"),
+        (json!({"role": "authenticated", "exp": t + 60, "nbf": "now"}), "InvalidJWTToken: Invalid JWT claim: nbf"),
+    ];
+    for (claims, reason) in refused {
+        let r = c
+            .join_raw(ROOM, json!({"access_token": jwt(claims.clone(), DEV_JWT_SECRET)}))
+            .await;
+        assert_eq!(
+            c.recv_reply(&r).await.payload["response"]["reason"],
+            reason,
+            "{claims}"
+        );
+    }
+    // The same at connect: 401 with the reason.
+    let huge = jwt(
+        json!({"role": "authenticated", "exp": (1u64 << 63) + 1}),
+        DEV_JWT_SECRET,
+    );
+    let u = url(s.addr, "/realtime/v1/websocket", &format!("apikey={huge}&vsn=2.0.0"));
+    match Client::connect_url(&u, 2).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body: Value = serde_json::from_slice(resp.body().as_ref().unwrap()).unwrap();
+            assert_eq!(body, json!({"error": "Invalid JWT claim: exp"}));
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A fractional exp is enforced: the channel ends when it passes.
+    let soon = jwt(
+        json!({"role": "authenticated", "exp": now() as f64 + 1.5}),
+        DEV_JWT_SECRET,
+    );
+    let j = join_with_token(&mut c, "fractional", &soon).await;
+    c.track(&j, ROOM, json!({})).await;
+    canary.until_view(ROOM, |v| v.contains_key("fractional")).await;
+    let system = c.recv_event("system").await;
+    assert!(system.payload["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Token has expired"));
+    assert_eq!(c.recv_event("phx_close").await.ref_, json!(j));
+    canary.until_view(ROOM, |v| !v.contains_key("fractional")).await;
+    // The latest exp accepted works, and its far-off timer is no trouble.
+    let last = jwt(
+        json!({"role": "authenticated", "exp": roster_server::auth::MAX_NUMERIC_DATE}),
+        DEV_JWT_SECRET,
+    );
+    let j = join_with_token(&mut c, "long-lived", &last).await;
+    c.track(&j, ROOM, json!({})).await;
+    assert_eq!(c.heartbeat().await.payload["status"], "ok");
+    canary_still_alive(&mut canary, &cj, 1).await;
+    fresh_client_works(s.addr, "fresh").await;
+}
+
+#[tokio::test]
+async fn configured_audience_and_issuer_are_required() {
+    let s = start_with(|c| {
+        c.jwt.audience = Some("roster".into());
+        c.jwt.issuer = Some("https://auth.example".into());
+    })
+    .await;
+    let (mut canary, j) = py_canary(s.addr).await;
+    let connect = |claims: Value| {
+        let token = jwt(claims, DEV_JWT_SECRET);
+        let u = url(s.addr, "/realtime/v1/websocket", &format!("apikey={token}&vsn=2.0.0"));
+        async move {
+            match Client::connect_url(&u, 2).await {
+                Ok(_) => None,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Some((
+                    resp.status().as_u16(),
+                    serde_json::from_slice::<Value>(resp.body().as_ref().unwrap()).unwrap(),
+                )),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let exp = now() + 60;
+    let iss = "https://auth.example";
+    assert_eq!(connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": "roster"})).await, None);
+    assert_eq!(connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": ["x", "roster"]})).await, None);
+    assert_eq!(
+        connect(json!({"role": "authenticated", "exp": exp, "iss": iss})).await,
+        Some((401, json!({"error": "Missing JWT claim: aud"})))
+    );
+    assert_eq!(
+        connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": "other"})).await,
+        Some((401, json!({"error": "Invalid JWT claim: aud"})))
+    );
+    assert_eq!(
+        connect(json!({"role": "authenticated", "exp": exp, "aud": "roster"})).await,
+        Some((401, json!({"error": "Missing JWT claim: iss"})))
+    );
+    canary_still_alive(&mut canary, &j, 1).await;
+}
