@@ -1,10 +1,13 @@
 //! Who may open a connection: caps on open connections, in all and per IP.
 //!
-//! A [`Permit`] is taken before the WebSocket upgrade and released when the
-//! socket task ends, so the counts are exact whatever ends the socket.
+//! A [`Permit`] is taken when a TCP connection is accepted (plain HTTP and
+//! WebSocket alike) and released when the connection closes, or, for an
+//! upgraded one, when its socket task ends too; so the counts are exact
+//! whatever ends the connection, and silent connections count.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,6 +17,21 @@ pub struct Admission {
     counts: Mutex<Counts>,
     joins: Mutex<RateWindow>,
     presence_events: Mutex<RateWindow>,
+    /// Over-cap connections being answered with a 429.
+    refusals: Arc<AtomicUsize>,
+}
+
+/// Over-cap connections answered with a 429 at once; beyond that they are
+/// closed without a reply, so a flood of them cannot hold descriptors.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// One of the [`MAX_REFUSALS_IN_FLIGHT`] places; freed when dropped.
+pub struct RefusalSlot(Arc<AtomicUsize>);
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -98,6 +116,13 @@ impl Admission {
                 .allow(max, std::time::Duration::from_secs(1))
     }
 
+    /// A place to answer an over-cap connection with a 429, if one is free.
+    pub fn refusal_slot(&self) -> Option<RefusalSlot> {
+        let taken = self.refusals.fetch_add(1, Ordering::Relaxed);
+        let slot = RefusalSlot(self.refusals.clone());
+        (taken < MAX_REFUSALS_IN_FLIGHT).then_some(slot)
+    }
+
     /// Take a place for `ip` under the caps (0 = no cap).
     pub fn admit(
         self: &Arc<Self>,
@@ -152,5 +177,17 @@ mod tests {
         drop(p1);
         assert!(a.admit(ip1, 3, 1).is_ok());
         assert!(a.counts.lock().per_ip.contains_key(&ip2));
+    }
+
+    #[test]
+    fn refusals_in_flight_are_bounded() {
+        let a = Admission::default();
+        let slots: Vec<_> = (0..MAX_REFUSALS_IN_FLIGHT)
+            .map(|_| a.refusal_slot().expect("a free slot"))
+            .collect();
+        assert!(a.refusal_slot().is_none());
+        drop(slots);
+        assert!(a.refusal_slot().is_some());
+        assert_eq!(a.refusals.load(Ordering::Relaxed), 0);
     }
 }
