@@ -22,17 +22,34 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_new(&settings.log)
         .map_err(|e| anyhow::anyhow!("invalid log filter {:?}: {e}", settings.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let no_library_trace = tracing_subscriber::filter::filter_fn(|meta| {
+        may_log(meta.target(), *meta.level())
+    });
     match settings.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(no_library_trace).try_init()?,
+        LogFormat::Json => builder.json().finish().with(no_library_trace).try_init()?,
     }
     Ok(())
+}
+
+/// May an event of this target and level be written, whatever `--log` says?
+///
+/// No credential is ever logged. Our own lines never hold one (an auth
+/// failure logs its reason, not the key or token), but libraries' may: at
+/// trace level tungstenite writes every frame whole, join payloads and
+/// `access_token` pushes included, and axum its rejections. So libraries
+/// log at most at debug, where none of them writes a frame, a URL or a
+/// header; only our own crates (`roster…` targets) log at trace.
+fn may_log(target: &str, level: tracing::Level) -> bool {
+    level != tracing::Level::TRACE || target.starts_with("roster")
 }
 
 /// Stdout, for people and scripts: the first line says where we listen.
@@ -72,4 +89,19 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_log;
+    use tracing::Level;
+
+    #[test]
+    fn libraries_never_log_at_trace() {
+        assert!(!may_log("tungstenite::protocol", Level::TRACE));
+        assert!(!may_log("axum::rejection", Level::TRACE));
+        assert!(may_log("tungstenite::protocol", Level::DEBUG));
+        assert!(may_log("roster_server::session", Level::TRACE));
+        assert!(may_log("roster", Level::TRACE));
+    }
 }

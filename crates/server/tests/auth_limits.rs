@@ -766,3 +766,93 @@ async fn out_of_file_descriptors_the_node_backs_off_and_recovers() {
     let warnings = log.matches("accept failed").count();
     assert!(warnings < 500, "{warnings} accept warnings");
 }
+
+/// Finding 11: `--log trace` wrote whole frames (tungstenite logs them at
+/// trace), access tokens included. No credential reaches the log at any
+/// level: not the socket's `apikey`, a join's `access_token`, nor a REST
+/// call's `Authorization` or `apikey` header.
+#[tokio::test]
+async fn trace_logs_hold_no_credentials() {
+    let (publishable, secret, jwt_secret) = (
+        "sb_publishable_leak_p1",
+        "sb_secret_leak_s2",
+        "leak-jwt-secret-j3",
+    );
+    let node = Spawned::start(
+        &[
+            "--log",
+            "trace",
+            "--publishable-key",
+            publishable,
+            "--secret-key",
+            secret,
+            "--jwt-secret",
+            jwt_secret,
+        ],
+        None,
+    );
+    let token = jwt(
+        json!({"role": "authenticated", "exp": now() + 600, "sub": "leak-sub-t4"}),
+        jwt_secret,
+    );
+    let u = url(
+        node.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={publishable}&vsn=2.0.0"),
+    );
+    let mut c = Client::connect_url(&u, 2).await.unwrap();
+    let j = join_with_token(&mut c, "user", &token).await;
+    c.track(&j, ROOM, json!({"hello": "world"})).await;
+    c.push(&j, ROOM, "access_token", json!({"access_token": token}))
+        .await;
+    assert_eq!(c.heartbeat().await.payload["status"], "ok");
+    // A socket with the JWT as its apikey, and one refused with a near-miss key.
+    let u = url(
+        node.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={token}&vsn=1.0.0"),
+    );
+    Client::connect_url(&u, 1).await.unwrap().close().await;
+    let near_miss = format!("{publishable}x");
+    let u = url(
+        node.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={near_miss}&vsn=2.0.0"),
+    );
+    assert!(Client::connect_url(&u, 2).await.is_err());
+    let body = br#"{"messages":[{"topic":"guarded","event":"e","payload":{}}]}"#;
+    let bearer = format!("Bearer {secret}");
+    let (status, _) = http_post(
+        node.addr,
+        "/api/broadcast",
+        &[
+            ("Authorization", &bearer),
+            ("apikey", publishable),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(status, 202);
+    c.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = node.stderr();
+    // Trace logging was on (our own debug lines are there)…
+    assert!(log.contains("connected"), "{log}");
+    // …and not one credential, nor a telling part of one.
+    let signature = token.rsplit('.').next().unwrap();
+    let claims_part = token.split('.').nth(1).unwrap();
+    for secret in [
+        publishable,
+        secret,
+        jwt_secret,
+        &near_miss,
+        token.as_str(),
+        signature,
+        claims_part,
+        "leak-sub-t4",
+        "leak_",
+    ] {
+        assert!(!log.contains(secret), "{secret} is in the log");
+    }
+}
