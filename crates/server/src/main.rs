@@ -57,16 +57,27 @@ fn print_banner(settings: &Settings, addr: std::net::SocketAddr) {
     let url = format!("http://{addr}");
     println!("roster listening on {url}");
     println!("demo page: {url}/demo   metrics: {url}/metrics");
+    // Only keys we chose are shown: never one the operator configured.
+    let keys = &settings.keys;
+    let chosen = settings.defaulted_keys;
+    let show = |shown: bool, label: &str, value: &str| {
+        if shown {
+            println!("  {label} {value}");
+        }
+    };
     match settings.key_source {
         KeySource::Configured => println!("using the configured keys"),
-        KeySource::Dev => println!(
-            "DEV MODE: fixed public keys, never expose this server.\n  publishable key: {}\n  secret key:      {}",
-            settings.keys.publishable, settings.keys.secret
-        ),
+        KeySource::Dev => println!("DEV MODE: fixed public keys, never expose this server."),
         KeySource::Generated => println!(
-            "generated keys (set ROSTER_PUBLISHABLE_KEY, ROSTER_SECRET_KEY, ROSTER_JWT_SECRET to keep them):\n  publishable key: {}\n  secret key:      {}\n  JWT secret:      {}",
-            settings.keys.publishable, settings.keys.secret, settings.keys.jwt_secret
+            "generated keys (set ROSTER_PUBLISHABLE_KEY, ROSTER_SECRET_KEY, ROSTER_JWT_SECRET to keep them):"
         ),
+    }
+    if settings.key_source != KeySource::Configured {
+        show(chosen.publishable, "publishable key:", &keys.publishable);
+        show(chosen.secret, "secret key:     ", &keys.secret);
+        // Dev mode's JWT secret is in the source; a random one must be shown to be usable.
+        let random_jwt = settings.key_source == KeySource::Generated;
+        show(chosen.jwt_secret && random_jwt, "JWT secret:     ", &keys.jwt_secret);
     }
     println!(
         "\nsupabase-js:\n  import {{ createClient }} from '@supabase/supabase-js'\n  const supabase = createClient('{url}', '{key}')\n  const room = supabase.channel('room_01')\n  room.on('presence', {{ event: 'sync' }}, () => console.log(room.presenceState()))\n      .subscribe(async (status) => {{ if (status === 'SUBSCRIBED') await room.track({{ online_at: new Date().toISOString() }}) }})\n",
