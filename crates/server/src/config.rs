@@ -745,7 +745,11 @@ mod tests {
         };
         let s = dev(None, None, Some("my-jwt-secret"));
         assert_eq!(
-            (s.keys.publishable.as_str(), s.keys.secret.as_str(), s.keys.jwt_secret.as_str()),
+            (
+                s.keys.publishable.as_str(),
+                s.keys.secret.as_str(),
+                s.keys.jwt_secret.as_str()
+            ),
             (DEV_PUBLISHABLE_KEY, DEV_SECRET_KEY, "my-jwt-secret")
         );
         assert_eq!(s.key_source, KeySource::Dev);
@@ -759,7 +763,11 @@ mod tests {
         );
         let s = dev(Some("sb_publishable_mine"), None, None);
         assert_eq!(
-            (s.keys.publishable.as_str(), s.keys.secret.as_str(), s.keys.jwt_secret.as_str()),
+            (
+                s.keys.publishable.as_str(),
+                s.keys.secret.as_str(),
+                s.keys.jwt_secret.as_str()
+            ),
             ("sb_publishable_mine", DEV_SECRET_KEY, DEV_JWT_SECRET)
         );
         let s = dev(None, Some("sb_secret_mine"), None);
@@ -793,7 +801,10 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert!(s.keys.publishable.starts_with("sb_publishable_") && s.keys.publishable != DEV_PUBLISHABLE_KEY);
+        assert!(
+            s.keys.publishable.starts_with("sb_publishable_")
+                && s.keys.publishable != DEV_PUBLISHABLE_KEY
+        );
         assert_eq!(s.key_source, KeySource::Generated);
     }
 }

@@ -30,9 +30,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let no_library_trace = tracing_subscriber::filter::filter_fn(|meta| {
-        may_log(meta.target(), *meta.level())
-    });
+    let no_library_trace =
+        tracing_subscriber::filter::filter_fn(|meta| may_log(meta.target(), *meta.level()));
     match settings.log_format {
         LogFormat::Text => builder.finish().with(no_library_trace).try_init()?,
         LogFormat::Json => builder.json().finish().with(no_library_trace).try_init()?,
@@ -77,7 +76,11 @@ fn print_banner(settings: &Settings, addr: std::net::SocketAddr) {
         show(chosen.secret, "secret key:     ", &keys.secret);
         // Dev mode's JWT secret is in the source; a random one must be shown to be usable.
         let random_jwt = settings.key_source == KeySource::Generated;
-        show(chosen.jwt_secret && random_jwt, "JWT secret:     ", &keys.jwt_secret);
+        show(
+            chosen.jwt_secret && random_jwt,
+            "JWT secret:     ",
+            &keys.jwt_secret,
+        );
     }
     println!(
         "\nsupabase-js:\n  import {{ createClient }} from '@supabase/supabase-js'\n  const supabase = createClient('{url}', '{key}')\n  const room = supabase.channel('room_01')\n  room.on('presence', {{ event: 'sync' }}, () => console.log(room.presenceState()))\n      .subscribe(async (status) => {{ if (status === 'SUBSCRIBED') await room.track({{ online_at: new Date().toISOString() }}) }})\n",

@@ -374,10 +374,9 @@ async fn fresh_client_works(addr: std::net::SocketAddr, key: &str) {
 async fn crafted_private_topics_do_not_stall_the_node() {
     let s = start_with(|c| {
         c.max_message_bytes = 1_000_000;
-        let policies: toml::Table = toml::from_str(
-            "[[p]]\ntopic = \"org:*:team:*:chat\"\nallow = [\"presence-read\"]\n",
-        )
-        .unwrap();
+        let policies: toml::Table =
+            toml::from_str("[[p]]\ntopic = \"org:*:team:*:chat\"\nallow = [\"presence-read\"]\n")
+                .unwrap();
         c.policies = policies["p"].clone().try_into().unwrap();
     })
     .await;
@@ -402,7 +401,11 @@ async fn crafted_private_topics_do_not_stall_the_node() {
             .unwrap()
             .starts_with("Unauthorized: "));
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // A long topic that matches is granted as fast.
     let matching = format!("realtime:org:{}:chat", ":team:".repeat(200_000 / 6));
     let r = attacker
@@ -424,16 +427,37 @@ async fn odd_token_claims_are_refused_cleanly_and_a_fractional_exp_expires() {
     let mut c = Client::connect(s.addr, 2).await;
     let t = now();
     let refused = [
-        (json!({"role": "authenticated", "exp": (1u64 << 63) + 1}), "InvalidJWTToken: Invalid JWT claim: exp"),
-        (json!({"role": "authenticated", "exp": u64::MAX}), "InvalidJWTToken: Invalid JWT claim: exp"),
-        (json!({"role": "authenticated", "exp": 1e300}), "InvalidJWTToken: Invalid JWT claim: exp"),
-        (json!({"role": "authenticated", "exp": "soon"}), "InvalidJWTToken: Invalid JWT claim: exp"),
-        (json!({"role": "authenticated", "exp": t + 60, "nbf": t + 30}), "InvalidJWTToken: Token is not valid yet"),
-        (json!({"role": "authenticated", "exp": t + 60, "nbf": "now"}), "InvalidJWTToken: Invalid JWT claim: nbf"),
+        (
+            json!({"role": "authenticated", "exp": (1u64 << 63) + 1}),
+            "InvalidJWTToken: Invalid JWT claim: exp",
+        ),
+        (
+            json!({"role": "authenticated", "exp": u64::MAX}),
+            "InvalidJWTToken: Invalid JWT claim: exp",
+        ),
+        (
+            json!({"role": "authenticated", "exp": 1e300}),
+            "InvalidJWTToken: Invalid JWT claim: exp",
+        ),
+        (
+            json!({"role": "authenticated", "exp": "soon"}),
+            "InvalidJWTToken: Invalid JWT claim: exp",
+        ),
+        (
+            json!({"role": "authenticated", "exp": t + 60, "nbf": t + 30}),
+            "InvalidJWTToken: Token is not valid yet",
+        ),
+        (
+            json!({"role": "authenticated", "exp": t + 60, "nbf": "now"}),
+            "InvalidJWTToken: Invalid JWT claim: nbf",
+        ),
     ];
     for (claims, reason) in refused {
         let r = c
-            .join_raw(ROOM, json!({"access_token": jwt(claims.clone(), DEV_JWT_SECRET)}))
+            .join_raw(
+                ROOM,
+                json!({"access_token": jwt(claims.clone(), DEV_JWT_SECRET)}),
+            )
             .await;
         assert_eq!(
             c.recv_reply(&r).await.payload["response"]["reason"],
@@ -446,7 +470,11 @@ async fn odd_token_claims_are_refused_cleanly_and_a_fractional_exp_expires() {
         json!({"role": "authenticated", "exp": (1u64 << 63) + 1}),
         DEV_JWT_SECRET,
     );
-    let u = url(s.addr, "/realtime/v1/websocket", &format!("apikey={huge}&vsn=2.0.0"));
+    let u = url(
+        s.addr,
+        "/realtime/v1/websocket",
+        &format!("apikey={huge}&vsn=2.0.0"),
+    );
     match Client::connect_url(&u, 2).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 401);
@@ -462,14 +490,18 @@ async fn odd_token_claims_are_refused_cleanly_and_a_fractional_exp_expires() {
     );
     let j = join_with_token(&mut c, "fractional", &soon).await;
     c.track(&j, ROOM, json!({})).await;
-    canary.until_view(ROOM, |v| v.contains_key("fractional")).await;
+    canary
+        .until_view(ROOM, |v| v.contains_key("fractional"))
+        .await;
     let system = c.recv_event("system").await;
     assert!(system.payload["message"]
         .as_str()
         .unwrap()
         .starts_with("Token has expired"));
     assert_eq!(c.recv_event("phx_close").await.ref_, json!(j));
-    canary.until_view(ROOM, |v| !v.contains_key("fractional")).await;
+    canary
+        .until_view(ROOM, |v| !v.contains_key("fractional"))
+        .await;
     // The latest exp accepted works, and its far-off timer is no trouble.
     let last = jwt(
         json!({"role": "authenticated", "exp": roster_server::auth::MAX_NUMERIC_DATE}),
@@ -492,7 +524,11 @@ async fn configured_audience_and_issuer_are_required() {
     let (mut canary, j) = py_canary(s.addr).await;
     let connect = |claims: Value| {
         let token = jwt(claims, DEV_JWT_SECRET);
-        let u = url(s.addr, "/realtime/v1/websocket", &format!("apikey={token}&vsn=2.0.0"));
+        let u = url(
+            s.addr,
+            "/realtime/v1/websocket",
+            &format!("apikey={token}&vsn=2.0.0"),
+        );
         async move {
             match Client::connect_url(&u, 2).await {
                 Ok(_) => None,
@@ -506,8 +542,15 @@ async fn configured_audience_and_issuer_are_required() {
     };
     let exp = now() + 60;
     let iss = "https://auth.example";
-    assert_eq!(connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": "roster"})).await, None);
-    assert_eq!(connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": ["x", "roster"]})).await, None);
+    assert_eq!(
+        connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": "roster"})).await,
+        None
+    );
+    assert_eq!(
+        connect(json!({"role": "authenticated", "exp": exp, "iss": iss, "aud": ["x", "roster"]}))
+            .await,
+        None
+    );
     assert_eq!(
         connect(json!({"role": "authenticated", "exp": exp, "iss": iss})).await,
         Some((401, json!({"error": "Missing JWT claim: aud"})))
@@ -546,7 +589,11 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
             .await
             .expect("a response in time")
             .unwrap();
-        assert!(n > 0, "closed before a full response: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before a full response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
 }
@@ -574,7 +621,11 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) 
 async fn connects_again(addr: std::net::SocketAddr) -> Client {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let u = url(addr, "/realtime/v1/websocket", &format!("apikey={KEY}&vsn=2.0.0"));
+        let u = url(
+            addr,
+            "/realtime/v1/websocket",
+            &format!("apikey={KEY}&vsn=2.0.0"),
+        );
         if let Ok(c) = Client::connect_url(&u, 2).await {
             return c;
         }
@@ -604,7 +655,10 @@ async fn silent_connections_count_against_the_caps_and_are_cut_at_the_handshake_
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         Client::connect_attempt(s.addr, 2).await_err().await,
-        (429, json!({"error": "Too many connections from this address"}))
+        (
+            429,
+            json!({"error": "Too many connections from this address"})
+        )
     );
     // A silent one over the cap is closed too, not held.
     let mut over = tokio::net::TcpStream::connect(s.addr).await.unwrap();
@@ -647,7 +701,10 @@ async fn kept_alive_http_connections_count_once_and_keep_working() {
     // The canary's socket and the kept-alive connection fill both places.
     assert_eq!(
         Client::connect_attempt(s.addr, 2).await_err().await,
-        (429, json!({"error": "Too many connections from this address"}))
+        (
+            429,
+            json!({"error": "Too many connections from this address"})
+        )
     );
     // Idle past the header timeout between requests: closed, and its place freed.
     closed_by_server(&mut kept, Duration::from_secs(3)).await;
