@@ -7,7 +7,7 @@
 //! configured JWKS, chosen by `kid`.
 //!
 //! jsonwebtoken checks only the signature and algorithm; the claims are
-//! checked here, every rule explicit ([`check_claims`]): `role` a string;
+//! checked here, every rule explicit (`check_claims`): `role` a string;
 //! `exp` a number of seconds in `0..=MAX_NUMERIC_DATE` and in the future;
 //! `nbf`, when present, such a number and not in the future; `sub`, when
 //! present, a string; `iss` and `aud` required and matching whenever
@@ -224,7 +224,7 @@ impl Auth {
         self.verify_jwt(key)
     }
 
-    /// Verify a JWT: its signature, then its claims ([`check_claims`]).
+    /// Verify a JWT: its signature, then its claims (`check_claims`).
     pub fn verify_jwt(&self, token: &str) -> Result<Credential, AuthError> {
         let (key, validation) = self.key_for(token)?;
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| match e

@@ -60,7 +60,7 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 /// - it counts against `--max-connections` / `--max-connections-per-ip`
 ///   from accept until it closes, plain HTTP included (one place per
 ///   connection, however many requests it carries); over a cap it gets a
-///   429 (or, past [`MAX_REFUSALS_IN_FLIGHT`], is closed at once);
+///   429 (or, past [`crate::admission::MAX_REFUSALS_IN_FLIGHT`], is closed at once);
 /// - it must deliver a request's headers within the handshake timeout of
 ///   being accepted, or it is closed: hyper's own header timer only starts
 ///   once the protocol is sniffed, i.e. never for a connection that sends
