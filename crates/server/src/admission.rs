@@ -2,11 +2,14 @@
 //! and the rate counters that outlive a socket (per client IP), so that
 //! reconnecting does not reset them.
 //!
-//! A [`Permit`] is taken before the WebSocket upgrade and released when the
-//! socket task ends, so the counts are exact whatever ends the socket.
+//! A [`Permit`] is taken when a TCP connection is accepted (plain HTTP and
+//! WebSocket alike) and released when the connection closes, or, for an
+//! upgraded one, when its socket task ends too; so the counts are exact
+//! whatever ends the connection, and silent connections count.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,6 +22,8 @@ pub struct Admission {
     /// Per client IP, all its sockets and REST calls together.
     broadcasts_by_ip: Mutex<PerIp>,
     presence_calls_by_ip: Mutex<PerIp>,
+    /// Over-cap connections being answered with a 429.
+    refusals: Arc<AtomicUsize>,
 }
 
 /// One-second windows per IP address. Windows that have ended are swept
@@ -93,6 +98,19 @@ impl TokenBucket {
             other.tokens -= b;
         }
         ok
+    }
+}
+
+/// Over-cap connections answered with a 429 at once; beyond that they are
+/// closed without a reply, so a flood of them cannot hold descriptors.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// One of the [`MAX_REFUSALS_IN_FLIGHT`] places; freed when dropped.
+pub struct RefusalSlot(Arc<AtomicUsize>);
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -194,6 +212,13 @@ impl Admission {
                 .allow(max, std::time::Duration::from_secs(1))
     }
 
+    /// A place to answer an over-cap connection with a 429, if one is free.
+    pub fn refusal_slot(&self) -> Option<RefusalSlot> {
+        let taken = self.refusals.fetch_add(1, Ordering::Relaxed);
+        let slot = RefusalSlot(self.refusals.clone());
+        (taken < MAX_REFUSALS_IN_FLIGHT).then_some(slot)
+    }
+
     /// Take a place for `ip` under the caps (0 = no cap).
     pub fn admit(
         self: &Arc<Self>,
@@ -273,5 +298,17 @@ mod tests {
         let mut bytes = TokenBucket::new(100.0);
         assert!(!b.take_both(1.0, &mut bytes, 50.0));
         assert!(bytes.take(100.0), "nothing was taken by the refused pair");
+    }
+
+    #[test]
+    fn refusals_in_flight_are_bounded() {
+        let a = Admission::default();
+        let slots: Vec<_> = (0..MAX_REFUSALS_IN_FLIGHT)
+            .map(|_| a.refusal_slot().expect("a free slot"))
+            .collect();
+        assert!(a.refusal_slot().is_none());
+        drop(slots);
+        assert!(a.refusal_slot().is_some());
+        assert_eq!(a.refusals.load(Ordering::Relaxed), 0);
     }
 }

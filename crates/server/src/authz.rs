@@ -81,8 +81,8 @@ impl Policy {
         if !self.claims.iter().all(|(k, v)| claim(k) == Some(v)) {
             return false;
         }
-        match tokens(&self.topic, &claim) {
-            Some(tokens) => glob(&tokens, topic),
+        match segments(&self.topic, &claim) {
+            Some(segments) => glob(&segments, topic),
             None => false,
         }
     }
@@ -102,25 +102,17 @@ pub fn rights(policies: &[Policy], topic: &str, cred: &Credential) -> Rights {
     rights
 }
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    Literal(String),
-    Any,
-}
-
-/// Split a pattern into literals and wildcards, with `{claim}` replaced by the
-/// claim's value as a literal (so a claim containing `*` matches only itself).
+/// Split a pattern at its `*`s into the literals between them (n stars,
+/// n + 1 literals, some maybe empty), with `{claim}` replaced by the claim's
+/// value as literal text (so a claim containing `*` matches only itself).
 /// `None` when a placeholder's claim is missing or not a string or number.
-fn tokens<'a>(pattern: &str, claim: &dyn Fn(&str) -> Option<&'a Value>) -> Option<Vec<Token>> {
+fn segments<'a>(pattern: &str, claim: &dyn Fn(&str) -> Option<&'a Value>) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut literal = String::new();
     let mut rest = pattern;
     while let Some(c) = rest.chars().next() {
         if c == '*' {
-            if !literal.is_empty() {
-                out.push(Token::Literal(std::mem::take(&mut literal)));
-            }
-            out.push(Token::Any);
+            out.push(std::mem::take(&mut literal));
             rest = &rest[1..];
         } else if c == '{' {
             let end = rest.find('}')?;
@@ -136,25 +128,39 @@ fn tokens<'a>(pattern: &str, claim: &dyn Fn(&str) -> Option<&'a Value>) -> Optio
             rest = &rest[c.len_utf8()..];
         }
     }
-    if !literal.is_empty() {
-        out.push(Token::Literal(literal));
-    }
+    out.push(literal);
     Some(out)
 }
 
-/// Does `text` match the tokens? (`Any` matches any run of characters.)
-fn glob(tokens: &[Token], text: &str) -> bool {
-    match tokens.split_first() {
-        None => text.is_empty(),
-        Some((Token::Literal(l), rest)) => {
-            text.strip_prefix(l.as_str()).is_some_and(|t| glob(rest, t))
+/// Does `text` match the pattern split into `segments` (a `*` between each two)?
+///
+/// Linear in the text: with only `*` wildcards, the literals between stars
+/// can be found greedily left to right (the leftmost match of each leaves
+/// the most room for the rest), so no backtracking is needed. The first
+/// literal is anchored at the start and the last at the end. Backtracking
+/// instead made a long topic of repeated literals cost seconds per join.
+fn glob(segments: &[String], text: &str) -> bool {
+    let Some((first, rest_segments)) = segments.split_first() else {
+        return text.is_empty();
+    };
+    let Some(rest) = text.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    let Some((last, middle)) = rest_segments.split_last() else {
+        // No star: the literal is the whole text.
+        return rest.is_empty();
+    };
+    // The last literal must fit after the first, not overlap it.
+    let Some(mut rest) = rest.strip_suffix(last.as_str()) else {
+        return false;
+    };
+    for literal in middle {
+        match rest.find(literal.as_str()) {
+            Some(at) => rest = &rest[at + literal.len()..],
+            None => return false,
         }
-        Some((Token::Any, rest)) => text
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain(std::iter::once(text.len()))
-            .any(|i| glob(rest, &text[i..])),
     }
+    true
 }
 
 #[cfg(test)]
@@ -224,11 +230,63 @@ mod tests {
 
     #[test]
     fn glob_matches_like_a_shell() {
-        let t = |p: &str| tokens(p, &|_| None).unwrap();
+        let t = |p: &str| segments(p, &|_| None).unwrap();
         assert!(glob(&t("a*c"), "abbbc"));
         assert!(glob(&t("a*"), "a"));
         assert!(!glob(&t("a*c"), "abcd"));
         assert!(glob(&t("*"), ""));
         assert!(glob(&t("é*ü"), "éxü"));
+    }
+
+    /// Finding #14.4: backtracking over every `*` froze the node for seconds
+    /// on a long topic of repeated literals. Matching must stay linear.
+    #[test]
+    fn glob_is_fast_on_crafted_topics() {
+        let t = |p: &str| segments(p, &|_| None).unwrap();
+        let pattern = t("org:*:team:*:chat");
+        let body = ":team:".repeat(200_000 / 6);
+        let cases = [
+            (format!("org:{body}"), false),
+            (format!("org:{body}:chat"), true),
+            (format!("org:{body}:cha"), false),
+            (format!("org:x{body}x:chat"), true),
+        ];
+        for (topic, expected) in cases {
+            let started = std::time::Instant::now();
+            assert_eq!(
+                glob(&pattern, &topic),
+                expected,
+                "{}",
+                &topic[topic.len() - 12..]
+            );
+            let took = started.elapsed();
+            assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+        }
+        // Many stars and a near-miss: still fast, still right.
+        let stars = t("*a*a*a*a*a*a*a*a*b");
+        let text = "a".repeat(200_000);
+        let started = std::time::Instant::now();
+        assert!(!glob(&stars, &text));
+        assert!(glob(&stars, &format!("{text}b")));
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    }
+
+    /// The backtracking matcher this replaced: slow, but obviously right.
+    fn reference(pattern: &[char], text: &[char]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some(('*', rest)) => (0..=text.len()).any(|i| reference(rest, &text[i..])),
+            Some((c, rest)) => text.first() == Some(c) && reference(rest, &text[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_agrees_with_backtracking(pattern in "[ab:*é]{0,8}", text in "[ab:é]{0,12}") {
+            let p: Vec<char> = pattern.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            let segments = segments(&pattern, &|_| None).unwrap();
+            proptest::prop_assert_eq!(glob(&segments, &text), reference(&p, &t));
+        }
     }
 }

@@ -263,7 +263,8 @@ pub struct ServeArgs {
     pub policies: Vec<crate::authz::Policy>,
 
     /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
-    /// `sb_secret_dev`). Never use it on a reachable address.
+    /// `sb_secret_dev`, and a fixed JWT secret) for any key not given
+    /// explicitly. Never use it on a reachable address.
     #[arg(long, env = "ROSTER_DEV")]
     #[serde(skip)]
     pub dev: bool,
@@ -351,6 +352,17 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// Presence webhooks; `None` = off.
     pub webhooks: Option<WebhookSettings>,
+    /// Which keys were not given and so are dev mode's or random: the
+    /// banner shows only these, never a key the operator configured.
+    pub defaulted_keys: DefaultedKeys,
+}
+
+/// Per key: `true` when it was not given (flag, env or file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultedKeys {
+    pub publishable: bool,
+    pub secret: bool,
+    pub jwt_secret: bool,
 }
 
 /// Presence webhooks' settings (see `webhooks`).
@@ -415,31 +427,33 @@ impl ServeArgs {
         let publishable = self.publishable_key.or(file.publishable_key);
         let secret = self.secret_key.or(file.secret_key);
         let jwt_secret = self.jwt_secret.or(file.jwt_secret);
-        let any_configured = publishable.is_some() || secret.is_some() || jwt_secret.is_some();
-        let (keys, key_source) = if self.dev && !any_configured {
-            (
-                Keys {
-                    publishable: DEV_PUBLISHABLE_KEY.into(),
-                    secret: DEV_SECRET_KEY.into(),
-                    jwt_secret: DEV_JWT_SECRET.into(),
-                },
-                KeySource::Dev,
-            )
-        } else {
-            let generated = publishable.is_none() || secret.is_none() || jwt_secret.is_none();
-            let keys = Keys {
-                publishable: publishable
-                    .unwrap_or_else(|| format!("sb_publishable_{}", random_token())),
-                secret: secret.unwrap_or_else(|| format!("sb_secret_{}", random_token())),
-                jwt_secret: jwt_secret
-                    .unwrap_or_else(|| format!("{}{}", random_token(), random_token())),
-            };
-            let source = if generated {
-                KeySource::Generated
-            } else {
-                KeySource::Configured
-            };
-            (keys, source)
+        // Each key: the one given (flag, env or file), else dev mode's fixed
+        // one, else a random one. An explicit key replaces only itself.
+        let defaulted_keys = DefaultedKeys {
+            publishable: publishable.is_none(),
+            secret: secret.is_none(),
+            jwt_secret: jwt_secret.is_none(),
+        };
+        let all_given = publishable.is_some() && secret.is_some() && jwt_secret.is_some();
+        let dev = self.dev;
+        let or_default = |given: Option<String>, fixed: &str, random: fn() -> String| {
+            given.unwrap_or_else(|| if dev { fixed.into() } else { random() })
+        };
+        let keys = Keys {
+            publishable: or_default(publishable, DEV_PUBLISHABLE_KEY, || {
+                format!("sb_publishable_{}", random_token())
+            }),
+            secret: or_default(secret, DEV_SECRET_KEY, || {
+                format!("sb_secret_{}", random_token())
+            }),
+            jwt_secret: or_default(jwt_secret, DEV_JWT_SECRET, || {
+                format!("{}{}", random_token(), random_token())
+            }),
+        };
+        let key_source = match (all_given, dev) {
+            (true, _) => KeySource::Configured,
+            (false, true) => KeySource::Dev,
+            (false, false) => KeySource::Generated,
         };
         if keys.publishable == keys.secret {
             anyhow::bail!("the publishable and secret keys must differ");
@@ -672,6 +686,7 @@ impl ServeArgs {
                     .or(file.max_rest_messages)
                     .unwrap_or(100),
             },
+            defaulted_keys,
         })
     }
 }
@@ -818,5 +833,85 @@ mod tests {
         let dev = Settings::for_tests();
         assert_eq!(dev.keys.publishable, DEV_PUBLISHABLE_KEY);
         assert_eq!(dev.key_source, KeySource::Dev);
+    }
+
+    /// Finding #14.13: `--dev` with `--jwt-secret` generated random keys, so
+    /// `sb_publishable_dev` was refused. An explicit key overrides only itself.
+    #[test]
+    fn dev_fixes_every_key_an_explicit_one_replaces_only_itself() {
+        let dev = |publishable: Option<&str>, secret: Option<&str>, jwt_secret: Option<&str>| {
+            ServeArgs {
+                dev: true,
+                publishable_key: publishable.map(Into::into),
+                secret_key: secret.map(Into::into),
+                jwt_secret: jwt_secret.map(Into::into),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap()
+        };
+        let s = dev(None, None, Some("my-jwt-secret"));
+        assert_eq!(
+            (
+                s.keys.publishable.as_str(),
+                s.keys.secret.as_str(),
+                s.keys.jwt_secret.as_str()
+            ),
+            (DEV_PUBLISHABLE_KEY, DEV_SECRET_KEY, "my-jwt-secret")
+        );
+        assert_eq!(s.key_source, KeySource::Dev);
+        assert_eq!(
+            s.defaulted_keys,
+            DefaultedKeys {
+                publishable: true,
+                secret: true,
+                jwt_secret: false
+            }
+        );
+        let s = dev(Some("sb_publishable_mine"), None, None);
+        assert_eq!(
+            (
+                s.keys.publishable.as_str(),
+                s.keys.secret.as_str(),
+                s.keys.jwt_secret.as_str()
+            ),
+            ("sb_publishable_mine", DEV_SECRET_KEY, DEV_JWT_SECRET)
+        );
+        let s = dev(None, Some("sb_secret_mine"), None);
+        assert_eq!(
+            (s.keys.publishable.as_str(), s.keys.secret.as_str()),
+            (DEV_PUBLISHABLE_KEY, "sb_secret_mine")
+        );
+        // All three given: nothing of dev mode's is left.
+        let s = dev(Some("sb_publishable_a"), Some("sb_secret_b"), Some("c"));
+        assert_eq!(s.key_source, KeySource::Configured);
+        // The file's keys count as explicit too.
+        let dir = std::env::temp_dir().join(format!("roster-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roster.toml");
+        std::fs::write(&path, "jwt_secret = \"from-file\"\n").unwrap();
+        let s = ServeArgs {
+            dev: true,
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (s.keys.publishable.as_str(), s.keys.jwt_secret.as_str()),
+            (DEV_PUBLISHABLE_KEY, "from-file")
+        );
+        // Without --dev, unset keys are still generated.
+        let s = ServeArgs {
+            jwt_secret: Some("x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(
+            s.keys.publishable.starts_with("sb_publishable_")
+                && s.keys.publishable != DEV_PUBLISHABLE_KEY
+        );
+        assert_eq!(s.key_source, KeySource::Generated);
     }
 }

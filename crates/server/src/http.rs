@@ -4,6 +4,7 @@
 //! gets a 4xx with a JSON `{"error": …}` body, never a 101 and then silence.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,9 +21,11 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use roster_protocol::Vsn;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::admission::Permit;
 use crate::connection;
 use crate::server::Server;
 
@@ -40,13 +44,34 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
+/// An accepted connection's place under the connection caps. The HTTP
+/// connection holds it from accept to close; a WebSocket upgraded from it
+/// takes a clone into its socket task, so the place stays taken until the
+/// socket ends too.
+#[derive(Clone)]
+struct ConnectionPermit(#[allow(dead_code)] Arc<Permit>); // held, never read
+
+/// The longest an over-cap connection is kept to answer its request with a
+/// 429; a client that means it sends its request at once.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Accept connections until shutdown. Our own loop rather than
-/// `axum::serve`, for a timer on HTTP/1 request headers: a client that
-/// opens a connection and trickles its headers (slowloris) is cut off after
-/// the handshake timeout instead of holding a socket and a task forever.
+/// `axum::serve`, so that every connection is held to deadlines and caps:
+/// - it counts against `--max-connections` / `--max-connections-per-ip`
+///   from accept until it closes, plain HTTP included (one place per
+///   connection, however many requests it carries); over a cap it gets a
+///   429 (or, past [`crate::admission::MAX_REFUSALS_IN_FLIGHT`], is closed at once);
+/// - it must deliver a request's headers within the handshake timeout of
+///   being accepted, or it is closed: hyper's own header timer only starts
+///   once the protocol is sniffed, i.e. never for a connection that sends
+///   nothing. Hyper's timer then covers each later request of a kept-alive
+///   connection (and the idle time before it).
+///
+/// HTTP/1 only: no HTTP/2 connection could be idled out after its first
+/// request (hyper has no idle timeout for it), and no client of ours needs it.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Result<()> {
     let app = router(server.clone());
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -57,7 +82,9 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
+                    // Out of file descriptors and the like: back off, keep
+                    // serving (existing sockets run in their own tasks; the
+                    // kernel queues new connections until we accept again).
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -67,23 +94,92 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
         };
         // Presence frames are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http connection ended");
+        let limits = &server.settings.limits;
+        match server.admission.admit(
+            peer.ip(),
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        ) {
+            Ok(permit) => {
+                let permit = ConnectionPermit(Arc::new(permit));
+                let app = app.clone();
+                let service = move |mut req: hyper::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(permit.clone());
+                    app.clone().oneshot(req)
+                };
+                let deadline = server.settings.handshake_timeout;
+                spawn_connection(&builder, &graceful, stream, peer, deadline, service);
             }
-        });
+            Err(refusal) => {
+                server.metrics.auth_failure(refusal.label());
+                let Some(slot) = server.admission.refusal_slot() else {
+                    tracing::debug!(%peer, reason = refusal.message(), "connection refused, closed at once");
+                    continue;
+                };
+                tracing::debug!(%peer, reason = refusal.message(), "connection refused");
+                let service = move |_req: hyper::Request<Incoming>| {
+                    let _slot = &slot;
+                    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, refusal.message());
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    std::future::ready(Ok::<_, std::convert::Infallible>(response))
+                };
+                let deadline = server.settings.handshake_timeout.min(REFUSAL_DEADLINE);
+                spawn_connection(&builder, &graceful, stream, peer, deadline, service);
+            }
+        }
     }
     // Plain HTTP requests in flight get a moment; upgraded sockets are
     // closed by their own tasks, which watch the same shutdown token.
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+/// Serve one connection in its own task; close it if no request has come
+/// `deadline` after accept.
+fn spawn_connection<S, F>(
+    builder: &Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Duration,
+    service: S,
+) where
+    S: Fn(hyper::Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
+{
+    let first_request = CancellationToken::new();
+    let seen = first_request.clone();
+    let service = hyper::service::service_fn(move |req| {
+        seen.cancel();
+        service(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn.into_owned());
+    tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        let in_time = tokio::select! {
+            biased;
+            ended = conn.as_mut() => return log_end(peer, ended),
+            _ = first_request.cancelled() => true,
+            _ = tokio::time::sleep(deadline) => false,
+        };
+        if in_time {
+            log_end(peer, conn.await);
+        } else {
+            // Dropping the connection closes it.
+            tracing::debug!(%peer, "no request within the handshake timeout: closed");
+        }
+    });
+}
+
+fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "http connection ended");
+    }
 }
 
 /// Accepting joins? 503 once shutdown began.
@@ -121,6 +217,7 @@ fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
 async fn websocket(
     State(server): State<Arc<Server>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    permit: Option<Extension<ConnectionPermit>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -150,17 +247,22 @@ async fn websocket(
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
     let settings = &server.settings;
-    let permit = match server.admission.admit(
-        peer.ip(),
-        settings.limits.max_connections,
-        settings.limits.max_connections_per_ip,
-    ) {
-        Ok(p) => p,
-        Err(refusal) => {
-            tracing::info!(%peer, reason = refusal.message(), "connection refused");
-            server.metrics.auth_failure(refusal.label());
-            return refuse(StatusCode::TOO_MANY_REQUESTS, refusal.message());
-        }
+    // Served by `serve`, the connection already holds its place; embedded
+    // through `router` alone, the socket takes one here.
+    let permit = match permit {
+        Some(Extension(permit)) => SocketPermit::Connection(permit),
+        None => match server.admission.admit(
+            peer.ip(),
+            settings.limits.max_connections,
+            settings.limits.max_connections_per_ip,
+        ) {
+            Ok(p) => SocketPermit::Own(p),
+            Err(refusal) => {
+                tracing::info!(%peer, reason = refusal.message(), "connection refused");
+                server.metrics.auth_failure(refusal.label());
+                return refuse(StatusCode::TOO_MANY_REQUESTS, refusal.message());
+            }
+        },
     };
     let upgrade = upgrade
         .max_message_size(settings.max_message_bytes)
@@ -179,4 +281,11 @@ async fn websocket(
                 drop(permit);
             })
         })
+}
+
+/// What keeps a WebSocket's place under the caps until its task ends.
+#[allow(dead_code)] // held, never read
+enum SocketPermit {
+    Connection(ConnectionPermit),
+    Own(Permit),
 }
