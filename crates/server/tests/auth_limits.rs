@@ -407,6 +407,8 @@ async fn fresh_client_works(addr: std::net::SocketAddr, key: &str) {
 async fn crafted_private_topics_do_not_stall_the_node() {
     let s = start_with(|c| {
         c.max_message_bytes = 1_000_000;
+        // Past the topic budget, so that the topics reach the matcher.
+        c.limits.max_topic_bytes = 1_000_000;
         let policies: toml::Table =
             toml::from_str("[[p]]\ntopic = \"org:*:team:*:chat\"\nallow = [\"presence-read\"]\n")
                 .unwrap();
