@@ -228,8 +228,8 @@ fn split_fields<'a, const N: usize>(
 fn decode_body(encoding: u8, payload: &[u8]) -> Result<BroadcastBody, BinaryError> {
     match encoding {
         ENCODING_JSON => {
-            let v: Value = serde_json::from_slice(payload).map_err(|_| BinaryError::BadJson)?;
-            Ok(BroadcastBody::Json(v.to_string()))
+            let text = std::str::from_utf8(payload).map_err(|_| BinaryError::BadJson)?;
+            Ok(BroadcastBody::Json(json_as_sent(text)?))
         }
         ENCODING_BINARY => Ok(BroadcastBody::Binary(payload.to_vec())),
         other => Err(BinaryError::UnknownEncoding(other)),
@@ -240,8 +240,16 @@ fn decode_meta(meta: &str) -> Result<Option<String>, BinaryError> {
     if meta.is_empty() {
         return Ok(None);
     }
-    let v: Value = serde_json::from_str(meta).map_err(|_| BinaryError::BadJson)?;
-    Ok(Some(v.to_string()))
+    json_as_sent(meta).map(Some)
+}
+
+/// Checks that `text` is one JSON value and keeps it as the client wrote it,
+/// less surrounding whitespace. Re-serialising through `Value` would round
+/// large numbers through f64 and change what the other members receive.
+fn json_as_sent(text: &str) -> Result<String, BinaryError> {
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_str(text).map_err(|_| BinaryError::BadJson)?;
+    Ok(raw.get().to_owned())
 }
 
 #[cfg(test)]
@@ -298,6 +306,37 @@ mod tests {
         );
     }
 
+    /// Found by the decode_binary fuzz target: a 27-digit number in the
+    /// metadata came out as a rounded float. Numbers are forwarded as sent.
+    #[test]
+    fn json_in_binary_frames_is_forwarded_as_sent() {
+        let big = "222222228222220222222222222";
+        let mut f = vec![3, 0, 0, 2, 1, big.len() as u8, ENCODING_JSON];
+        f.extend_from_slice(b"22");
+        f.extend_from_slice(b"2");
+        f.extend_from_slice(big.as_bytes());
+        f.extend_from_slice(b"[0.1000000000000000055511151231257827, 12345678901234567890123]");
+        let push = decode_binary(&f).unwrap();
+        assert_eq!(push.broadcast.meta.as_deref(), Some(big));
+        assert_eq!(
+            push.broadcast.body,
+            BroadcastBody::Json(
+                "[0.1000000000000000055511151231257827, 12345678901234567890123]".into()
+            )
+        );
+        f[6] = ENCODING_BINARY;
+        let Some(Encoded::Binary(kind4)) =
+            decode_binary(&f).unwrap().broadcast.encode(Vsn::V2, "22")
+        else {
+            panic!("raw bytes go out as kind 4")
+        };
+        let back = decode_user_broadcast(&kind4).unwrap();
+        assert_eq!(back.broadcast.meta.as_deref(), Some(big));
+        let mut bad = f.clone();
+        bad[7 + 3] = b'@';
+        assert_eq!(decode_binary(&bad).err(), Some(BinaryError::BadJson));
+    }
+
     #[test]
     fn kind4_round_trips_through_the_client_decoder() {
         let b = UserBroadcast {
@@ -315,7 +354,7 @@ mod tests {
         json.extend_from_slice(br#"{"a": 1}"#);
         assert_eq!(
             decode_user_broadcast(&json).unwrap().broadcast.body,
-            BroadcastBody::Json(r#"{"a":1}"#.into())
+            BroadcastBody::Json(r#"{"a": 1}"#.into())
         );
         assert_eq!(decode_user_broadcast(&[]), Err(BinaryError::Empty));
         assert_eq!(
