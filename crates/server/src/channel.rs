@@ -25,9 +25,8 @@ use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 use crate::admission::TokenBucket;
 use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
 use crate::metrics::Metrics;
-use crate::outbound::{Outbound, SharedFrame};
+use crate::outbound::{Frame, Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
-use axum::extract::ws::Message;
 use roster_protocol::Vsn;
 
 /// One socket's membership of a channel.
@@ -150,7 +149,7 @@ struct Window {
 #[derive(Default)]
 struct StateFrames {
     payload: Option<String>,
-    frames: Vec<(Vsn, Option<Arc<str>>, Message)>,
+    frames: Vec<(Vsn, Option<Arc<str>>, Frame)>,
 }
 
 /// Most distinct (vsn, join_ref) frames kept.
@@ -163,7 +162,7 @@ impl StateFrames {
         vsn: Vsn,
         join_ref: Option<&Arc<str>>,
         state: impl FnOnce() -> String,
-    ) -> Message {
+    ) -> Frame {
         let cached = self
             .frames
             .iter()
@@ -178,7 +177,7 @@ impl StateFrames {
             events::PRESENCE_STATE,
             payload,
         );
-        let frame = Message::Text(push.encode(vsn).into());
+        let frame = Frame::text(push.encode(vsn));
         if self.frames.len() < STATE_FRAMES_KEPT {
             self.frames.push((vsn, join_ref.cloned(), frame.clone()));
         }

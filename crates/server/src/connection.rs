@@ -7,21 +7,22 @@
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use roster_protocol::Vsn;
 use tokio::time::{sleep, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{unix_now, Credential};
 use crate::metrics::Metrics;
-use crate::outbound::{message_len, Inbox, Outbound};
+use crate::outbound::{Frame, Inbox, Outbound};
 use crate::server::Server;
 use crate::session::Session;
+use crate::websocket::{self, Writer};
 use crate::when_woken::WhenWoken;
 
 /// Most queued frames written before one flush.
@@ -40,6 +41,9 @@ enum End {
     /// A rule says this socket must go (the join rate, undecodable input):
     /// the close code and reason.
     Policy(u16, String),
+    /// The client broke RFC 6455 (an unmasked frame, a message over the
+    /// size limit, text that is not UTF-8): the close code and reason.
+    ProtocolError(u16, String),
     #[allow(dead_code)] // read through Debug in the log line
     Error(String),
 }
@@ -54,6 +58,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Islanded => "islanded",
             End::Policy(..) => "policy",
+            End::ProtocolError(..) => "protocol_error",
             End::Error(_) => "error",
         }
     }
@@ -80,50 +85,62 @@ fn rearm(session: &Session, at: &mut Option<u64>, timer: std::pin::Pin<&mut toki
 }
 
 /// Write `first` and whatever is queued behind it (up to [`WRITE_BATCH`]
-/// frames) as one flush, i.e. one syscall when the socket has room.
+/// frames) in one go: one `writev` when the socket has room. A write that
+/// has to wait ends early when `stop` fires: an overflow of the byte budget
+/// ends the socket at once, not after the write timeout.
 async fn write_queued(
-    ws: &mut WebSocket,
+    writer: &mut Writer,
     rx: &mut Inbox,
-    first: Message,
+    first: Frame,
     write_timeout: Duration,
     metrics: &Metrics,
+    stop: Pin<&mut impl Future<Output = End>>,
 ) -> Result<(), End> {
     metrics.outbound_queue_depth.record((rx.len() + 1) as f64);
-    let write = async {
-        let mut frames = 1;
-        let mut bytes = message_len(&first);
-        ws.feed(first).await?;
-        while frames < WRITE_BATCH {
-            match rx.try_recv() {
-                Some(msg) => {
-                    frames += 1;
-                    bytes += message_len(&msg);
-                    ws.feed(msg).await?;
-                }
-                None => break,
-            }
+    let mut batch = Vec::with_capacity((rx.len() + 1).min(WRITE_BATCH));
+    batch.push(first);
+    while batch.len() < WRITE_BATCH {
+        match rx.try_recv() {
+            Some(frame) => batch.push(frame),
+            None => break,
         }
-        ws.flush().await.map(|()| (frames, bytes))
-    };
+    }
+    let bytes: usize = batch.iter().map(Frame::len).sum();
     let written = {
-        let mut write = pin!(write);
+        let mut write = pin!(writer.write(&batch));
         // Most writes complete at once; only a write that has to wait arms the
         // stall timer (a timer registration per write showed up in profiles).
         match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
             Poll::Ready(done) => Ok(done),
-            Poll::Pending => timeout(write_timeout, write).await,
+            Poll::Pending => tokio::select! {
+                written = timeout(write_timeout, write) => written,
+                end = stop => return Err(end),
+            },
         }
     };
     match written {
-        Ok(Ok((frames, bytes))) => {
+        Ok(Ok(())) => {
             rx.written(bytes);
-            metrics.frames_out.increment(frames as u64);
+            metrics.frames_out.increment(batch.len() as u64);
             metrics.bytes_out.increment(bytes as u64);
             Ok(())
         }
         Ok(Err(e)) => Err(End::Error(e.to_string())),
         Err(_) => Err(End::WriteStalled),
     }
+}
+
+/// How a read error ends the socket: with the close code RFC 6455 §7.4.1
+/// gives it when the client is at fault, else (the connection broke) silently.
+fn protocol_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    let code = match &e {
+        Error::Protocol(_) => 1002,
+        Error::Capacity(_) => 1009,
+        Error::Utf8(_) => 1007,
+        _ => return End::Error(e.to_string()),
+    };
+    End::ProtocolError(code, e.to_string())
 }
 
 /// The longest prefix of `text` within `max` bytes, on a char boundary.
@@ -137,7 +154,7 @@ fn truncate(text: &str, max: usize) -> &str {
 
 pub async fn run(
     server: Arc<Server>,
-    mut ws: WebSocket,
+    socket: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
     vsn: Vsn,
     credential: Credential,
     peer: SocketAddr,
@@ -149,6 +166,8 @@ pub async fn run(
     let coalesce = settings.write_coalesce;
     let (out, mut rx, overflow) =
         Outbound::new(settings.outbound_queue, settings.outbound_buffer_bytes, vsn);
+    let (mut reader, mut writer) =
+        websocket::open(socket, settings.max_message_bytes, out.clone()).await;
     let shutdown = server.shutdown.clone();
     let mut session = Session::new(server.clone(), out, credential, peer.ip());
     let metrics = server.metrics.clone();
@@ -179,7 +198,7 @@ pub async fn run(
     let mut expiry_at: Option<u64> = None;
     // When the held frame (if any) and what queued behind it get written.
     let flush_at = sleep(NEVER);
-    let mut held: Option<Message> = None;
+    let mut held: Option<Frame> = None;
     tokio::pin!(idle, stop, expiry, flush_at);
     let mut last_flush = Instant::now() - coalesce;
     let end = loop {
@@ -197,23 +216,23 @@ pub async fn run(
                     flush_at.as_mut().reset(due);
                     continue;
                 }
-                match Box::pin(write_queued(&mut ws, &mut rx, first, write_timeout, &metrics)).await {
+                match Box::pin(write_queued(&mut writer, &mut rx, first, write_timeout, &metrics, stop.as_mut())).await {
                     Ok(()) => last_flush = Instant::now(),
                     Err(end) => break end,
                 }
             }
             _ = &mut flush_at, if held.is_some() => {
                 let first = held.take().expect("guarded by the branch condition");
-                match Box::pin(write_queued(&mut ws, &mut rx, first, write_timeout, &metrics)).await {
+                match Box::pin(write_queued(&mut writer, &mut rx, first, write_timeout, &metrics, stop.as_mut())).await {
                     Ok(()) => last_flush = Instant::now(),
                     Err(end) => break end,
                 }
             }
-            inbound = ws.recv() => {
+            inbound = reader.next() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
                 if let Some(Ok(msg)) = &inbound {
                     metrics.frames_in.increment(1);
-                    metrics.bytes_in.increment(message_len(msg) as u64);
+                    metrics.bytes_in.increment(msg.len() as u64);
                 }
                 match inbound {
                     Some(Ok(Message::Text(text))) => {
@@ -229,9 +248,10 @@ pub async fn run(
                             break End::Policy(code, reason.to_owned());
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    // tungstenite queued the pong itself, through the reply tap.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
-                    Some(Err(e)) => break End::Error(e.to_string()),
+                    Some(Err(e)) => break protocol_error(e),
                 }
             }
             _ = &mut idle => break End::IdleTimeout,
@@ -255,33 +275,35 @@ pub async fn run(
         End::IdleTimeout => Some((1000, "idle timeout")),
         End::Overflow => Some((1008, "too slow: outbound queue overflow")),
         // A close reason has to fit a control frame (123 bytes).
-        End::Policy(code, reason) => Some((*code, truncate(reason, 123))),
+        End::Policy(code, reason) | End::ProtocolError(code, reason) => {
+            Some((*code, truncate(reason, 123)))
+        }
         _ => None,
     };
     // A policy close follows a reply that explains it: send what is queued first.
     let flush_queue = matches!(end, End::Policy(..));
     let goodbye = async {
+        let mut last = Vec::new();
         if flush_queue {
-            if let Some(msg) = held {
-                ws.feed(msg).await?;
-            }
-            while let Some(msg) = rx.try_recv() {
-                ws.feed(msg).await?;
-            }
+            last.extend(held);
+            last.extend(std::iter::from_fn(|| rx.try_recv()));
         }
         match close {
             Some((code, reason)) => {
-                let frame = Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }));
-                ws.send(frame).await
+                last.push(crate::frame_writer::close_frame(code, reason));
             }
-            // The client's Close was answered by tungstenite's queued echo;
-            // flushing sends it, so the client sees a clean close (RFC 6455
-            // §5.5.1), not 1006 — realtime-py reconnects on 1006.
-            None => ws.flush().await,
+            // The client's Close is answered by tungstenite's echo, which a
+            // flush hands to the reply tap; sending it gives the client a
+            // clean close (RFC 6455 §5.5.1), not 1006: realtime-py
+            // reconnects on 1006.
+            None => {
+                let _ = reader.flush().await;
+                last.extend(
+                    std::iter::from_fn(|| rx.try_recv()).filter(|f| matches!(f, Frame::Framed(_))),
+                );
+            }
         }
+        writer.write(&last).await
     };
     // Boxed, like the write: an idle socket's task is only as large as its
     // largest await point, and these two were the largest (memory per connection).

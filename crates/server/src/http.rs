@@ -8,7 +8,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +27,7 @@ use tower::ServiceExt;
 use crate::admission::Permit;
 use crate::connection;
 use crate::server::Server;
+use crate::websocket::Upgrade;
 
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -220,7 +220,7 @@ async fn websocket(
     permit: Option<Extension<ConnectionPermit>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
         Ok(v) => v,
@@ -264,23 +264,16 @@ async fn websocket(
             }
         },
     };
-    let upgrade = upgrade
-        .max_message_size(settings.max_message_bytes)
-        .max_frame_size(settings.max_message_bytes)
-        // Small buffers: memory per idle connection matters more than
-        // throughput per connection for presence (a larger frame grows the
-        // read buffer as needed; 512 against 1,024 saved 0.45 KB a socket).
-        .read_buffer_size(512)
-        .write_buffer_size(16 * 1024);
     let tasks = server.tasks.clone();
-    upgrade
-        .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "upgrade failed"))
-        .on_upgrade(move |socket| {
+    upgrade.on_upgrade(
+        move |e| tracing::debug!(%peer, error = %e, "upgrade failed"),
+        move |socket| {
             tasks.track_future(async move {
                 connection::run(server, socket, vsn, credential, peer).await;
                 drop(permit);
             })
-        })
+        },
+    )
 }
 
 /// What keeps a WebSocket's place under the caps until its task ends.

@@ -3,6 +3,7 @@
 //! Layers, outside in:
 //! * [`http`]: routes and the WebSocket upgrade (credentials, `vsn`);
 //! * [`rest`]: REST broadcast;
+//! * [`websocket`]: the handshake, tungstenite reading, [`frame_writer`] writing;
 //! * [`connection`]: one task per socket, the I/O loop and timeouts;
 //! * [`session`]: what each client message does on that socket;
 //! * [`channel`]: the channel registry, presence and fan-out;
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod frame_writer;
 pub mod http;
 pub mod metrics;
 pub mod outbound;
@@ -28,6 +30,7 @@ pub mod rest;
 pub mod server;
 pub mod session;
 pub mod webhooks;
+pub mod websocket;
 pub mod when_woken;
 
 pub use config::Settings;

@@ -1,14 +1,16 @@
 //! The sending half of a socket: a bounded queue of ready-made frames.
 //!
 //! Fan-out never waits on a socket: it queues a frame whose bytes are
-//! shared with every other recipient (`Utf8Bytes` clones are reference
-//! counts). A socket whose queue is full is too slow to keep up; it is told to
-//! go away, and its presence is removed when it does.
+//! shared with every other recipient (`Bytes` clones are reference counts),
+//! and the socket task writes those same bytes behind a header of its own
+//! ([`crate::frame_writer`]); no socket ever holds a copy. A socket whose
+//! queue is full is too slow to keep up; it is told to go away, and its
+//! presence is removed when it does.
 //!
 //! The budget is in frames and in bytes: a frame's bytes count from the
-//! moment it is queued until the socket task has written it (the WebSocket
-//! library copies it into its own write buffer), so N slow readers cost at
-//! most N × the byte budget, whatever the frames are.
+//! moment it is queued until the socket task has written it, so N slow
+//! readers hold at most N × the byte budget, whatever the frames are (and
+//! less, since what they hold is mostly the same shared frames).
 //!
 //! The queue is a `VecDeque` that grows with use, not a tokio channel: an
 //! mpsc channel allocates a 32-slot block (1.6 KB) per socket up front, the
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use axum::extract::ws::Message;
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use roster_protocol::{Encoded, Outgoing, Vsn};
@@ -40,6 +42,35 @@ struct Queue {
     closed: AtomicBool,
 }
 
+/// One WebSocket frame to write. Text and binary payloads are shared
+/// between every socket that receives them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// A text message's payload (valid UTF-8, as the encoders make it).
+    Text(Bytes),
+    Binary(Bytes),
+    /// Bytes already framed by the WebSocket library that reads the
+    /// socket: its pong replies and the echo of a client's close.
+    Framed(Bytes),
+}
+
+impl Frame {
+    pub fn text(text: impl Into<Bytes>) -> Frame {
+        Frame::Text(text.into())
+    }
+
+    /// What a frame weighs in the byte budget: its payload.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) | Frame::Framed(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Clone)]
 pub struct Outbound {
     queue: Arc<Queue>,
@@ -56,7 +87,7 @@ impl std::fmt::Debug for Outbound {
 
 #[derive(Default)]
 struct Pending {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Frame>,
     /// Bytes of the queued frames plus those taken but not yet written.
     bytes: usize,
 }
@@ -68,7 +99,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// The next frame; waits while the queue is empty. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Message> {
+    pub async fn recv(&mut self) -> Option<Frame> {
         poll_fn(|cx| {
             if let Some(frame) = self.try_recv() {
                 return Poll::Ready(Some(frame));
@@ -85,7 +116,7 @@ impl Inbox {
 
     /// The next frame, if one is queued. Its bytes still count against the
     /// budget until [`Inbox::written`] says they are out.
-    pub fn try_recv(&mut self) -> Option<Message> {
+    pub fn try_recv(&mut self) -> Option<Frame> {
         let mut pending = self.queue.pending.lock();
         let frame = pending.frames.pop_front();
         if pending.frames.is_empty() && pending.frames.capacity() > SHRINK_ABOVE {
@@ -150,15 +181,15 @@ impl Outbound {
     }
 
     /// Queue a frame. Never blocks; on overflow the socket is condemned.
-    /// Text and binary messages clone by reference count, so one encoded
-    /// frame can be queued to every recipient.
-    pub fn send(&self, frame: Message) {
+    /// Frames clone by reference count, so one encoded frame can be queued
+    /// to every recipient.
+    pub fn send(&self, frame: Frame) {
         // The socket task is gone; its cleanup is already under way.
         if self.queue.closed.load(Ordering::Acquire) {
             return;
         }
         {
-            let len = message_len(&frame);
+            let len = frame.len();
             let mut pending = self.queue.pending.lock();
             if pending.frames.len() >= self.queue.capacity
                 || pending.bytes + len > self.queue.max_bytes
@@ -176,16 +207,7 @@ impl Outbound {
 
     /// Encode for this socket's vsn and queue.
     pub fn send_outgoing(&self, out: &Outgoing<'_>) {
-        self.send(Message::Text(out.encode(self.vsn).into()));
-    }
-}
-
-/// What a frame weighs in the byte budget: its payload.
-pub fn message_len(msg: &Message) -> usize {
-    match msg {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
+        self.send(Frame::text(out.encode(self.vsn)));
     }
 }
 
@@ -193,8 +215,8 @@ pub fn message_len(msg: &Message) -> usize {
 /// "not deliverable in this vsn" (a binary broadcast to a vsn-1 client).
 pub struct SharedFrame<F> {
     encode: F,
-    v1: Option<Option<Message>>,
-    v2: Option<Option<Message>>,
+    v1: Option<Option<Frame>>,
+    v2: Option<Option<Frame>>,
 }
 
 impl<F: FnMut(Vsn) -> Option<Encoded>> SharedFrame<F> {
@@ -206,15 +228,15 @@ impl<F: FnMut(Vsn) -> Option<Encoded>> SharedFrame<F> {
         }
     }
 
-    pub fn for_vsn(&mut self, vsn: Vsn) -> Option<Message> {
+    pub fn for_vsn(&mut self, vsn: Vsn) -> Option<Frame> {
         let slot = match vsn {
             Vsn::V1 => &mut self.v1,
             Vsn::V2 => &mut self.v2,
         };
         slot.get_or_insert_with(|| {
             (self.encode)(vsn).map(|e| match e {
-                Encoded::Text(t) => Message::Text(t.into()),
-                Encoded::Binary(b) => Message::Binary(b.into()),
+                Encoded::Text(t) => Frame::text(t),
+                Encoded::Binary(b) => Frame::Binary(b.into()),
             })
         })
         .clone()

@@ -192,7 +192,7 @@ impl Session {
         )
         .encode(self.vsn());
         let out = self.out.clone();
-        Box::new(move || out.send(axum::extract::ws::Message::Text(text.into())))
+        Box::new(move || out.send(crate::outbound::Frame::text(text)))
     }
 
     fn reply(&self, frame: &Frame, reply: Reply) {

@@ -1,5 +1,7 @@
 //! Failure and load behaviour: concurrent joins stay exact, a client that
-//! never reads is cut off without hurting the room, shutdown closes cleanly.
+//! never reads is cut off without hurting the room, shutdown closes cleanly;
+//! and the WebSocket itself, frame by frame: fragments, control frames
+//! between them, masking, and shared frames written byte-identical.
 
 mod common;
 
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 const ROOM: &str = "realtime:storm";
 
@@ -142,5 +145,114 @@ async fn a_client_close_is_answered_with_a_close_frame() {
         let mut c = Client::connect(s.addr, vsn).await;
         c.join(ROOM, Some("closer")).await;
         assert_eq!(c.close_handshake().await, Some(1000));
+    }
+}
+
+/// RFC 6455 §5.4: a message may come in fragments, with control frames
+/// between them. The ping is answered at once, the message read whole.
+#[tokio::test]
+async fn fragments_with_a_ping_between_them_make_one_message() {
+    let s = start().await;
+    let mut watcher = Client::connect(s.addr, 2).await;
+    let wj = watcher.join(ROOM, Some("watcher")).await;
+    let mut raw = RawSocket::connect(s.addr, 2).await;
+    let join = json!(["1", "1", ROOM, "phx_join", {"config": {"presence": {"key": "fragmented"}}}])
+        .to_string();
+    let (a, rest) = join.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(10);
+    raw.send(OpCode::Data(Data::Text), false, a, true).await;
+    raw.send(OpCode::Control(Control::Ping), true, b"are you there", true)
+        .await;
+    raw.send(OpCode::Data(Data::Continue), false, b, true).await;
+    raw.send(OpCode::Data(Data::Continue), true, c, true).await;
+    let pong = raw.next().await.expect("a pong");
+    assert_eq!(pong.opcode, OpCode::Control(Control::Pong));
+    assert_eq!(pong.payload, b"are you there");
+    let reply: serde_json::Value =
+        serde_json::from_slice(&raw.next_event("phx_reply").await.payload).unwrap();
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    raw.send_text(&json!(["1", "2", ROOM, "presence", {"type": "presence", "event": "track", "payload": {"n": 1}}]).to_string())
+        .await;
+    watcher
+        .until_view(ROOM, |v| v.contains_key("fragmented"))
+        .await;
+    let _ = wj;
+}
+
+/// RFC 6455 §5.1: a client frame must be masked. One that is not closes
+/// that socket with 1002; the room sees its member leave and goes on.
+#[tokio::test]
+async fn an_unmasked_frame_closes_that_socket_with_a_protocol_error() {
+    let s = start().await;
+    let mut canary = Client::connect_canary(s.addr, 2).await;
+    let cj = canary.join(ROOM, Some("canary")).await;
+    canary.track(&cj, ROOM, json!({"ok": true})).await;
+    let mut raw = RawSocket::connect(s.addr, 2).await;
+    raw.send_text(
+        &json!(["1", "1", ROOM, "phx_join", {"config": {"presence": {"key": "unmasked"}}}])
+            .to_string(),
+    )
+    .await;
+    raw.next_event("phx_reply").await;
+    raw.send_text(
+        &json!(["1", "2", ROOM, "presence", {"type": "presence", "event": "track", "payload": {}}])
+            .to_string(),
+    )
+    .await;
+    canary
+        .until_view(ROOM, |v| v.contains_key("unmasked"))
+        .await;
+    raw.send(
+        OpCode::Data(Data::Text),
+        true,
+        b"[null,null,\"phoenix\",\"heartbeat\",{}]",
+        false,
+    )
+    .await;
+    let close = loop {
+        match raw.next().await {
+            Some(f) if f.opcode == OpCode::Control(Control::Close) => break f,
+            Some(_) => continue,
+            None => panic!("closed without a Close frame"),
+        }
+    };
+    assert_eq!(close.payload[..2], 1002u16.to_be_bytes());
+    canary
+        .until_view(ROOM, |v| !v.contains_key("unmasked"))
+        .await;
+    assert!(canary.view(ROOM).contains_key("canary"));
+}
+
+/// Every socket gets the same bytes for a shared frame, header and all:
+/// one encoding, written behind each socket's own header without a copy.
+#[tokio::test]
+async fn a_shared_frame_arrives_byte_identical_at_every_socket() {
+    let s = start_with(|s| s.limits.max_track_bytes = 128 * 1024).await;
+    let mut raws = Vec::new();
+    for i in 0..5 {
+        let mut raw = RawSocket::connect(s.addr, 2).await;
+        raw.send_text(&json!([format!("{i}"), "1", ROOM, "phx_join", {"config": {"presence": {"enabled": true, "key": format!("raw{i}")}}}]).to_string())
+            .await;
+        raw.next_event("presence_state").await;
+        raws.push(raw);
+    }
+    let mut tracker = Client::connect(s.addr, 2).await;
+    let tj = tracker.join(ROOM, Some("tracker")).await;
+    // Large enough for a 64-bit length in the header.
+    let state = json!({"blob": "y".repeat(70_000)});
+    let reply = tracker.track(&tj, ROOM, state.clone()).await;
+    assert_eq!(reply.payload["status"], "ok", "{:?}", reply.payload);
+    let mut seen = Vec::new();
+    for raw in &mut raws {
+        seen.push(raw.next_event("presence_diff").await);
+    }
+    let diff: serde_json::Value = serde_json::from_slice(&seen[0].payload).unwrap();
+    assert_eq!(
+        diff[4]["joins"]["tracker"]["metas"][0]["blob"],
+        state["blob"]
+    );
+    assert!(seen[0].wire.len() > 70_000 + 10);
+    for other in &seen[1..] {
+        assert_eq!(other.wire, seen[0].wire);
     }
 }

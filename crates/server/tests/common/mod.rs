@@ -632,3 +632,123 @@ pub fn jwt(claims: Value, secret: &str) -> String {
     )
     .unwrap()
 }
+
+/// A WebSocket spoken by hand over TCP, to send frames no library would
+/// (fragments with a ping between them, unmasked frames) and to see the
+/// server's frames byte for byte.
+pub struct RawSocket {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One frame as it came off the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawFrame {
+    pub opcode: tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode,
+    pub payload: Vec<u8>,
+    /// Header and payload, exactly as read.
+    pub wire: Vec<u8>,
+}
+
+impl RawSocket {
+    pub async fn connect(addr: SocketAddr, vsn: u8) -> RawSocket {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /realtime/v1/websocket?apikey={KEY}&vsn={vsn}.0.0 HTTP/1.1\r\nHost: {addr}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            let mut chunk = [0; 1024];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // The RFC 6455 §1.3 example key and its answer.
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        RawSocket {
+            tcp,
+            buf: buf.split_off(end),
+        }
+    }
+
+    /// Send one frame; `mask: false` breaks RFC 6455 §5.1 on purpose.
+    pub async fn send(
+        &mut self,
+        opcode: tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode,
+        is_final: bool,
+        payload: &[u8],
+        mask: bool,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+        let header = FrameHeader {
+            is_final,
+            opcode,
+            mask: mask.then_some([7, 1, 3, 9]),
+            ..FrameHeader::default()
+        };
+        let mut bytes = Vec::new();
+        Frame::from_payload(header, payload.to_vec().into())
+            .format(&mut bytes)
+            .unwrap();
+        // A closed socket shows in what the test reads next.
+        let _ = self.tcp.write_all(&bytes).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        self.send(OpCode::Data(Data::Text), true, text.as_bytes(), true)
+            .await;
+    }
+
+    /// The next frame, or `None` when the socket closed first.
+    pub async fn next(&mut self) -> Option<RawFrame> {
+        use std::io::Cursor;
+        use tokio::io::AsyncReadExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        loop {
+            let mut cursor = Cursor::new(&self.buf[..]);
+            if let Some((header, len)) = FrameHeader::parse(&mut cursor).unwrap() {
+                assert!(header.mask.is_none(), "server frames are unmasked");
+                let start = cursor.position() as usize;
+                let end = start + len as usize;
+                if self.buf.len() >= end {
+                    let wire: Vec<u8> = self.buf.drain(..end).collect();
+                    return Some(RawFrame {
+                        opcode: header.opcode,
+                        payload: wire[start..].to_vec(),
+                        wire,
+                    });
+                }
+            }
+            let mut chunk = vec![0; 64 * 1024];
+            match tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no frame within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// The next text frame whose JSON has `event` (vsn 2 array or vsn 1 object).
+    pub async fn next_event(&mut self, event: &str) -> RawFrame {
+        loop {
+            let frame = self.next().await.expect("socket open");
+            let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) else {
+                continue;
+            };
+            if v[3] == event || v["event"] == event {
+                return frame;
+            }
+        }
+    }
+}
