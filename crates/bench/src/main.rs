@@ -106,6 +106,10 @@ struct Args {
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// After every client has left, wait this many seconds and report the
+    /// server's RSS then (memory given back), beside its idle RSS before.
+    #[arg(long, default_value_t = 0)]
+    after_leave_s: u64,
 }
 
 #[tokio::main]
@@ -269,6 +273,13 @@ async fn main() -> anyhow::Result<()> {
             }
             ghosts += report.ghosts;
             missing += report.missing;
+        }
+    }
+    if let (Some(p), Some(b), true) = (&server, &before, args.after_leave_s > 0) {
+        tokio::time::sleep(Duration::from_secs(args.after_leave_s)).await;
+        if let Some(a) = p.sample() {
+            result["server_idle_rss_mb"] = json!(round(b.rss_kb as f64 / 1024.0, 1));
+            result["server_rss_after_leave_mb"] = json!(round(a.rss_kb as f64 / 1024.0, 1));
         }
     }
     result["exact_views"] = json!(exact);
