@@ -298,6 +298,9 @@ pub struct ChannelPresence {
     /// Members whose socket went away but whose meta is kept for a grace
     /// period, to be adopted by a rejoin tracking the same state.
     orphans: HashSet<MemberId>,
+    /// How many metas were updated in place ([`Meta::is_replaced`]): when
+    /// none, a joiner needs nothing after its snapshot.
+    replaced: usize,
 }
 
 impl ChannelPresence {
@@ -365,6 +368,7 @@ impl ChannelPresence {
             .expect("member tracks under key");
         self.state_bytes -= meta_weight(key, &tracked.meta.state);
         self.state_bytes += meta_weight(key, &state);
+        self.replaced += usize::from(!tracked.meta.is_replaced());
         let new = Meta {
             phx_ref: tracked.meta.phx_ref.clone(),
             phx_ref_prev: Some(tracked.meta.phx_ref.clone()),
@@ -384,6 +388,7 @@ impl ChannelPresence {
     /// Add `meta` under `key` for `member` (which holds none now), noting the join.
     fn add(&mut self, member: MemberId, key: &str, meta: Meta, diff: &mut Diff) {
         self.state_bytes += meta_weight(key, &meta.state);
+        self.replaced += usize::from(meta.is_replaced());
         self.by_key
             .entry(key.to_owned())
             .or_default()
@@ -471,6 +476,7 @@ impl ChannelPresence {
             .expect("key_of and by_key agree");
         let removed = metas.remove(pos);
         self.state_bytes -= meta_weight(&key, &removed.meta.state);
+        self.replaced -= usize::from(removed.meta.is_replaced());
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
@@ -534,6 +540,11 @@ impl ChannelPresence {
     /// snapshot (same ref); this replaces it. A fresh client only sees one
     /// more `join` of a meta it has.
     pub fn replaced_json_before(&self, pending: &Diff) -> Option<String> {
+        let pending_replaced = pending.leaves.iter().any(|(_, m)| m.is_replaced())
+            || pending.updates.iter().any(|u| u.old.is_replaced());
+        if self.replaced == 0 && !pending_replaced {
+            return None;
+        }
         let mut replaced = self.metas_before(pending);
         replaced.retain(|_, metas| {
             metas.retain(|m| m.is_replaced());

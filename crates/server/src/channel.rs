@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State};
+use roster_presence::{
+    meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State, Updates,
+};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::admission::TokenBucket;
@@ -40,6 +42,8 @@ pub struct Member {
     /// Wants only the numbers (`presence_count`), not the member list.
     pub count_only: bool,
     pub broadcast_read: bool,
+    /// How this member's state changes reach the others.
+    pub updates: Updates,
 }
 
 /// Sends a deferred reply (a track's `ok` once its diff is out).
@@ -358,10 +362,10 @@ impl Channel {
         ack: Ack,
     ) -> Result<(), StateFull> {
         let mut inner = self.inner.lock();
-        if !inner.members.contains_key(&member) {
+        let Some(updates) = inner.members.get(&member).map(|m| m.updates) else {
             ack();
             return Ok(());
-        }
+        };
         let old = match &inner.sync {
             Some(sync) => sync
                 .owned
@@ -378,12 +382,20 @@ impl Channel {
             return Err(StateFull);
         }
         let Some(sync) = inner.sync.as_mut() else {
-            self.change(&mut inner, |p| p.track(member, key, state, refs));
+            self.change(&mut inner, |p| p.track(member, key, state, refs, updates));
             self.deliver_ack(&mut inner, ack);
             return Ok(());
         };
         match sync.owned.get(&member) {
             Some(o) if &*o.key == key && o.meta.state == state => {}
+            Some(o) if &*o.key == key && updates == Updates::Replace => {
+                let meta = Meta {
+                    phx_ref: o.meta.phx_ref.clone(),
+                    phx_ref_prev: Some(o.meta.phx_ref.clone()),
+                    state,
+                };
+                sync.put(member, Arc::from(key), meta);
+            }
             Some(o) => {
                 let meta = Meta {
                     phx_ref: refs.next_ref(),
@@ -848,6 +860,12 @@ impl Channel {
             None => scratch.frame(&self.topic, out.vsn(), join_ref, || presence.state_json()),
         };
         out.send(frame);
+        // Metas updated in place, again: a rejoining client reconciles the
+        // snapshot by ref, so it would keep their old states.
+        let before = window.as_ref().map(|w| &w.diff);
+        if let Some(again) = presence.replaced_json_before(before.unwrap_or(&Diff::default())) {
+            out.send_outgoing(&Outgoing::fanout(&self.topic, events::PRESENCE_DIFF, &again));
+        }
     }
 
     /// Queue a `presence_diff` to every member, encoded once per vsn.
