@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{
-    meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State, Updates,
-};
+use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State, Updates};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::admission::TokenBucket;
@@ -864,7 +862,11 @@ impl Channel {
         // snapshot by ref, so it would keep their old states.
         let before = window.as_ref().map(|w| &w.diff);
         if let Some(again) = presence.replaced_json_before(before.unwrap_or(&Diff::default())) {
-            out.send_outgoing(&Outgoing::fanout(&self.topic, events::PRESENCE_DIFF, &again));
+            out.send_outgoing(&Outgoing::fanout(
+                &self.topic,
+                events::PRESENCE_DIFF,
+                &again,
+            ));
         }
     }
 

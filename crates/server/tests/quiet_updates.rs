@@ -61,18 +61,29 @@ async fn a_replace_update_is_one_join_under_the_same_ref_and_classic_stays_class
 
     quiet.track(&jq, ROOM, json!({"s": "away"})).await;
     let diff = watcher.recv_event("presence_diff").await;
-    assert_eq!(diff.payload["leaves"], json!({}), "no leave: {:?}", diff.raw);
+    assert_eq!(
+        diff.payload["leaves"],
+        json!({}),
+        "no leave: {:?}",
+        diff.raw
+    );
     let joined = metas(&diff.payload["joins"], "quiet");
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[0]["s"], "away");
     assert_eq!(joined[0]["phx_ref"], quiet_ref, "the same ref");
-    assert_eq!(joined[0]["phx_ref_prev"], quiet_ref, "marked as updated in place");
+    assert_eq!(
+        joined[0]["phx_ref_prev"], quiet_ref,
+        "marked as updated in place"
+    );
 
     classic.track(&jc, ROOM, json!({"s": "away"})).await;
     let diff = watcher.recv_event("presence_diff").await;
     let joined = metas(&diff.payload["joins"], "classic");
     assert_ne!(joined[0]["phx_ref"], classic_ref, "a new ref");
-    assert_eq!(metas(&diff.payload["leaves"], "classic")[0]["phx_ref"], classic_ref);
+    assert_eq!(
+        metas(&diff.payload["leaves"], "classic")[0]["phx_ref"],
+        classic_ref
+    );
     watcher.expect_nothing_pending().await;
 
     let view = watcher.view(ROOM);
