@@ -24,6 +24,7 @@ use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::admission::TokenBucket;
 use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
+use crate::last_seen::{self, LastSeen};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
@@ -57,6 +58,7 @@ pub struct Channel {
     /// Set with a cluster: the channel's Redis hash tag and the node.
     cluster: Option<(Arc<Cluster>, String)>,
     webhooks: Option<Arc<Webhooks>>,
+    last_seen: Option<Arc<LastSeen>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
     /// What broadcasts this channel takes per second, all senders together.
@@ -572,6 +574,7 @@ impl Channel {
         match sync.replica.receive(update, &mut inner.presence) {
             Received::Applied(diff) => {
                 let diff = diff.net();
+                self.remember_leaves(inner, &diff);
                 self.count(inner, &diff, keys_before);
                 if !diff.is_empty() {
                     self.send_diff(inner, &diff);
@@ -746,6 +749,7 @@ impl Channel {
     ) {
         let keys_before = inner.presence.key_count();
         if let Some(diff) = apply(&mut inner.presence) {
+            self.remember_leaves(inner, &diff);
             self.count(inner, &diff, keys_before);
             self.send_diff(inner, &diff);
             if let Some(w) = &self.webhooks {
@@ -757,6 +761,25 @@ impl Channel {
                 ));
             }
         }
+    }
+
+    /// Last seen: note the keys whose last meta this change took out.
+    fn remember_leaves(&self, inner: &Inner, diff: &Diff) {
+        let Some(seen) = &self.last_seen else {
+            return;
+        };
+        if diff.leaves.is_empty() {
+            return;
+        }
+        let (_, left) = diff.key_changes(&inner.presence);
+        if !left.is_empty() {
+            seen.left(&self.key, &left, last_seen::now_ms());
+        }
+    }
+
+    /// When `key` last left this channel (its last meta), if remembered.
+    pub fn last_seen(&self, key: &str) -> Option<u64> {
+        self.last_seen.as_ref()?.get(&self.key, key, last_seen::now_ms())
     }
 
     /// Keep the presence gauges in step with a change.
@@ -1106,6 +1129,7 @@ pub struct Registry {
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
     broadcast_rates: BroadcastRates,
+    last_seen: Option<Arc<LastSeen>>,
 }
 
 impl Registry {
@@ -1113,6 +1137,20 @@ impl Registry {
     pub fn with_coalesce(mut self, window: std::time::Duration) -> Self {
         self.coalesce = window;
         self
+    }
+
+    /// Remember when keys left (last seen); `None` = off.
+    pub fn with_last_seen(mut self, last_seen: Option<Arc<LastSeen>>) -> Self {
+        self.last_seen = last_seen;
+        self
+    }
+
+    /// When `key` last left the channel `topic`, if remembered and the
+    /// channel is not open here (an open one answers for itself).
+    pub fn last_seen(&self, topic: &str, private: bool, key: &str) -> Option<u64> {
+        self.last_seen
+            .as_ref()?
+            .get(&registry_key(topic, private), key, last_seen::now_ms())
     }
 
     /// Give each channel this broadcast budget.
@@ -1133,6 +1171,7 @@ impl Registry {
             webhooks,
             coalesce: std::time::Duration::ZERO,
             broadcast_rates: BroadcastRates::default(),
+            last_seen: None,
         }
     }
 
@@ -1180,6 +1219,7 @@ impl Registry {
                             .as_ref()
                             .map(|c| (c.clone(), wire::tag(topic, private))),
                         webhooks: self.webhooks.clone(),
+                        last_seen: self.last_seen.clone(),
                         coalesce: self.coalesce,
                         budget: Mutex::new(BroadcastBudget::new(self.broadcast_rates)),
                     })

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod http;
+pub mod last_seen;
 pub mod metrics;
 pub mod outbound;
 pub mod presence_api;
