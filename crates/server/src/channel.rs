@@ -779,7 +779,9 @@ impl Channel {
 
     /// When `key` last left this channel (its last meta), if remembered.
     pub fn last_seen(&self, key: &str) -> Option<u64> {
-        self.last_seen.as_ref()?.get(&self.key, key, last_seen::now_ms())
+        self.last_seen
+            .as_ref()?
+            .get(&self.key, key, last_seen::now_ms())
     }
 
     /// Keep the presence gauges in step with a change.

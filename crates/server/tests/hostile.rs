@@ -593,7 +593,10 @@ async fn many_distinct_keys_leaving_stay_within_the_last_seen_cap() {
     let got: serde_json::Value = serde_json::from_str(&text).unwrap();
     let seen = got["last_seen_at"].as_object().unwrap();
     assert_eq!(seen.len(), CAP, "the cap holds");
-    assert!(seen.contains_key(&format!("evil-{}", KEYS - 1)), "the newest stay");
+    assert!(
+        seen.contains_key(&format!("evil-{}", KEYS - 1)),
+        "the newest stay"
+    );
     assert!(!seen.contains_key("evil-0"), "the oldest go");
     assert_eq!(got["online"]["evil-0"], json!([]));
     still_alive(&mut canary, &j, 1).await;
