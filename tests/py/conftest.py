@@ -457,9 +457,14 @@ class Recorder:
         return [e for e in self.events if e["event"] == "sync"]
 
 
-async def join_room(client: AsyncRealtimeClient, room: str, key: str | None = None) -> Recorder:
-    """Channel with presence callbacks registered before subscribe; waits for SUBSCRIBED + first sync."""
+async def join_room(
+    client: AsyncRealtimeClient, room: str, key: str | None = None, updates: str | None = None
+) -> Recorder:
+    """Channel with presence callbacks registered before subscribe; waits for SUBSCRIBED + first sync.
+    `updates` sets Roster's config.presence.updates ("replace" or "classic")."""
     params = {"config": {"presence": {"key": key, "enabled": True}}} if key is not None else None
+    if updates is not None and params is not None:
+        params["config"]["presence"]["updates"] = updates
     channel = client.channel(room, params)
     rec = Recorder(channel)
     await asyncio.wait_for(channel.subscribe(rec.on_status), 10)

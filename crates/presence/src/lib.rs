@@ -18,4 +18,6 @@ mod tracker;
 pub use client::{ClientPresence, PresenceEvent, View};
 pub use meta::{Meta, State, StateError};
 pub use refs::RefGen;
-pub use tracker::{meta_weight, ChannelPresence, Diff, MemberId, META_OVERHEAD};
+pub use tracker::{
+    meta_weight, ChannelPresence, Diff, MemberId, MetaUpdate, Updates, META_OVERHEAD,
+};

@@ -71,14 +71,22 @@ impl State {
 /// One tracked presence: what a single channel join contributes under its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
-    /// Unique, opaque, stable while the meta is unchanged.
+    /// Unique, opaque, stable while the meta is unchanged (or updated in
+    /// place: see [`Self::is_replaced`]).
     pub phx_ref: Arc<str>,
-    /// On a meta produced by an update: the ref of the meta it replaced.
+    /// On a meta produced by an update: the ref of the meta it replaced;
+    /// its own ref when it was updated in place.
     pub phx_ref_prev: Option<Arc<str>>,
     pub state: State,
 }
 
 impl Meta {
+    /// Whether this meta's state was updated in place (a replace update),
+    /// so a client may hold it under the same ref with an older state.
+    pub fn is_replaced(&self) -> bool {
+        self.phx_ref_prev.as_deref() == Some(&*self.phx_ref)
+    }
+
     /// Append the wire form: the user's fields with `phx_ref` (and
     /// `phx_ref_prev`) merged in at top level.
     pub fn write_json(&self, out: &mut String) {

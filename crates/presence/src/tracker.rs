@@ -38,38 +38,128 @@ fn json_string_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
+/// How a member's change of state reaches the others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Updates {
+    /// Supabase's: the new meta joins under a new ref and the old one
+    /// leaves, so clients fire a `join` and a `leave`.
+    #[default]
+    Classic,
+    /// The new meta replaces the old one under the same ref, sent as a join
+    /// alone: the official clients fire one `join` (the old meta in its
+    /// `current`) and no `leave`, and keep only the new meta.
+    Replace,
+}
+
+/// A published meta whose state changed in place (same key, same ref).
+///
+/// The new meta's `phx_ref_prev` is its own `phx_ref` ([`Meta::is_replaced`]):
+/// the official clients reconcile a `presence_state` by ref only, so a
+/// client that missed the update (it was reconnecting) would keep the old
+/// state; such metas are sent again after a joiner's snapshot
+/// ([`ChannelPresence::replaced_json_before`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaUpdate {
+    pub key: String,
+    /// The meta as clients last saw it.
+    pub old: Meta,
+    /// The meta now: `old`'s refs, a new state.
+    pub new: Meta,
+}
+
 /// What changed, to send to every member as one `presence_diff`.
 ///
-/// A ref never appears in both `joins` and `leaves`. An update carries the new
-/// meta in `joins` and the old one in `leaves`, under the same key.
+/// A ref appears at most once across `joins`, `leaves` and `updates`. A
+/// classic update carries the new meta in `joins` and the old one in
+/// `leaves`, under the same key; a replace update is one entry of
+/// `updates`, which goes out in the payload's `joins`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     pub joins: Vec<(String, Meta)>,
     pub leaves: Vec<(String, Meta)>,
+    pub updates: Vec<MetaUpdate>,
 }
 
 impl Diff {
     pub fn is_empty(&self) -> bool {
-        self.joins.is_empty() && self.leaves.is_empty()
+        self.joins.is_empty() && self.leaves.is_empty() && self.updates.is_empty()
     }
 
     /// Append `other` (a later change) to this diff.
     pub fn extend(&mut self, other: Diff) {
         self.joins.extend(other.joins);
         self.leaves.extend(other.leaves);
+        self.updates.extend(other.updates);
     }
 
     /// Fold a later diff into this one (coalescing a window of changes into
     /// one diff): the net effect per ref. A ref that joined in this window
     /// and leaves again was never published, so it just goes; a published
-    /// ref that left and comes back (same key) is no change at all. A ref is
-    /// never in both `joins` and `leaves` of the result.
+    /// ref that left and comes back (same key) is no change at all, or an
+    /// update if its state changed meanwhile; an updated ref that leaves
+    /// leaves as clients last saw it. A ref is in at most one list of the
+    /// result.
     pub fn absorb(&mut self, later: Diff) {
-        for entry in later.leaves {
-            cancel_or_push(&mut self.joins, &mut self.leaves, entry);
+        let find = |list: &[(String, Meta)], key: &str, r: &str| {
+            list.iter().position(|(k, m)| k == key && *m.phx_ref == *r)
+        };
+        let find_update = |list: &[MetaUpdate], key: &str, r: &str| {
+            list.iter()
+                .position(|u| u.key == key && *u.new.phx_ref == *r)
+        };
+        for (key, meta) in later.leaves {
+            if let Some(i) = find(&self.joins, &key, &meta.phx_ref) {
+                self.joins.remove(i);
+            } else if let Some(i) = find_update(&self.updates, &key, &meta.phx_ref) {
+                let update = self.updates.remove(i);
+                self.leaves.push((key, update.old));
+            } else {
+                self.leaves.push((key, meta));
+            }
         }
-        for entry in later.joins {
-            cancel_or_push(&mut self.leaves, &mut self.joins, entry);
+        for (key, meta) in later.joins {
+            if let Some(i) = find(&self.leaves, &key, &meta.phx_ref) {
+                let (_, old) = self.leaves.remove(i);
+                self.push_update(key, old, meta);
+            } else {
+                self.replace_or_push(key, meta);
+            }
+        }
+        for MetaUpdate { key, old, new } in later.updates {
+            if let Some(i) = find(&self.leaves, &key, &new.phx_ref) {
+                let (_, published) = self.leaves.remove(i);
+                self.push_update(key, published, new);
+            } else if find(&self.joins, &key, &new.phx_ref).is_some()
+                || find_update(&self.updates, &key, &new.phx_ref).is_some()
+            {
+                self.replace_or_push(key, new);
+            } else {
+                self.push_update(key, old, new);
+            }
+        }
+    }
+
+    /// A published meta `old` is now `new` (same ref): an update, unless
+    /// nothing changed.
+    fn push_update(&mut self, key: String, old: Meta, new: Meta) {
+        if old != new {
+            self.updates.push(MetaUpdate { key, old, new });
+        }
+    }
+
+    /// `meta` replaces a pending join or update of its ref, or joins.
+    fn replace_or_push(&mut self, key: String, meta: Meta) {
+        let same = |k: &str, m: &Meta| k == key && m.phx_ref == meta.phx_ref;
+        if let Some(j) = self.joins.iter_mut().find(|(k, m)| same(k, m)) {
+            j.1 = meta;
+        } else if let Some(i) = self.updates.iter().position(|u| same(&u.key, &u.new)) {
+            if self.updates[i].old == meta {
+                self.updates.remove(i);
+            } else {
+                self.updates[i].new = meta;
+            }
+        } else {
+            self.joins.push((key, meta));
         }
     }
 
@@ -81,7 +171,8 @@ impl Diff {
         let mut joined: Vec<&str> = Vec::new();
         for (key, _) in &self.joins {
             let joined_here = self.joins.iter().filter(|(k, _)| k == key).count();
-            let left_here = self.leaves.iter().any(|(k, _)| k == key);
+            let left_here = self.leaves.iter().any(|(k, _)| k == key)
+                || self.updates.iter().any(|u| u.key == *key);
             let now = after.by_key.get(key).map_or(0, Vec::len);
             if !left_here && now == joined_here && !joined.contains(&key.as_str()) {
                 joined.push(key);
@@ -98,8 +189,10 @@ impl Diff {
 
     /// The net effect: a ref that both leaves and joins under the same key
     /// (a meta moved between owners, e.g. adopted or re-asserted) is no
-    /// change at all. Sending both would be wrong, not just wasteful:
-    /// phx-js applies joins before leaves, so the meta would vanish.
+    /// change at all, or an update when its state changed on the way (a
+    /// replace update as Redis reports it: the entry out, then in). Sending
+    /// both would be wrong, not just wasteful: phx-js applies joins before
+    /// leaves, so the meta would vanish.
     pub fn net(mut self) -> Diff {
         let moved: HashSet<(String, std::sync::Arc<str>)> = self
             .joins
@@ -112,43 +205,50 @@ impl Diff {
             })
             .collect();
         if !moved.is_empty() {
-            let keep = |(k, m): &(String, Meta)| !moved.contains(&(k.clone(), m.phx_ref.clone()));
-            self.joins.retain(keep);
-            self.leaves.retain(keep);
+            let is_moved =
+                |(k, m): &(String, Meta)| moved.contains(&(k.clone(), m.phx_ref.clone()));
+            let (gone, leaves) = std::mem::take(&mut self.leaves)
+                .into_iter()
+                .partition::<Vec<_>, _>(is_moved);
+            let (came, joins) = std::mem::take(&mut self.joins)
+                .into_iter()
+                .partition::<Vec<_>, _>(is_moved);
+            self.leaves = leaves;
+            self.joins = joins;
+            for (key, new) in came {
+                let old = gone
+                    .iter()
+                    .find(|(k, m)| *k == key && m.phx_ref == new.phx_ref)
+                    .map(|(_, m)| m.clone())
+                    .expect("a moved ref left");
+                self.push_update(key, old, new);
+            }
         }
         self
     }
 
     /// The `presence_diff` payload: `{"joins":{key:{"metas":[..]}},"leaves":{..}}`.
-    /// Both sides are always present (realtime-py requires it).
+    /// Both sides are always present (realtime-py requires it); updates go
+    /// in `joins`, under the ref they replace.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(128);
         out.push_str("{\"joins\":");
-        write_grouped(&mut out, group(&self.joins));
+        let updated = self.updates.iter().map(|u| (u.key.as_str(), &u.new));
+        write_grouped(&mut out, group(pairs(&self.joins).chain(updated)));
         out.push_str(",\"leaves\":");
-        write_grouped(&mut out, group(&self.leaves));
+        write_grouped(&mut out, group(pairs(&self.leaves)));
         out.push('}');
         out
     }
 }
 
-/// `entry` cancels its opposite in `opposite` (same key and ref), or is
-/// added to `same_side`.
-fn cancel_or_push(
-    opposite: &mut Vec<(String, Meta)>,
-    same_side: &mut Vec<(String, Meta)>,
-    entry: (String, Meta),
-) {
-    let matches = |(k, m): &(String, Meta)| *k == entry.0 && m.phx_ref == entry.1.phx_ref;
-    match opposite.iter().position(matches) {
-        Some(i) => {
-            opposite.remove(i);
-        }
-        None => same_side.push(entry),
-    }
+fn pairs(entries: &[(String, Meta)]) -> impl Iterator<Item = (&str, &Meta)> {
+    entries.iter().map(|(k, m)| (k.as_str(), m))
 }
 
-fn group(entries: &[(String, Meta)]) -> BTreeMap<&str, Vec<&Meta>> {
+fn group<'a>(
+    entries: impl Iterator<Item = (&'a str, &'a Meta)>,
+) -> BTreeMap<&'a str, Vec<&'a Meta>> {
     let mut by_key: BTreeMap<&str, Vec<&Meta>> = BTreeMap::new();
     for (key, meta) in entries {
         by_key.entry(key).or_default().push(meta);
@@ -198,6 +298,9 @@ pub struct ChannelPresence {
     /// Members whose socket went away but whose meta is kept for a grace
     /// period, to be adopted by a rejoin tracking the same state.
     orphans: HashSet<MemberId>,
+    /// How many metas were updated in place ([`Meta::is_replaced`]): when
+    /// none, a joiner needs nothing after its snapshot.
+    replaced: usize,
 }
 
 impl ChannelPresence {
@@ -207,9 +310,12 @@ impl ChannelPresence {
 
     /// Track `state` for `member` under `key`.
     ///
-    /// * first track: a join;
+    /// * first track: a join (or the silent adoption of an orphan, below);
     /// * same state again: nothing (returns `None`);
-    /// * other state: an update, with a new ref and `phx_ref_prev` = old ref.
+    /// * other state, [`Updates::Classic`]: the new meta joins with a new
+    ///   ref and `phx_ref_prev` = old ref, the old meta leaves;
+    /// * other state, [`Updates::Replace`]: the meta keeps its refs and
+    ///   takes the new state (one [`MetaUpdate`]).
     ///
     /// A member's key is fixed by its first track; tracking under another key
     /// first untracks the old one (the diff then carries both).
@@ -219,9 +325,12 @@ impl ChannelPresence {
         key: &str,
         state: State,
         refs: &RefGen,
+        updates: Updates,
     ) -> Option<Diff> {
-        if !self.key_of.contains_key(&member) && self.adopt(member, key, &state) {
-            return None;
+        if !self.key_of.contains_key(&member) {
+            if let Some(adopted) = self.adopt(member, key, &state, updates) {
+                return adopted;
+            }
         }
         let mut diff = Diff::default();
         let mut prev_ref = None;
@@ -233,6 +342,9 @@ impl ChannelPresence {
                     .expect("key_of and by_key agree");
                 if tracked.meta.state == state {
                     return None;
+                }
+                if updates == Updates::Replace {
+                    return Some(self.replace_state(member, key, state));
                 }
                 prev_ref = Some(tracked.meta.phx_ref.clone());
             }
@@ -247,9 +359,36 @@ impl ChannelPresence {
         Some(diff)
     }
 
+    /// Give `member`'s meta under `key` a new state, refs kept.
+    fn replace_state(&mut self, member: MemberId, key: &str, state: State) -> Diff {
+        let tracked = self
+            .by_key
+            .get_mut(key)
+            .and_then(|metas| metas.iter_mut().find(|t| t.member == member))
+            .expect("member tracks under key");
+        self.state_bytes -= meta_weight(key, &tracked.meta.state);
+        self.state_bytes += meta_weight(key, &state);
+        self.replaced += usize::from(!tracked.meta.is_replaced());
+        let new = Meta {
+            phx_ref: tracked.meta.phx_ref.clone(),
+            phx_ref_prev: Some(tracked.meta.phx_ref.clone()),
+            state,
+        };
+        let old = std::mem::replace(&mut tracked.meta, new.clone());
+        Diff {
+            updates: vec![MetaUpdate {
+                key: key.to_owned(),
+                old,
+                new,
+            }],
+            ..Diff::default()
+        }
+    }
+
     /// Add `meta` under `key` for `member` (which holds none now), noting the join.
     fn add(&mut self, member: MemberId, key: &str, meta: Meta, diff: &mut Diff) {
         self.state_bytes += meta_weight(key, &meta.state);
+        self.replaced += usize::from(meta.is_replaced());
         self.by_key
             .entry(key.to_owned())
             .or_default()
@@ -284,22 +423,40 @@ impl ChannelPresence {
     }
 
     /// A new member tracking exactly an orphan's state under its key takes
-    /// the orphan's meta over, `phx_ref` and all: nobody sees a leave or a join.
-    fn adopt(&mut self, member: MemberId, key: &str, state: &State) -> bool {
-        let Some(metas) = self.by_key.get_mut(key) else {
-            return false;
+    /// the orphan's meta over, `phx_ref` and all: nobody sees a leave or a
+    /// join (`Some(None)`). With [`Updates::Replace`], when no orphan of the
+    /// key has that state, the orphan that joined first (lowest member id)
+    /// is taken over and updated in place (`Some(Some(update))`). `None`:
+    /// nothing to adopt.
+    fn adopt(
+        &mut self,
+        member: MemberId,
+        key: &str,
+        state: &State,
+        updates: Updates,
+    ) -> Option<Option<Diff>> {
+        let metas = self.by_key.get(key)?;
+        let orphans = || metas.iter().filter(|t| self.orphans.contains(&t.member));
+        let same = orphans().find(|t| t.meta.state == *state).map(|t| t.member);
+        let first = || orphans().map(|t| t.member).min();
+        let old = match (same, updates) {
+            (Some(o), _) => o,
+            (None, Updates::Replace) => first()?,
+            (None, Updates::Classic) => return None,
         };
-        let Some(entry) = metas
-            .iter_mut()
-            .find(|t| self.orphans.contains(&t.member) && t.meta.state == *state)
-        else {
-            return false;
-        };
-        let old = std::mem::replace(&mut entry.member, member);
+        let entry = self
+            .by_key
+            .get_mut(key)
+            .and_then(|metas| metas.iter_mut().find(|t| t.member == old))
+            .expect("the orphan tracks under key");
+        entry.member = member;
         self.orphans.remove(&old);
         self.key_of.remove(&old);
         self.key_of.insert(member, key.to_owned());
-        true
+        if same.is_some() {
+            return Some(None);
+        }
+        Some(Some(self.replace_state(member, key, state.clone())))
     }
 
     /// Is `member`'s meta kept for a grace period?
@@ -319,12 +476,13 @@ impl ChannelPresence {
             .expect("key_of and by_key agree");
         let removed = metas.remove(pos);
         self.state_bytes -= meta_weight(&key, &removed.meta.state);
+        self.replaced -= usize::from(removed.meta.is_replaced());
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
         Some(Diff {
-            joins: Vec::new(),
             leaves: vec![(key, removed.meta)],
+            ..Diff::default()
         })
     }
 
@@ -342,10 +500,23 @@ impl ChannelPresence {
         if pending.is_empty() {
             return self.state_json();
         }
+        let mut out = String::with_capacity(64 + 96 * self.meta_count());
+        write_grouped(&mut out, self.metas_before(pending));
+        out
+    }
+
+    /// The metas of [`Self::state_json_before`], key by key.
+    fn metas_before<'a>(&'a self, pending: &'a Diff) -> BTreeMap<&'a str, Vec<&'a Meta>> {
         let joined: HashSet<(&str, &str)> = pending
             .joins
             .iter()
             .map(|(k, m)| (k.as_str(), &*m.phx_ref))
+            .chain(
+                pending
+                    .updates
+                    .iter()
+                    .map(|u| (u.key.as_str(), &*u.new.phx_ref)),
+            )
             .collect();
         let mut by_key: BTreeMap<&str, Vec<&Meta>> = BTreeMap::new();
         for (key, metas) in &self.by_key {
@@ -355,12 +526,37 @@ impl ChannelPresence {
                 }
             }
         }
-        for (key, meta) in &pending.leaves {
+        let published = pending.updates.iter().map(|u| (&u.key, &u.old));
+        for (key, meta) in pending.leaves.iter().map(|(k, m)| (k, m)).chain(published) {
             by_key.entry(key).or_default().push(meta);
         }
-        let mut out = String::with_capacity(64 + 96 * self.meta_count());
-        write_grouped(&mut out, by_key);
-        out
+        by_key
+    }
+
+    /// For a client joining now, after [`Self::state_json_before`]: a
+    /// `presence_diff` payload re-sending, as joins, the metas of that state
+    /// that were updated in place, or `None` when there are none. A client
+    /// that held such a meta before it rejoined keeps the old state from a
+    /// snapshot (same ref); this replaces it. A fresh client only sees one
+    /// more `join` of a meta it has.
+    pub fn replaced_json_before(&self, pending: &Diff) -> Option<String> {
+        let pending_replaced = pending.leaves.iter().any(|(_, m)| m.is_replaced())
+            || pending.updates.iter().any(|u| u.old.is_replaced());
+        if self.replaced == 0 && !pending_replaced {
+            return None;
+        }
+        let mut replaced = self.metas_before(pending);
+        replaced.retain(|_, metas| {
+            metas.retain(|m| m.is_replaced());
+            !metas.is_empty()
+        });
+        if replaced.is_empty() {
+            return None;
+        }
+        let mut out = String::from("{\"joins\":");
+        write_grouped(&mut out, replaced);
+        out.push_str(",\"leaves\":{}}");
+        Some(out)
     }
 
     /// The `presence_state` payload: `{key:{"metas":[..]},..}`, `{}` when empty.
@@ -430,12 +626,16 @@ mod tests {
     fn first_track_joins_identical_retrack_is_noop() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        let d = p.track(1, "alice", state(json!({"a": 1})), &refs).unwrap();
+        let d = p
+            .track(1, "alice", state(json!({"a": 1})), &refs, Updates::Classic)
+            .unwrap();
         assert_eq!(d.joins.len(), 1);
         assert!(d.leaves.is_empty());
         assert_eq!(d.joins[0].0, "alice");
         assert!(d.joins[0].1.phx_ref_prev.is_none());
-        assert!(p.track(1, "alice", state(json!({"a": 1})), &refs).is_none());
+        assert!(p
+            .track(1, "alice", state(json!({"a": 1})), &refs, Updates::Classic)
+            .is_none());
         assert_eq!(p.meta_count(), 1);
     }
 
@@ -444,11 +644,23 @@ mod tests {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
         let first = p
-            .track(1, "alice", state(json!({"s": "on"})), &refs)
+            .track(
+                1,
+                "alice",
+                state(json!({"s": "on"})),
+                &refs,
+                Updates::Classic,
+            )
             .unwrap();
         let old = first.joins[0].1.clone();
         let d = p
-            .track(1, "alice", state(json!({"s": "away"})), &refs)
+            .track(
+                1,
+                "alice",
+                state(json!({"s": "away"})),
+                &refs,
+                Updates::Classic,
+            )
             .unwrap();
         assert_eq!(d.leaves, vec![("alice".to_string(), old.clone())]);
         let new = &d.joins[0].1;
@@ -458,10 +670,139 @@ mod tests {
     }
 
     #[test]
+    fn a_replace_update_keeps_the_ref_and_goes_out_as_a_join_alone() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let first = p.track(
+            1,
+            "alice",
+            state(json!({"s": "on"})),
+            &refs,
+            Updates::Replace,
+        );
+        let old = first.unwrap().joins[0].1.clone();
+        let d = p
+            .track(
+                1,
+                "alice",
+                state(json!({"s": "away"})),
+                &refs,
+                Updates::Replace,
+            )
+            .unwrap();
+        assert!(d.joins.is_empty() && d.leaves.is_empty());
+        let update = &d.updates[0];
+        assert_eq!((update.key.as_str(), &update.old), ("alice", &old));
+        assert_eq!(update.new.phx_ref, old.phx_ref);
+        assert_eq!(update.new.state, state(json!({"s": "away"})));
+        assert_eq!(p.meta_of(1), Some(&update.new));
+        let payload: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(
+            payload,
+            json!({"joins": {"alice": {"metas": [
+                       {"s": "away", "phx_ref": &*old.phx_ref, "phx_ref_prev": &*old.phx_ref}]}},
+                   "leaves": {}})
+        );
+        assert_eq!(d.key_changes(&p), (vec![], vec![]), "an update is neither");
+        let weight = meta_weight("alice", &state(json!({"s": "away"})));
+        assert_eq!(p.state_bytes(), weight, "the weight follows the new state");
+        // A joiner gets the updated meta again after its snapshot.
+        let again: serde_json::Value =
+            serde_json::from_str(&p.replaced_json_before(&Diff::default()).unwrap()).unwrap();
+        assert_eq!(again, payload);
+        let mut q = ChannelPresence::new();
+        q.track(1, "bob", state(json!({"s": 1})), &refs, Updates::Classic);
+        q.track(1, "bob", state(json!({"s": 2})), &refs, Updates::Classic);
+        assert_eq!(
+            q.replaced_json_before(&Diff::default()),
+            None,
+            "classic: new refs"
+        );
+    }
+
+    #[test]
+    fn coalescing_a_replace_update_nets_per_ref() {
+        let refs = RefGen::new(7);
+        let s = |n: u8| state(json!({ "n": n }));
+        let mut p = ChannelPresence::new();
+        let joined = p.track(1, "u", s(0), &refs, Updates::Replace).unwrap();
+        let published = joined.joins[0].1.clone();
+        // A join then updates within one window: one join of the last state.
+        let mut w = joined.clone();
+        w.absorb(p.track(1, "u", s(1), &refs, Updates::Replace).unwrap());
+        assert_eq!((w.joins.len(), w.updates.len()), (1, 0));
+        assert_eq!(w.joins[0].1.state, s(1));
+        // Published, then updated twice: one update from what clients saw.
+        let mut w = p.track(1, "u", s(2), &refs, Updates::Replace).unwrap();
+        let before = p.state_json_before(&w);
+        assert!(
+            before.contains(r#""n":1"#) && !before.contains(r#""n":2"#),
+            "{before}"
+        );
+        w.absorb(p.track(1, "u", s(3), &refs, Updates::Replace).unwrap());
+        assert_eq!(w.updates.len(), 1);
+        assert_eq!(
+            (&w.updates[0].old.state, &w.updates[0].new.state),
+            (&s(1), &s(3))
+        );
+        // ...and back to what clients saw: nothing at all.
+        w.absorb(p.track(1, "u", s(1), &refs, Updates::Replace).unwrap());
+        assert!(w.is_empty(), "{w:?}");
+        // Updated, then gone: it leaves as clients saw it.
+        let mut w = p.track(1, "u", s(4), &refs, Updates::Replace).unwrap();
+        w.absorb(p.untrack(1).unwrap());
+        assert_eq!(w.leaves.len(), 1);
+        assert_eq!(w.leaves[0].1.state, s(1));
+        assert_eq!(w.leaves[0].1.phx_ref, published.phx_ref);
+        assert!(w.joins.is_empty() && w.updates.is_empty());
+    }
+
+    #[test]
+    fn a_ref_that_comes_back_with_another_state_nets_to_an_update() {
+        let meta = |st: u8| Meta {
+            phx_ref: "r".into(),
+            phx_ref_prev: None,
+            state: state(json!({ "n": st })),
+        };
+        let d = Diff {
+            joins: vec![("k".into(), meta(2))],
+            leaves: vec![("k".into(), meta(1))],
+            ..Diff::default()
+        }
+        .net();
+        assert!(d.joins.is_empty() && d.leaves.is_empty());
+        assert_eq!((&d.updates[0].old, &d.updates[0].new), (&meta(1), &meta(2)));
+    }
+
+    #[test]
+    fn a_replace_member_adopts_an_orphan_of_its_key_and_updates_it() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let a = p.track(1, "u", state(json!({"at": 1})), &refs, Updates::Replace);
+        let original = a.unwrap().joins[0].1.clone();
+        p.track(2, "u", state(json!({"at": 2})), &refs, Updates::Replace);
+        assert!(p.orphan(2) && p.orphan(1));
+        // A classic member with another state does not adopt.
+        let c = p.track(3, "u", state(json!({"at": 9})), &refs, Updates::Classic);
+        assert_eq!(c.unwrap().joins.len(), 1);
+        // A replace member takes over the first orphan, ref kept.
+        let d = p
+            .track(4, "u", state(json!({"at": 3})), &refs, Updates::Replace)
+            .unwrap();
+        assert!(d.joins.is_empty() && d.leaves.is_empty());
+        assert_eq!(d.updates[0].old, original);
+        assert_eq!(p.meta_of(4).unwrap().phx_ref, original.phx_ref);
+        assert!(!p.is_orphan(1) && p.is_orphan(2));
+        assert_eq!(p.meta_count(), 3);
+    }
+
+    #[test]
     fn an_orphan_is_adopted_by_the_same_state_under_the_same_key() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        let joined = p.track(1, "u", state(json!({"s": 1})), &refs).unwrap();
+        let joined = p
+            .track(1, "u", state(json!({"s": 1})), &refs, Updates::Classic)
+            .unwrap();
         let original = joined.joins[0].1.clone();
         assert!(p.orphan(1));
         assert!(
@@ -469,10 +810,16 @@ mod tests {
             "nothing to keep for a member that tracked nothing"
         );
         // Another state, or another key: no adoption, a normal join.
-        assert!(p.track(2, "u", state(json!({"s": 2})), &refs).is_some());
-        assert!(p.track(3, "v", state(json!({"s": 1})), &refs).is_some());
+        assert!(p
+            .track(2, "u", state(json!({"s": 2})), &refs, Updates::Classic)
+            .is_some());
+        assert!(p
+            .track(3, "v", state(json!({"s": 1})), &refs, Updates::Classic)
+            .is_some());
         // The same state under the same key: adopted silently, ref kept.
-        assert!(p.track(4, "u", state(json!({"s": 1})), &refs).is_none());
+        assert!(p
+            .track(4, "u", state(json!({"s": 1})), &refs, Updates::Classic)
+            .is_none());
         assert_eq!(p.meta_of(4), Some(&original));
         assert!(!p.is_orphan(1) && p.meta_of(1).is_none());
         assert!(
@@ -486,7 +833,7 @@ mod tests {
     fn an_orphan_not_adopted_leaves_on_untrack() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        p.track(1, "u", state(json!({})), &refs);
+        p.track(1, "u", state(json!({})), &refs, Updates::Classic);
         p.orphan(1);
         let d = p.untrack(1).unwrap();
         assert_eq!(d.leaves.len(), 1);
@@ -516,7 +863,10 @@ mod tests {
         assert!(moved.net().is_empty());
         // A real change survives `net`.
         let mut d = p.insert(3, "v", meta("c"));
-        d.extend(p.track(2, "u", State::empty(), &refs).unwrap_or_default());
+        d.extend(
+            p.track(2, "u", State::empty(), &refs, Updates::Classic)
+                .unwrap_or_default(),
+        );
         assert_eq!(d.net().joins.len(), 1);
         assert_eq!(p.meta_count(), 2);
     }
@@ -525,15 +875,21 @@ mod tests {
     fn key_changes_are_first_meta_in_and_last_meta_out() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        let d = p.track(1, "u", state(json!({"d": 1})), &refs).unwrap();
+        let d = p
+            .track(1, "u", state(json!({"d": 1})), &refs, Updates::Classic)
+            .unwrap();
         assert_eq!(d.key_changes(&p), (vec!["u"], vec![]));
-        let d = p.track(2, "u", state(json!({"d": 2})), &refs).unwrap();
+        let d = p
+            .track(2, "u", state(json!({"d": 2})), &refs, Updates::Classic)
+            .unwrap();
         assert_eq!(
             d.key_changes(&p),
             (vec![], vec![]),
             "second meta: key already in"
         );
-        let d = p.track(2, "u", state(json!({"d": 3})), &refs).unwrap();
+        let d = p
+            .track(2, "u", state(json!({"d": 3})), &refs, Updates::Classic)
+            .unwrap();
         assert_eq!(d.key_changes(&p), (vec![], vec![]), "an update is neither");
         let d = p.untrack(1).unwrap();
         assert_eq!(d.key_changes(&p), (vec![], vec![]), "one meta left");
@@ -554,11 +910,11 @@ mod tests {
         ];
         for (m, key) in keys.iter().enumerate() {
             let state = State::from_value(Some(serde_json::json!({"s": key, "m": m}))).unwrap();
-            p.track(m as u64, key, state.clone(), &refs);
+            p.track(m as u64, key, state.clone(), &refs, Updates::Classic);
             // A second meta under the same key, and an update with a prev ref.
-            p.track(100 + m as u64, key, State::empty(), &refs);
+            p.track(100 + m as u64, key, State::empty(), &refs, Updates::Classic);
             let other = State::from_value(Some(serde_json::json!({"m": m + 1}))).unwrap();
-            p.track(m as u64, key, other, &refs);
+            p.track(m as u64, key, other, &refs, Updates::Classic);
             let rendered = p.state_json().len();
             assert!(
                 rendered <= p.state_bytes(),
@@ -578,7 +934,7 @@ mod tests {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
         for (m, k) in [(1, "c"), (2, "a"), (3, "b"), (4, "a")] {
-            p.track(m, k, State::empty(), &refs);
+            p.track(m, k, State::empty(), &refs, Updates::Classic);
         }
         let first = p.page(None, 2);
         assert_eq!(
@@ -596,8 +952,20 @@ mod tests {
     fn two_members_share_a_key_and_leave_one_by_one() {
         let refs = RefGen::new(7);
         let mut p = ChannelPresence::new();
-        p.track(1, "u", state(json!({"d": "laptop"})), &refs);
-        p.track(2, "u", state(json!({"d": "phone"})), &refs);
+        p.track(
+            1,
+            "u",
+            state(json!({"d": "laptop"})),
+            &refs,
+            Updates::Classic,
+        );
+        p.track(
+            2,
+            "u",
+            state(json!({"d": "phone"})),
+            &refs,
+            Updates::Classic,
+        );
         assert_eq!(p.key_count(), 1);
         assert_eq!(p.meta_count(), 2);
         let d = p.untrack(2).unwrap();

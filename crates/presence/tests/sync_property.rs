@@ -11,11 +11,17 @@
 //! or with coalescing the model as of the last window) and the server's
 //! snapshot of it, refs included; after delivering everything, every client
 //! must equal the model.
+//!
+//! Members join as classic or replace members (mixed in one room). The
+//! model says when a track is an update, and which meta a rejoin takes
+//! over; the harness then checks the diff's shape: a replace update keeps
+//! the ref and sends no leave, a classic one moves to a new ref, and no
+//! diff ever carries a leave of a ref the server still holds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
-use roster_presence::{ChannelPresence, ClientPresence, MemberId, RefGen, State, View};
+use roster_presence::{ChannelPresence, ClientPresence, MemberId, RefGen, State, Updates, View};
 use serde_json::{json, Value};
 
 const CLIENTS: usize = 6;
@@ -23,8 +29,8 @@ const CLIENTS: usize = 6;
 #[derive(Clone, Debug)]
 enum Op {
     /// Join (or rejoin) the channel; key from a small set so keys are shared,
-    /// or `None` for a unique generated key.
-    Join(usize, Option<u8>),
+    /// or `None` for a unique generated key; `true`: a replace member.
+    Join(usize, Option<u8>, bool),
     Track(usize, u8),
     Untrack(usize),
     /// Leave or socket close: both end the member.
@@ -42,7 +48,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let c = 0..CLIENTS;
     prop_oneof![
-        1 => (c.clone(), proptest::option::of(0u8..3)).prop_map(|(c, k)| Op::Join(c, k)),
+        1 => (c.clone(), proptest::option::of(0u8..3), any::<bool>())
+            .prop_map(|(c, k, replace)| Op::Join(c, k, replace)),
         3 => (c.clone(), 0u8..4).prop_map(|(c, p)| Op::Track(c, p)),
         1 => (c.clone()).prop_map(Op::Untrack),
         1 => (c.clone()).prop_map(Op::Leave),
@@ -60,8 +67,8 @@ enum Msg {
 
 #[derive(Default)]
 struct Client {
-    /// The member id while joined.
-    member: Option<(MemberId, String)>,
+    /// The member id while joined, its key and how its updates go out.
+    member: Option<(MemberId, String, Updates)>,
     presence: ClientPresence,
     inbox: VecDeque<Msg>,
 }
@@ -81,7 +88,8 @@ fn normalise(view: &View) -> BTreeMap<String, BTreeSet<String>> {
 
 /// The truth, without the tracker: each member's one meta, and the members
 /// whose socket dropped with a grace period (their meta kept, to be adopted
-/// by a new member tracking the same state under the same key).
+/// by a new member tracking the same state under the same key, or by a new
+/// replace member under the same key: then the orphan that joined first).
 #[derive(Clone, Default)]
 struct Model {
     metas: BTreeMap<MemberId, (String, Value)>,
@@ -91,21 +99,52 @@ struct Model {
 /// key → states (metas without refs), sorted: what clients and server must hold.
 type Contents = BTreeMap<String, Vec<String>>;
 
+/// What a track is, as the model sees it.
+#[derive(Debug, PartialEq)]
+enum Tracked {
+    /// A new meta, or a no-op.
+    Other,
+    /// The member's own meta changes state.
+    Update,
+    /// An orphan's meta is taken over silently (same state).
+    Adopted(MemberId),
+    /// An orphan's meta is taken over and updated (a replace member).
+    AdoptedAndUpdated(MemberId),
+}
+
 impl Model {
-    fn track(&mut self, member: MemberId, key: &str, state: Value) {
+    fn track(&mut self, member: MemberId, key: &str, state: Value, updates: Updates) -> Tracked {
         let entry = (key.to_owned(), state);
-        if !self.metas.contains_key(&member) {
-            let adopted = self
-                .orphans
-                .iter()
-                .copied()
-                .find(|o| self.metas[o] == entry);
-            if let Some(orphan) = adopted {
-                self.orphans.remove(&orphan);
-                self.metas.remove(&orphan);
+        let mut what = Tracked::Other;
+        match self.metas.get(&member) {
+            Some(had) if had.0 == entry.0 && *had != entry => what = Tracked::Update,
+            Some(_) => {}
+            None => {
+                let same = self
+                    .orphans
+                    .iter()
+                    .copied()
+                    .find(|o| self.metas[o] == entry);
+                // Orphans iterate in member order: the first is the oldest join.
+                let of_key = self
+                    .orphans
+                    .iter()
+                    .copied()
+                    .find(|o| self.metas[o].0 == entry.0);
+                let adopted = match (same, of_key, updates) {
+                    (Some(o), _, _) => Some(Tracked::Adopted(o)),
+                    (None, Some(o), Updates::Replace) => Some(Tracked::AdoptedAndUpdated(o)),
+                    _ => None,
+                };
+                if let Some(Tracked::Adopted(o) | Tracked::AdoptedAndUpdated(o)) = adopted {
+                    self.orphans.remove(&o);
+                    self.metas.remove(&o);
+                }
+                what = adopted.unwrap_or(Tracked::Other);
             }
         }
         self.metas.insert(member, entry);
+        what
     }
 
     /// Untrack, leave, close, or the end of a grace period.
@@ -177,24 +216,84 @@ fn send(clients: &mut [Client], diff: &roster_presence::Diff) {
 }
 
 /// A change goes out at once, or into the open window when coalescing.
+/// No ref is in two lists of one diff, and no leave names a ref the server
+/// still holds (an update never looks like a leave).
 fn publish(
+    server: &ChannelPresence,
     clients: &mut [Client],
     pending: &mut roster_presence::Diff,
     coalesce: bool,
     diff: Option<roster_presence::Diff>,
 ) {
     let Some(diff) = diff else { return };
-    if !coalesce {
-        return send(clients, &diff);
+    let out = if coalesce {
+        pending.absorb(diff.clone());
+        &*pending
+    } else {
+        &diff
+    };
+    let mut refs: Vec<(&str, &str)> = out
+        .joins
+        .iter()
+        .chain(&out.leaves)
+        .map(|(k, m)| (k.as_str(), &*m.phx_ref))
+        .chain(
+            out.updates
+                .iter()
+                .map(|u| (u.key.as_str(), &*u.new.phx_ref)),
+        )
+        .collect();
+    let all = refs.len();
+    refs.sort();
+    refs.dedup();
+    assert_eq!(refs.len(), all, "a ref in two lists of one diff: {out:?}");
+    let held: BTreeSet<(&str, &str)> = server
+        .snapshot()
+        .flat_map(|(k, metas)| metas.map(move |m| (k, &*m.phx_ref)))
+        .collect();
+    for (k, m) in &out.leaves {
+        assert!(
+            !held.contains(&(k.as_str(), &*m.phx_ref)),
+            "a leave of a held ref: {out:?}"
+        );
     }
-    pending.absorb(diff);
-    let both = pending.joins.iter().any(|(k, m)| {
-        pending
-            .leaves
-            .iter()
-            .any(|(k2, m2)| k == k2 && m.phx_ref == m2.phx_ref)
-    });
-    assert!(!both, "a ref in both joins and leaves of one diff");
+    if !coalesce {
+        send(clients, &diff);
+    }
+}
+
+/// The diff of a track has the shape the model predicts: `before` is the
+/// meta the model says is changed or taken over (the member's own, or the
+/// orphan's), as the server held it before the track.
+fn check_shape(
+    what: &Tracked,
+    updates: Updates,
+    before: Option<roster_presence::Meta>,
+    diff: Option<&roster_presence::Diff>,
+) {
+    match (what, updates) {
+        (Tracked::Update, Updates::Replace) | (Tracked::AdoptedAndUpdated(_), _) => {
+            let (before, diff) = (before.expect("a meta to update"), diff.expect("a change"));
+            assert!(diff.joins.is_empty() && diff.leaves.is_empty(), "{diff:?}");
+            assert_eq!(diff.updates.len(), 1, "{diff:?}");
+            assert_eq!(diff.updates[0].old, before);
+            assert_eq!(diff.updates[0].new.phx_ref, before.phx_ref, "the ref stays");
+        }
+        (Tracked::Update, Updates::Classic) => {
+            let (before, diff) = (before.expect("a meta to update"), diff.expect("a change"));
+            assert!(diff.updates.is_empty(), "{diff:?}");
+            assert_eq!(diff.leaves.len(), 1, "{diff:?}");
+            assert_eq!(diff.leaves[0].1, before);
+            assert_eq!(diff.joins.len(), 1, "{diff:?}");
+            assert_ne!(diff.joins[0].1.phx_ref, before.phx_ref, "a new ref");
+        }
+        (Tracked::Adopted(_), _) => assert!(diff.is_none(), "a silent adoption: {diff:?}"),
+        (Tracked::Other, _) => {
+            if let Some(diff) = diff {
+                assert!(diff.updates.is_empty(), "not an update: {diff:?}");
+            }
+        }
+    }
 }
 
 fn published(
@@ -248,12 +347,12 @@ fn run(ops: Vec<Op>, coalesce: bool) {
     for op in ops {
         let flush = matches!(op, Op::Flush);
         match op {
-            Op::Join(i, key) => {
-                if let Some((member, _)) = clients[i].member.take() {
+            Op::Join(i, key, replace) => {
+                if let Some((member, _, _)) = clients[i].member.take() {
                     // A duplicate join closes the old member first.
                     model.untrack(member);
                     let diff = server.untrack(member);
-                    publish(&mut clients, &mut pending, coalesce, diff);
+                    publish(&server, &mut clients, &mut pending, coalesce, diff);
                 }
                 let key = match key {
                     Some(k) => format!("shared-{k}"),
@@ -268,7 +367,12 @@ fn run(ops: Vec<Op>, coalesce: bool) {
                 // new snapshot is reconciled against it.
                 c.inbox.clear();
                 c.presence.rejoined();
-                c.member = Some((next_member, key));
+                let updates = if replace {
+                    Updates::Replace
+                } else {
+                    Updates::Classic
+                };
+                c.member = Some((next_member, key, updates));
                 next_member += 1;
                 let state = if coalesce {
                     server.state_json_before(&pending)
@@ -277,34 +381,46 @@ fn run(ops: Vec<Op>, coalesce: bool) {
                 };
                 c.inbox
                     .push_back(Msg::State(serde_json::from_str(&state).unwrap()));
+                let empty = roster_presence::Diff::default();
+                let before = if coalesce { &pending } else { &empty };
+                if let Some(again) = server.replaced_json_before(before) {
+                    c.inbox
+                        .push_back(Msg::Diff(serde_json::from_str(&again).unwrap()));
+                }
             }
             Op::Track(i, p) => {
-                if let Some((member, key)) = clients[i].member.clone() {
+                if let Some((member, key, updates)) = clients[i].member.clone() {
                     let tracked = json!({"status": p, "client": i});
-                    model.track(member, &key, tracked.clone());
+                    let what = model.track(member, &key, tracked.clone(), updates);
+                    let changed = match what {
+                        Tracked::Adopted(o) | Tracked::AdoptedAndUpdated(o) => o,
+                        _ => member,
+                    };
+                    let before = server.meta_of(changed).cloned();
                     let state = State::from_value(Some(tracked)).unwrap();
-                    let diff = server.track(member, &key, state, &refs);
-                    publish(&mut clients, &mut pending, coalesce, diff);
+                    let diff = server.track(member, &key, state, &refs, updates);
+                    check_shape(&what, updates, before, diff.as_ref());
+                    publish(&server, &mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Untrack(i) => {
-                if let Some((member, _)) = clients[i].member.clone() {
+                if let Some((member, _, _)) = clients[i].member.clone() {
                     model.untrack(member);
                     let diff = server.untrack(member);
-                    publish(&mut clients, &mut pending, coalesce, diff);
+                    publish(&server, &mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Leave(i) => {
-                if let Some((member, _)) = clients[i].member.take() {
+                if let Some((member, _, _)) = clients[i].member.take() {
                     clients[i].inbox.clear();
                     model.untrack(member);
                     let diff = server.untrack(member);
-                    publish(&mut clients, &mut pending, coalesce, diff);
+                    publish(&server, &mut clients, &mut pending, coalesce, diff);
                 }
             }
             Op::Deliver(i, n) => deliver(&mut clients[i], n as usize),
             Op::Drop(i) => {
-                if let Some((member, _)) = clients[i].member.take() {
+                if let Some((member, _, _)) = clients[i].member.take() {
                     clients[i].inbox.clear();
                     let kept = model.drop_socket(member);
                     assert_eq!(server.orphan(member), kept, "meta kept on drop");
@@ -324,7 +440,7 @@ fn run(ops: Vec<Op>, coalesce: bool) {
                     // Adopted in the meantime: nothing left to expire, no diff.
                     model.untrack(member);
                     let diff = server.untrack(member);
-                    publish(&mut clients, &mut pending, coalesce, diff);
+                    publish(&server, &mut clients, &mut pending, coalesce, diff);
                 }
             }
         }

@@ -16,6 +16,9 @@ pub struct JoinConfig {
     /// `config.presence.count_only` (a Roster extension): instead of the
     /// member list, only `presence_count` pushes with the numbers.
     pub presence_count_only: bool,
+    /// `config.presence.updates` (a Roster extension): how this member's
+    /// state changes reach the others, `None` for the server's default.
+    pub presence_updates: Option<PresenceUpdates>,
     /// `config.presence.key` when non-empty (numbers are stringified).
     pub presence_key: Option<String>,
     pub private: bool,
@@ -47,6 +50,10 @@ impl JoinConfig {
             broadcast_self: flag(broadcast, "self"),
             presence_enabled: flag(presence, "enabled"),
             presence_count_only: flag(presence, "count_only"),
+            presence_updates: presence
+                .and_then(|p| p.get("updates"))
+                .and_then(Value::as_str)
+                .and_then(PresenceUpdates::parse),
             presence_key,
             private: config
                 .and_then(|c| c.get("private"))
@@ -111,6 +118,14 @@ impl JoinConfig {
         if config.get("private").is_some_and(|f| !is_flag(f)) {
             return Err("config.private must be a boolean".into());
         }
+        let updates = config.get("presence").and_then(|p| p.get("updates"));
+        if updates.is_some_and(|u| {
+            !(u.is_null()
+                || u.as_str()
+                    .is_some_and(|u| PresenceUpdates::parse(u).is_some()))
+        }) {
+            return Err(r#"config.presence.updates must be "classic" or "replace""#.into());
+        }
         let key = config.get("presence").and_then(|p| p.get("key"));
         if key.is_some_and(|k| !(k.is_null() || k.is_string() || k.is_number())) {
             return Err("config.presence.key must be a string".into());
@@ -120,6 +135,27 @@ impl JoinConfig {
             return Err("config.postgres_changes must be an array".into());
         }
         Ok(())
+    }
+}
+
+/// `config.presence.updates`: how a member's state change is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceUpdates {
+    /// The new meta under a new ref plus a leave of the old (Supabase).
+    Classic,
+    /// The new meta under the old ref, no leave.
+    Replace,
+}
+
+impl PresenceUpdates {
+    /// `"classic"` or `"replace"`, exactly (the value is short, so an
+    /// unknown one is refused without copying it).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "classic" => Some(Self::Classic),
+            "replace" => Some(Self::Replace),
+            _ => None,
+        }
     }
 }
 
@@ -167,6 +203,11 @@ mod tests {
         );
         let count = JoinConfig::parse(&json!({"config": {"presence": {"count_only": true}}}));
         assert!(count.presence_count_only);
+        assert_eq!(count.presence_updates, None);
+        let quiet = JoinConfig::parse(&json!({"config": {"presence": {"updates": "replace"}}}));
+        assert_eq!(quiet.presence_updates, Some(PresenceUpdates::Replace));
+        let classic = JoinConfig::parse(&json!({"config": {"presence": {"updates": "classic"}}}));
+        assert_eq!(classic.presence_updates, Some(PresenceUpdates::Classic));
         let numeric = JoinConfig::parse(&json!({"config": {"presence": {"key": 42}}}));
         assert_eq!(numeric.presence_key.as_deref(), Some("42"));
     }
@@ -180,6 +221,8 @@ mod tests {
             json!({"config": {"broadcast": null, "presence": {"key": "", "enabled": "TRUE"}}}),
             json!({"config": {"presence": {"key": 42}, "private": "false", "postgres_changes": []},
                    "access_token": null}),
+            json!({"config": {"presence": {"updates": "replace"}}}),
+            json!({"config": {"presence": {"updates": null}}}),
             // realtime-py's join, with its unknown `replay` key.
             json!({"config": {"broadcast": {"ack": false, "self": false, "replay": null},
                    "presence": {"key": "", "enabled": false}, "private": false},
@@ -217,6 +260,14 @@ mod tests {
                 "config.postgres_changes must be an array",
             ),
             (json!({"access_token": 5}), "access_token must be a string"),
+            (
+                json!({"config": {"presence": {"updates": "REPLACE"}}}),
+                r#"config.presence.updates must be "classic" or "replace""#,
+            ),
+            (
+                json!({"config": {"presence": {"updates": true}}}),
+                r#"config.presence.updates must be "classic" or "replace""#,
+            ),
         ];
         for (p, why) in bad {
             assert_eq!(JoinConfig::check(&p), Err(why.to_owned()), "{p}");

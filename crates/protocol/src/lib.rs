@@ -23,7 +23,7 @@ pub use broadcast::{
 pub use decode::{decode, reply_address, DecodeError, Frame};
 pub use encode::{Outgoing, Reply};
 pub use event::{ClientEvent, PresenceAction};
-pub use join::JoinConfig;
+pub use join::{JoinConfig, PresenceUpdates};
 pub use vsn::{UnsupportedVsn, Vsn};
 
 /// Every channel topic starts with this; `supabase.channel('x')` joins `realtime:x`.

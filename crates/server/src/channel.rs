@@ -19,11 +19,12 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State};
+use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State, Updates};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::admission::TokenBucket;
 use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
+use crate::last_seen::{self, LastSeen};
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
@@ -39,6 +40,8 @@ pub struct Member {
     /// Wants only the numbers (`presence_count`), not the member list.
     pub count_only: bool,
     pub broadcast_read: bool,
+    /// How this member's state changes reach the others.
+    pub updates: Updates,
 }
 
 /// Sends a deferred reply (a track's `ok` once its diff is out).
@@ -54,6 +57,7 @@ pub struct Channel {
     /// Set with a cluster: the channel's Redis hash tag and the node.
     cluster: Option<(Arc<Cluster>, String)>,
     webhooks: Option<Arc<Webhooks>>,
+    last_seen: Option<Arc<LastSeen>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
     /// What broadcasts this channel takes per second, all senders together.
@@ -357,10 +361,10 @@ impl Channel {
         ack: Ack,
     ) -> Result<(), StateFull> {
         let mut inner = self.inner.lock();
-        if !inner.members.contains_key(&member) {
+        let Some(updates) = inner.members.get(&member).map(|m| m.updates) else {
             ack();
             return Ok(());
-        }
+        };
         let old = match &inner.sync {
             Some(sync) => sync
                 .owned
@@ -377,12 +381,20 @@ impl Channel {
             return Err(StateFull);
         }
         let Some(sync) = inner.sync.as_mut() else {
-            self.change(&mut inner, |p| p.track(member, key, state, refs));
+            self.change(&mut inner, |p| p.track(member, key, state, refs, updates));
             self.deliver_ack(&mut inner, ack);
             return Ok(());
         };
         match sync.owned.get(&member) {
             Some(o) if &*o.key == key && o.meta.state == state => {}
+            Some(o) if &*o.key == key && updates == Updates::Replace => {
+                let meta = Meta {
+                    phx_ref: o.meta.phx_ref.clone(),
+                    phx_ref_prev: Some(o.meta.phx_ref.clone()),
+                    state,
+                };
+                sync.put(member, Arc::from(key), meta);
+            }
             Some(o) => {
                 let meta = Meta {
                     phx_ref: refs.next_ref(),
@@ -561,6 +573,7 @@ impl Channel {
         match sync.replica.receive(update, &mut inner.presence) {
             Received::Applied(diff) => {
                 let diff = diff.net();
+                self.remember_leaves(inner, &diff);
                 self.count(inner, &diff, keys_before);
                 if !diff.is_empty() {
                     self.send_diff(inner, &diff);
@@ -735,6 +748,7 @@ impl Channel {
     ) {
         let keys_before = inner.presence.key_count();
         if let Some(diff) = apply(&mut inner.presence) {
+            self.remember_leaves(inner, &diff);
             self.count(inner, &diff, keys_before);
             self.send_diff(inner, &diff);
             if let Some(w) = &self.webhooks {
@@ -746,6 +760,27 @@ impl Channel {
                 ));
             }
         }
+    }
+
+    /// Last seen: note the keys whose last meta this change took out.
+    fn remember_leaves(&self, inner: &Inner, diff: &Diff) {
+        let Some(seen) = &self.last_seen else {
+            return;
+        };
+        if diff.leaves.is_empty() {
+            return;
+        }
+        let (_, left) = diff.key_changes(&inner.presence);
+        if !left.is_empty() {
+            seen.left(&self.key, &left, last_seen::now_ms());
+        }
+    }
+
+    /// When `key` last left this channel (its last meta), if remembered.
+    pub fn last_seen(&self, key: &str) -> Option<u64> {
+        self.last_seen
+            .as_ref()?
+            .get(&self.key, key, last_seen::now_ms())
     }
 
     /// Keep the presence gauges in step with a change.
@@ -847,6 +882,16 @@ impl Channel {
             None => scratch.frame(&self.topic, out.vsn(), join_ref, || presence.state_json()),
         };
         out.send(frame);
+        // Metas updated in place, again: a rejoining client reconciles the
+        // snapshot by ref, so it would keep their old states.
+        let before = window.as_ref().map(|w| &w.diff);
+        if let Some(again) = presence.replaced_json_before(before.unwrap_or(&Diff::default())) {
+            out.send_outgoing(&Outgoing::fanout(
+                &self.topic,
+                events::PRESENCE_DIFF,
+                &again,
+            ));
+        }
     }
 
     /// Queue a `presence_diff` to every member, encoded once per vsn.
@@ -1085,6 +1130,7 @@ pub struct Registry {
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
     broadcast_rates: BroadcastRates,
+    last_seen: Option<Arc<LastSeen>>,
 }
 
 impl Registry {
@@ -1092,6 +1138,20 @@ impl Registry {
     pub fn with_coalesce(mut self, window: std::time::Duration) -> Self {
         self.coalesce = window;
         self
+    }
+
+    /// Remember when keys left (last seen); `None` = off.
+    pub fn with_last_seen(mut self, last_seen: Option<Arc<LastSeen>>) -> Self {
+        self.last_seen = last_seen;
+        self
+    }
+
+    /// When `key` last left the channel `topic`, if remembered and the
+    /// channel is not open here (an open one answers for itself).
+    pub fn last_seen(&self, topic: &str, private: bool, key: &str) -> Option<u64> {
+        self.last_seen
+            .as_ref()?
+            .get(&registry_key(topic, private), key, last_seen::now_ms())
     }
 
     /// Give each channel this broadcast budget.
@@ -1112,6 +1172,7 @@ impl Registry {
             webhooks,
             coalesce: std::time::Duration::ZERO,
             broadcast_rates: BroadcastRates::default(),
+            last_seen: None,
         }
     }
 
@@ -1159,6 +1220,7 @@ impl Registry {
                             .as_ref()
                             .map(|c| (c.clone(), wire::tag(topic, private))),
                         webhooks: self.webhooks.clone(),
+                        last_seen: self.last_seen.clone(),
                         coalesce: self.coalesce,
                         budget: Mutex::new(BroadcastBudget::new(self.broadcast_rates)),
                     })

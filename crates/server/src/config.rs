@@ -262,12 +262,53 @@ pub struct ServeArgs {
     #[serde(default)]
     pub policies: Vec<crate::authz::Policy>,
 
+    /// How a member's state change reaches the others when its join does not say (`config.presence.updates`): `classic` = a join under a new ref plus a leave, as Supabase; `replace` = a join under the same ref and no leave [default: classic].
+    #[arg(long, env = "ROSTER_PRESENCE_UPDATES")]
+    pub presence_updates: Option<UpdatesSetting>,
+
+    /// Last seen: most presence keys this node remembers the leaving time of (the oldest are forgotten first); 0 = off [default: 100000].
+    #[arg(long, env = "ROSTER_LAST_SEEN_KEYS")]
+    pub last_seen_keys: Option<usize>,
+
+    /// Last seen: forget a key's leaving time after this long [default: 86400000, a day].
+    #[arg(long, env = "ROSTER_LAST_SEEN_MAX_AGE_MS")]
+    pub last_seen_max_age_ms: Option<u64>,
+
     /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
     /// `sb_secret_dev`, and a fixed JWT secret) for any key not given
     /// explicitly. Never use it on a reachable address.
     #[arg(long, env = "ROSTER_DEV")]
     #[serde(skip)]
     pub dev: bool,
+}
+
+/// `--presence-updates`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdatesSetting {
+    #[default]
+    Classic,
+    Replace,
+}
+
+impl From<UpdatesSetting> for roster_presence::Updates {
+    fn from(s: UpdatesSetting) -> Self {
+        match s {
+            UpdatesSetting::Classic => roster_presence::Updates::Classic,
+            UpdatesSetting::Replace => roster_presence::Updates::Replace,
+        }
+    }
+}
+
+/// Quiet updates and last seen.
+#[derive(Debug, Clone)]
+pub struct PresenceFeatures {
+    /// For joins without `config.presence.updates`.
+    pub updates: roster_presence::Updates,
+    /// Most keys whose leaving time this node remembers; 0 = off.
+    pub last_seen_keys: usize,
+    /// How long a leaving time is remembered.
+    pub last_seen_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -355,6 +396,7 @@ pub struct Settings {
     /// Which keys were not given and so are dev mode's or random: the
     /// banner shows only these, never a key the operator configured.
     pub defaulted_keys: DefaultedKeys,
+    pub presence_features: PresenceFeatures,
 }
 
 /// Per key: `true` when it was not given (flag, env or file).
@@ -687,6 +729,22 @@ impl ServeArgs {
                     .unwrap_or(100),
             },
             defaulted_keys,
+            presence_features: PresenceFeatures {
+                updates: self
+                    .presence_updates
+                    .or(file.presence_updates)
+                    .unwrap_or_default()
+                    .into(),
+                last_seen_keys: self
+                    .last_seen_keys
+                    .or(file.last_seen_keys)
+                    .unwrap_or(100_000),
+                last_seen_max_age: ms(
+                    self.last_seen_max_age_ms,
+                    file.last_seen_max_age_ms,
+                    86_400_000,
+                ),
+            },
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod connection;
 pub mod demo;
 pub mod frame_writer;
 pub mod http;
+pub mod last_seen;
 pub mod metrics;
 pub mod outbound;
 pub mod presence_api;

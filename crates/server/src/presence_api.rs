@@ -242,5 +242,26 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
         topics.sort();
         topics.dedup();
     }
-    Json(json!({ "online": online })).into_response()
+    // Keys online nowhere asked: when their last meta left (the latest).
+    let topics: Vec<String> = match &wanted {
+        Some(w) => w.iter().cloned().collect(),
+        None => server
+            .registry
+            .all()
+            .iter()
+            .filter(|c| c.is_private() == q.private)
+            .map(|c| c.topic().to_owned())
+            .collect(),
+    };
+    let mut last_seen_at: BTreeMap<&str, u64> = BTreeMap::new();
+    for (key, _) in online.iter().filter(|(_, t)| t.is_empty()) {
+        let latest = topics
+            .iter()
+            .filter_map(|t| server.registry.last_seen(t, q.private, key))
+            .max();
+        if let Some(at) = latest {
+            last_seen_at.insert(key, at);
+        }
+    }
+    Json(json!({ "online": online, "last_seen_at": last_seen_at })).into_response()
 }

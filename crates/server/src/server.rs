@@ -56,6 +56,9 @@ impl Server {
         // Multicast bit set: a random node id, not a MAC address (RFC 4122 §4.5).
         uuid_node[0] |= 0x01;
         let metrics = Arc::new(Metrics::new());
+        let features = &settings.presence_features;
+        let last_seen =
+            crate::last_seen::LastSeen::new(features.last_seen_keys, features.last_seen_max_age);
         let webhooks = settings
             .webhooks
             .as_ref()
@@ -68,6 +71,7 @@ impl Server {
             settings,
             registry: Registry::new(metrics.clone(), cluster, webhooks.clone())
                 .with_coalesce(coalesce)
+                .with_last_seen(last_seen)
                 .with_broadcast_rates(broadcast_rates),
             webhooks,
             metrics,

@@ -11,10 +11,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use roster_presence::{MemberId, State};
+use roster_presence::{MemberId, State, Updates};
 use roster_protocol::{
     decode, decode_binary, events, reply_address, ClientEvent, Frame, JoinConfig, Outgoing,
-    PresenceAction, Reply, UserBroadcast, Vsn, TOPIC_PREFIX,
+    PresenceAction, PresenceUpdates, Reply, UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
 use crate::admission::RateWindow;
@@ -380,6 +380,11 @@ impl Session {
                 presence_read: rights.presence_read,
                 count_only: config.presence_count_only,
                 broadcast_read: rights.broadcast_read,
+                updates: match config.presence_updates {
+                    Some(PresenceUpdates::Classic) => Updates::Classic,
+                    Some(PresenceUpdates::Replace) => Updates::Replace,
+                    None => settings.presence_features.updates,
+                },
             },
             &reply,
             config.presence_enabled,

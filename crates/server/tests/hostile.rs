@@ -564,3 +564,50 @@ async fn sockets_that_never_read_cost_at_most_their_byte_budget() {
     still_alive(&mut canary, &j, 6).await;
     newcomer_gets_in(node.addr, &mut canary).await;
 }
+
+/// Last seen is bounded: a client cycling through many distinct keys only
+/// pushes the oldest remembered ones out; the cap holds and the canary's
+/// presence is untouched.
+#[tokio::test]
+async fn many_distinct_keys_leaving_stay_within_the_last_seen_cap() {
+    const CAP: usize = 50;
+    const KEYS: usize = 300;
+    let s = start_with(|s| {
+        s.presence_features.last_seen_keys = CAP;
+        s.limits.presence_calls_per_window = 10_000;
+    })
+    .await;
+    let (mut canary, j) = canary(s.addr).await;
+    let mut evil = Client::connect(s.addr, 2).await;
+    for i in 0..KEYS {
+        let key = format!("evil-{i}");
+        let je = evil.join(ROOM, Some(&key)).await;
+        evil.track(&je, ROOM, json!({})).await;
+        let r = evil.push(&je, ROOM, "phx_leave", json!({})).await;
+        evil.recv_reply(&r).await;
+    }
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("evil-{i}")).collect();
+    let body = json!({"keys": keys, "topics": ["hostile"]}).to_string();
+    let (status, text) = http_request(
+        s.addr,
+        "POST",
+        "/api/presence/query",
+        &[
+            ("apikey", roster_server::config::DEV_SECRET_KEY),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let seen = got["last_seen_at"].as_object().unwrap();
+    assert_eq!(seen.len(), CAP, "the cap holds");
+    assert!(
+        seen.contains_key(&format!("evil-{}", KEYS - 1)),
+        "the newest stay"
+    );
+    assert!(!seen.contains_key("evil-0"), "the oldest go");
+    assert_eq!(got["online"]["evil-0"], json!([]));
+    still_alive(&mut canary, &j, 1).await;
+}

@@ -104,17 +104,18 @@ async fn query_says_which_keys_are_online_where() {
     assert_eq!(status, 200);
     assert_eq!(
         res,
-        json!({"online": {"alice": ["a", "b"], "bob": [], "carol": ["b"]}})
+        json!({"online": {"alice": ["a", "b"], "bob": [], "carol": ["b"]}, "last_seen_at": {}})
     );
     let (_, res) = ask(json!({"keys": ["alice"], "topics": ["b"]})).await;
-    assert_eq!(res, json!({"online": {"alice": ["b"]}}));
+    assert_eq!(res, json!({"online": {"alice": ["b"]}, "last_seen_at": {}}));
     // Untrack: gone from the answer.
     held[2]
         .push("1", "realtime:b", "presence", json!({"event": "untrack"}))
         .await;
     held[2].recv_event("presence_diff").await;
     let (_, res) = ask(json!({"keys": ["carol"]})).await;
-    assert_eq!(res, json!({"online": {"carol": []}}));
+    assert_eq!(res["online"], json!({"carol": []}));
+    assert!(res["last_seen_at"]["carol"].as_u64().is_some(), "{res}");
     assert_eq!(ask(json!({"nope": 1})).await.0, 422);
 }
 
@@ -178,4 +179,55 @@ async fn the_openapi_document_describes_every_route() {
             .all(|f| page.get(f).is_some()),
         "{page}"
     );
+}
+
+async fn query(addr: std::net::SocketAddr, body: Value) -> Value {
+    let (status, text) = http_request(
+        addr,
+        "POST",
+        "/api/presence/query",
+        &[
+            ("apikey", DEV_SECRET_KEY),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn a_query_says_when_an_offline_key_was_last_seen() {
+    let s = start().await;
+    let mut stays = Client::connect(s.addr, 2).await;
+    let js = stays.join("realtime:seen", Some("stays")).await;
+    stays.track(&js, "realtime:seen", json!({})).await;
+    let mut goes = Client::connect(s.addr, 2).await;
+    let jg = goes.join("realtime:seen", Some("goes")).await;
+    goes.track(&jg, "realtime:seen", json!({})).await;
+    let before = now() * 1000;
+    let r = goes
+        .push(
+            &jg,
+            "realtime:seen",
+            "presence",
+            json!({"event": "untrack"}),
+        )
+        .await;
+    goes.recv_reply(&r).await;
+
+    let body = json!({"keys": ["stays", "goes", "never"], "topics": ["seen"]});
+    let got = query(s.addr, body.clone()).await;
+    assert_eq!(
+        got["online"],
+        json!({"stays": ["seen"], "goes": [], "never": []})
+    );
+    let at = got["last_seen_at"]["goes"].as_u64().expect("goes was seen");
+    assert!(at >= before && at <= (now() + 1) * 1000, "{at}");
+    assert_eq!(got["last_seen_at"].as_object().unwrap().len(), 1, "{got}");
+    // Back online: online wins.
+    goes.track(&jg, "realtime:seen", json!({})).await;
+    let got = query(s.addr, body).await;
+    assert_eq!(got["last_seen_at"], json!({}));
 }

@@ -63,11 +63,14 @@ export function uniqueRoom(prefix = 'room') {
 
 /**
  * Join `room` on `client` with presence listeners that record every event.
- * `key` sets config.presence.key; `onSubscribed(channel, n)` runs on every
+ * `key` sets config.presence.key, `updates` config.presence.updates
+ * ('replace' | 'classic'); `onSubscribed(channel, n)` runs on every
  * SUBSCRIBED (n = 1 for the first join, 2 after the first rejoin, ...).
  */
-export function joinRoom(client, room, { key, onSubscribed } = {}) {
+export function joinRoom(client, room, { key, updates, onSubscribed } = {}) {
   const config = key === undefined ? {} : { presence: { key } }
+  // Roster's extension: how this member's own updates reach the others.
+  if (updates !== undefined) config.presence = { ...config.presence, updates }
   const channel = client.channel(room, { config })
   const rec = {
     channel,
