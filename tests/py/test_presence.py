@@ -245,3 +245,30 @@ async def test_client_close_is_a_clean_websocket_close_and_does_not_reconnect(ma
     ]
     assert not errors, errors
     assert a._ws_connection is None, "the closed client reconnected by itself"
+
+
+async def test_a_room_whose_snapshot_is_over_the_1_mib_frame_limit_still_reaches_a_late_joiner(make_client, room):
+    """realtime-py's WebSocket refuses frames over 1 MiB (and closes with 1009).
+    A 1.2 MB state reaches it as a presence_state and presence_diffs that add up."""
+    n = 40
+    blob = "q" * (30 * 1024)
+    members = []
+    for i in range(n):
+        c = await make_client()
+        r = await join_room(c, room, key=f"m{i}")
+        await r.channel.track({"i": i, "blob": blob})
+        members.append(r)
+    await wait_for(lambda: len(members[-1].channel.presence.state) == n, timeout=20)
+
+    late = await make_client()
+    rl = await join_room(late, room, key="late")
+    state = await wait_for(
+        lambda: rl.channel.presence.state if len(rl.channel.presence.state) == n else None,
+        timeout=20,
+        message=lambda: f"late joiner sees {len(rl.channel.presence.state)} of {n}",
+    )
+    assert sorted(state) == sorted(f"m{i}" for i in range(n))
+    assert all(len(metas) == 1 and metas[0]["blob"] == blob for metas in state.values())
+    # Still connected: its own track reaches a member.
+    await rl.channel.track({"late": True})
+    await wait_for(lambda: "late" in members[0].channel.presence.state, timeout=10)

@@ -19,5 +19,5 @@ pub use client::{ClientPresence, PresenceEvent, View};
 pub use meta::{Meta, State, StateError};
 pub use refs::RefGen;
 pub use tracker::{
-    meta_weight, ChannelPresence, Diff, MemberId, MetaUpdate, Updates, META_OVERHEAD,
+    meta_weight, ChannelPresence, Diff, MemberId, MetaUpdate, SnapshotParts, Updates, META_OVERHEAD,
 };

@@ -280,6 +280,86 @@ where
     out.push('}');
 }
 
+/// A joiner's snapshot, split to fit a frame limit
+/// ([`ChannelPresence::snapshot_parts`]).
+#[derive(Debug, PartialEq)]
+pub struct SnapshotParts {
+    /// The `presence_state` payload.
+    pub state: String,
+    /// `presence_diff` payloads to send after it, in order.
+    pub diffs: Vec<String>,
+}
+
+/// What [`joins_diff`] adds around its joins.
+const DIFF_WRAPPER: &str = "{\"joins\":,\"leaves\":{}}";
+
+/// A `presence_diff` payload that only joins `joins` (a grouped object).
+fn joins_diff(joins: &str) -> String {
+    let mut out = String::with_capacity(joins.len() + DIFF_WRAPPER.len());
+    out.push_str("{\"joins\":");
+    out.push_str(joins);
+    out.push_str(",\"leaves\":{}}");
+    out
+}
+
+/// [`write_grouped`] into objects of at most `max_bytes` each, cut between
+/// metas (a key's metas may span two objects; joining them back is what a
+/// client's diff does). Always at least one object, `{}` when empty.
+fn write_grouped_chunks<'a, K, M>(
+    entries: impl IntoIterator<Item = (K, M)>,
+    max_bytes: usize,
+) -> Vec<String>
+where
+    K: AsRef<str>,
+    M: IntoIterator<Item = &'a Meta>,
+{
+    /// What closing a chunk adds: `]}` for the key, `}` for the object.
+    const CLOSING: usize = 3;
+    let mut chunks = Vec::new();
+    let mut out = String::from("{");
+    let mut metas_in_chunk = 0;
+    for (key, metas) in entries {
+        let key = serde_json::to_string(key.as_ref()).expect("strings serialise");
+        let mut key_open = false;
+        for meta in metas {
+            let mark = out.len();
+            let open_key = |out: &mut String, first_in_chunk: bool| {
+                if !first_in_chunk {
+                    out.push(',');
+                }
+                out.push_str(&key);
+                out.push_str(":{\"metas\":[");
+            };
+            if key_open {
+                out.push(',');
+            } else {
+                open_key(&mut out, metas_in_chunk == 0);
+            }
+            meta.write_json(&mut out);
+            if out.len() + CLOSING > max_bytes && metas_in_chunk > 0 {
+                // This meta starts the next chunk.
+                out.truncate(mark);
+                if key_open {
+                    out.push_str("]}");
+                }
+                out.push('}');
+                chunks.push(std::mem::replace(&mut out, String::from("{")));
+                open_key(&mut out, true);
+                meta.write_json(&mut out);
+                metas_in_chunk = 0;
+            }
+            key_open = true;
+            metas_in_chunk += 1;
+        }
+        if key_open {
+            out.push_str("]}");
+        }
+    }
+    out.push('}');
+    chunks.push(out);
+    chunks
+}
+
 #[derive(Clone, Debug)]
 struct Tracked {
     member: MemberId,
@@ -540,6 +620,17 @@ impl ChannelPresence {
     /// snapshot (same ref); this replaces it. A fresh client only sees one
     /// more `join` of a meta it has.
     pub fn replaced_json_before(&self, pending: &Diff) -> Option<String> {
+        let replaced = self.replaced_before(pending)?;
+        let mut out = String::new();
+        write_grouped(&mut out, replaced);
+        Some(joins_diff(&out))
+    }
+
+    /// The metas of the state before `pending` that were updated in place.
+    fn replaced_before<'a>(
+        &'a self,
+        pending: &'a Diff,
+    ) -> Option<BTreeMap<&'a str, Vec<&'a Meta>>> {
         let pending_replaced = pending.leaves.iter().any(|(_, m)| m.is_replaced())
             || pending.updates.iter().any(|u| u.old.is_replaced());
         if self.replaced == 0 && !pending_replaced {
@@ -550,13 +641,37 @@ impl ChannelPresence {
             metas.retain(|m| m.is_replaced());
             !metas.is_empty()
         });
-        if replaced.is_empty() {
-            return None;
+        (!replaced.is_empty()).then_some(replaced)
+    }
+
+    /// What a client joining now is sent, in payloads of at most
+    /// `max_bytes` each (a single meta larger than that goes alone): the
+    /// state before `pending` as one `presence_state` and, past the first
+    /// `max_bytes`, `presence_diff`s that join the rest; then the re-sent
+    /// metas of [`Self::replaced_json_before`], split the same way.
+    ///
+    /// Both official JS and Python clients apply diffs that follow the
+    /// state of their join, so the split state adds up to the whole; and no
+    /// frame outgrows the smallest client frame limit (realtime-py: 1 MiB).
+    pub fn snapshot_parts(&self, pending: &Diff, max_bytes: usize) -> SnapshotParts {
+        let joins_budget = max_bytes.saturating_sub(DIFF_WRAPPER.len());
+        // Cut to the diffs' budget: the state part is a little smaller than
+        // it could be, and every later part fits once wrapped as a diff.
+        let mut parts = if pending.is_empty() {
+            write_grouped_chunks(self.snapshot(), joins_budget)
+        } else {
+            write_grouped_chunks(self.metas_before(pending), joins_budget)
+        };
+        let state = parts.remove(0);
+        let mut diffs: Vec<String> = parts.iter().map(|c| joins_diff(c)).collect();
+        if let Some(replaced) = self.replaced_before(pending) {
+            diffs.extend(
+                write_grouped_chunks(replaced, joins_budget)
+                    .iter()
+                    .map(|c| joins_diff(c)),
+            );
         }
-        let mut out = String::from("{\"joins\":");
-        write_grouped(&mut out, replaced);
-        out.push_str(",\"leaves\":{}}");
-        Some(out)
+        SnapshotParts { state, diffs }
     }
 
     /// The `presence_state` payload: `{key:{"metas":[..]},..}`, `{}` when empty.
@@ -620,6 +735,50 @@ mod tests {
 
     fn state(v: serde_json::Value) -> State {
         State::from_value(Some(v)).unwrap()
+    }
+
+    /// A snapshot split to a frame limit adds back up to the whole state,
+    /// through the same client code that applies states and diffs.
+    #[test]
+    fn a_split_snapshot_adds_up_to_the_state_and_each_part_fits() {
+        let refs = RefGen::new(7);
+        let mut p = ChannelPresence::new();
+        let mut member = 0;
+        for key in 0..40 {
+            // Some keys with several metas, so that cuts fall inside a key.
+            for _ in 0..(1 + key % 3) {
+                member += 1;
+                let s = state(json!({"n": member, "pad": "p".repeat(key * 3)}));
+                p.track(member, &format!("k{key}"), s, &refs, Updates::Classic);
+            }
+        }
+        let whole = p.state_json();
+        for max in [400, 512, 1_000, 4_096, whole.len() + 22, 1 << 20] {
+            let parts = p.snapshot_parts(&Diff::default(), max);
+            assert_eq!(parts.diffs.is_empty(), whole.len() + 22 <= max, "max {max}");
+            let mut view = crate::ClientPresence::new();
+            view.on_state(&serde_json::from_str(&parts.state).unwrap())
+                .unwrap();
+            assert!(parts.state.len() <= max);
+            for d in &parts.diffs {
+                assert!(d.len() <= max, "{} > {max}", d.len());
+                view.on_diff(&serde_json::from_str(d).unwrap()).unwrap();
+            }
+            let mut full = crate::ClientPresence::new();
+            full.on_state(&serde_json::from_str(&whole).unwrap())
+                .unwrap();
+            assert_eq!(view.view(), full.view(), "max {max}");
+        }
+        // A meta larger than the limit still goes, alone.
+        let parts = p.snapshot_parts(&Diff::default(), 10);
+        assert_eq!(parts.diffs.len() + 1, p.meta_count());
+        assert_eq!(
+            p.snapshot_parts(&Diff::default(), 1 << 20),
+            SnapshotParts {
+                state: whole,
+                diffs: vec![]
+            }
+        );
     }
 
     #[test]

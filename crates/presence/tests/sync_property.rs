@@ -320,7 +320,9 @@ fn deliver(client: &mut Client, n: usize) {
 
 /// `coalesce`: diffs are folded into one per window (`Op::Flush` ends it),
 /// and a client joining mid-window gets the state before the window.
-fn run(ops: Vec<Op>, coalesce: bool) {
+/// `frame_limit`: snapshots are split into a state and diffs of at most
+/// that many bytes each, as the server sends them.
+fn run(ops: Vec<Op>, coalesce: bool, frame_limit: usize) {
     let refs = RefGen::new(42);
     let mut server = ChannelPresence::new();
     // Half the clients build events, half are silent: both must track the truth.
@@ -374,18 +376,14 @@ fn run(ops: Vec<Op>, coalesce: bool) {
                 };
                 c.member = Some((next_member, key, updates));
                 next_member += 1;
-                let state = if coalesce {
-                    server.state_json_before(&pending)
-                } else {
-                    server.state_json()
-                };
-                c.inbox
-                    .push_back(Msg::State(serde_json::from_str(&state).unwrap()));
                 let empty = roster_presence::Diff::default();
                 let before = if coalesce { &pending } else { &empty };
-                if let Some(again) = server.replaced_json_before(before) {
+                let parts = server.snapshot_parts(before, frame_limit);
+                c.inbox
+                    .push_back(Msg::State(serde_json::from_str(&parts.state).unwrap()));
+                for diff in &parts.diffs {
                     c.inbox
-                        .push_back(Msg::Diff(serde_json::from_str(&again).unwrap()));
+                        .push_back(Msg::Diff(serde_json::from_str(diff).unwrap()));
                 }
             }
             Op::Track(i, p) => {
@@ -484,12 +482,18 @@ fn run(ops: Vec<Op>, coalesce: bool) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
-    fn every_client_view_equals_server_truth(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops, false);
+    fn every_client_view_equals_server_truth(
+        ops in proptest::collection::vec(op(), 1..120),
+        frame_limit in prop_oneof![Just(1 << 20), 1usize..400],
+    ) {
+        run(ops, false, frame_limit);
     }
 
     #[test]
-    fn with_coalesced_diffs_every_client_view_equals_server_truth(ops in proptest::collection::vec(op(), 1..120)) {
-        run(ops, true);
+    fn with_coalesced_diffs_every_client_view_equals_server_truth(
+        ops in proptest::collection::vec(op(), 1..120),
+        frame_limit in prop_oneof![Just(1 << 20), 1usize..400],
+    ) {
+        run(ops, true, frame_limit);
     }
 }

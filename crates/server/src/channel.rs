@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, State, Updates};
+use roster_presence::{
+    meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, SnapshotParts, State, Updates,
+};
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::admission::TokenBucket;
@@ -60,6 +62,8 @@ pub struct Channel {
     last_seen: Option<Arc<LastSeen>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
+    /// The most a snapshot frame may weigh; larger snapshots are split.
+    frame_limit: usize,
     /// What broadcasts this channel takes per second, all senders together.
     budget: Mutex<BroadcastBudget>,
     /// Itself, for timers started from `&self`.
@@ -149,43 +153,47 @@ struct Window {
 /// `presence_state` frames for members joining while the state stands still:
 /// the state is serialised once, and each frame built once per (vsn,
 /// join_ref). In a join storm most joiners share a join ref, so they share
-/// the frame's bytes too instead of each holding a copy.
+/// the frame's bytes too instead of each holding a copy. A snapshot over
+/// the frame limit is several frames: the state, then diffs that join the rest.
 #[derive(Default)]
 struct StateFrames {
-    payload: Option<String>,
-    frames: Vec<(Vsn, Option<Arc<str>>, Frame)>,
+    parts: Option<SnapshotParts>,
+    frames: Vec<(Vsn, Option<Arc<str>>, Arc<[Frame]>)>,
 }
+
+/// Snapshot frames stay under this unless configured (realtime-py takes 1 MiB).
+pub const DEFAULT_FRAME_LIMIT: usize = 512 * 1024;
 
 /// Most distinct (vsn, join_ref) frames kept.
 const STATE_FRAMES_KEPT: usize = 8;
 
 impl StateFrames {
-    fn frame(
+    fn frames(
         &mut self,
         topic: &str,
         vsn: Vsn,
         join_ref: Option<&Arc<str>>,
-        state: impl FnOnce() -> String,
-    ) -> Frame {
+        parts: impl FnOnce() -> SnapshotParts,
+    ) -> Arc<[Frame]> {
         let cached = self
             .frames
             .iter()
             .find(|(v, r, _)| *v == vsn && r.as_ref() == join_ref);
-        if let Some((_, _, frame)) = cached {
-            return frame.clone();
+        if let Some((_, _, frames)) = cached {
+            return frames.clone();
         }
-        let payload = self.payload.get_or_insert_with(state);
-        let push = Outgoing::push(
-            join_ref.map(|r| &**r),
-            topic,
-            events::PRESENCE_STATE,
-            payload,
-        );
-        let frame = Frame::text(push.encode(vsn));
+        let parts = self.parts.get_or_insert_with(parts);
+        let push = |event, payload: &str| {
+            let push = Outgoing::push(join_ref.map(|r| &**r), topic, event, payload);
+            Frame::text(push.encode(vsn))
+        };
+        let frames: Arc<[Frame]> = std::iter::once(push(events::PRESENCE_STATE, &parts.state))
+            .chain(parts.diffs.iter().map(|d| push(events::PRESENCE_DIFF, d)))
+            .collect();
         if self.frames.len() < STATE_FRAMES_KEPT {
-            self.frames.push((vsn, join_ref.cloned(), frame.clone()));
+            self.frames.push((vsn, join_ref.cloned(), frames.clone()));
         }
-        frame
+        frames
     }
 }
 
@@ -813,7 +821,7 @@ impl Channel {
         if inner
             .window
             .as_ref()
-            .is_some_and(|w| !w.diff.is_empty() && w.weight + weight > COALESCED_DIFF_BYTES)
+            .is_some_and(|w| !w.diff.is_empty() && w.weight + weight > self.frame_limit)
         {
             let window = inner.window.take().expect("checked above");
             self.fan_out_now(inner, &window.diff);
@@ -875,22 +883,21 @@ impl Channel {
         let Inner {
             presence, window, ..
         } = inner;
-        let frame = match window {
-            Some(w) => w.state.frame(&self.topic, out.vsn(), join_ref, || {
-                presence.state_json_before(&w.diff)
+        let limit = self.frame_limit;
+        // The window's diff will follow, so a joiner gets the state before it.
+        // Metas updated in place come again as joins after the state: a
+        // rejoining client reconciles a snapshot by ref, and would keep
+        // their old states.
+        let frames = match window {
+            Some(w) => w.state.frames(&self.topic, out.vsn(), join_ref, || {
+                presence.snapshot_parts(&w.diff, limit)
             }),
-            None => scratch.frame(&self.topic, out.vsn(), join_ref, || presence.state_json()),
+            None => scratch.frames(&self.topic, out.vsn(), join_ref, || {
+                presence.snapshot_parts(&Diff::default(), limit)
+            }),
         };
-        out.send(frame);
-        // Metas updated in place, again: a rejoining client reconciles the
-        // snapshot by ref, so it would keep their old states.
-        let before = window.as_ref().map(|w| &w.diff);
-        if let Some(again) = presence.replaced_json_before(before.unwrap_or(&Diff::default())) {
-            out.send_outgoing(&Outgoing::fanout(
-                &self.topic,
-                events::PRESENCE_DIFF,
-                &again,
-            ));
+        for frame in frames.iter() {
+            out.send(frame.clone());
         }
     }
 
@@ -1069,10 +1076,6 @@ fn registry_key(topic: &str, private: bool) -> Arc<str> {
     }
 }
 
-/// The most a coalesced `presence_diff` payload may weigh: with the
-/// envelope, under realtime-py's 1 MiB message limit.
-const COALESCED_DIFF_BYTES: usize = 768 * 1024;
-
 /// How often, at most, `count_only` members hear of a change.
 const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -1129,6 +1132,7 @@ pub struct Registry {
     cluster: Option<Arc<Cluster>>,
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
+    frame_limit: usize,
     broadcast_rates: BroadcastRates,
     last_seen: Option<Arc<LastSeen>>,
 }
@@ -1137,6 +1141,12 @@ impl Registry {
     /// Coalesce each channel's diffs over `window` (zero = off).
     pub fn with_coalesce(mut self, window: std::time::Duration) -> Self {
         self.coalesce = window;
+        self
+    }
+
+    /// Split snapshots into frames of at most `bytes`.
+    pub fn with_frame_limit(mut self, bytes: usize) -> Self {
+        self.frame_limit = bytes;
         self
     }
 
@@ -1171,6 +1181,7 @@ impl Registry {
             cluster,
             webhooks,
             coalesce: std::time::Duration::ZERO,
+            frame_limit: DEFAULT_FRAME_LIMIT,
             broadcast_rates: BroadcastRates::default(),
             last_seen: None,
         }
@@ -1222,6 +1233,7 @@ impl Registry {
                         webhooks: self.webhooks.clone(),
                         last_seen: self.last_seen.clone(),
                         coalesce: self.coalesce,
+                        frame_limit: self.frame_limit,
                         budget: Mutex::new(BroadcastBudget::new(self.broadcast_rates)),
                     })
                 })

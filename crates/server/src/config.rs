@@ -86,6 +86,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_PRESENCE_COALESCE_MS")]
     pub presence_coalesce_ms: Option<u64>,
 
+    /// A joiner's snapshot larger than this many bytes goes out as a `presence_state` and `presence_diff`s, each at most this large, so that every client can take it (realtime-py refuses frames over 1 MiB) [default: 524288].
+    #[arg(long, env = "ROSTER_PRESENCE_FRAME_BYTES")]
+    pub presence_frame_bytes: Option<usize>,
+
     /// Frames queued per socket before it is dropped as too slow [default: 8192].
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -158,7 +162,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_MAX_TRACK_BYTES")]
     pub max_track_bytes: Option<usize>,
 
-    /// Total presence state one channel may hold, counted as it weighs in a `presence_state` (states, keys and refs), so that every snapshot stays under realtime-py's 1 MiB message limit [default: 786432].
+    /// Total presence state one channel may hold, counted as it weighs in a `presence_state` (states, keys and refs): a bound on the room's memory (snapshots over the frame limit are split) [default: 8388608, about 35,000 members of 100-byte states].
     #[arg(long, env = "ROSTER_MAX_STATE_BYTES_PER_CHANNEL")]
     pub max_state_bytes_per_channel: Option<usize>,
 
@@ -379,6 +383,8 @@ pub struct Settings {
     pub presence_grace: Duration,
     /// Window over which a channel's diffs are coalesced; zero = off.
     pub presence_coalesce: Duration,
+    /// The most one snapshot frame may weigh; larger ones are split.
+    pub presence_frame_bytes: usize,
     pub handshake_timeout: Duration,
     pub outbound_queue: usize,
     /// Bytes queued or being written for one socket before it is dropped.
@@ -615,6 +621,11 @@ impl ServeArgs {
                     .or(file.presence_coalesce_ms)
                     .unwrap_or(0),
             ),
+            presence_frame_bytes: self
+                .presence_frame_bytes
+                .or(file.presence_frame_bytes)
+                .unwrap_or(512 * 1024)
+                .max(1024),
             handshake_timeout: Duration::from_millis(
                 self.handshake_timeout_ms
                     .or(file.handshake_timeout_ms)
@@ -658,7 +669,7 @@ impl ServeArgs {
                 max_state_bytes_per_channel: self
                     .max_state_bytes_per_channel
                     .or(file.max_state_bytes_per_channel)
-                    .unwrap_or(768 * 1024),
+                    .unwrap_or(8 * 1024 * 1024),
                 presence_calls_per_window: self
                     .presence_calls_per_window
                     .or(file.presence_calls_per_window)

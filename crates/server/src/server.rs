@@ -45,6 +45,7 @@ impl Server {
     /// their delivery task.
     pub fn with_cluster(settings: Settings, cluster: Option<Arc<Cluster>>) -> Arc<Server> {
         let coalesce = settings.presence_coalesce;
+        let frame_limit = settings.presence_frame_bytes;
         let broadcast_rates = crate::channel::BroadcastRates {
             per_second: settings.limits.channel_broadcasts_per_second,
             bytes_per_second: settings.limits.channel_broadcast_bytes_per_second,
@@ -71,6 +72,7 @@ impl Server {
             settings,
             registry: Registry::new(metrics.clone(), cluster, webhooks.clone())
                 .with_coalesce(coalesce)
+                .with_frame_limit(frame_limit)
                 .with_last_seen(last_seen)
                 .with_broadcast_rates(broadcast_rates),
             webhooks,

@@ -376,7 +376,7 @@ async fn broadcast_floods_are_refused_at_the_channel_not_its_members() {
 /// budget, the rest is kept for ordinary ones.
 #[tokio::test]
 async fn large_states_cannot_squat_a_room() {
-    let s = start().await;
+    let s = start_with(|c| c.limits.max_state_bytes_per_channel = 768 * 1024).await;
     let (mut canary, j) = py_canary(s.addr).await;
     let mut squatters = Vec::new();
     let mut refused = 0;

@@ -207,3 +207,42 @@ async fn a_count_only_member_gets_numbers_not_the_list() {
     let got = counter.recv_event("presence_count").await;
     assert_eq!(got.payload, json!({"keys": 1, "presences": 4}));
 }
+
+/// A snapshot larger than a client can take (realtime-py: 1 MiB) reaches a
+/// late joiner as a `presence_state` and `presence_diff`s, each under the
+/// frame limit, that add up to the whole room; with default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_the_frame_limit_reaches_a_strict_client_in_parts() {
+    let s = start().await;
+    const BIG: &str = "realtime:big-snapshot";
+    let mut members = Vec::new();
+    // 80 × ~30 KiB: a 2.4 MB state, more than twice realtime-py's limit.
+    for i in 0..80 {
+        let mut c = Client::connect(s.addr, 2).await;
+        let j = c.join(BIG, Some(&format!("m{i}"))).await;
+        let state = json!({"i": i, "blob": "z".repeat(30 * 1024)});
+        assert_eq!(c.track(&j, BIG, state).await.payload["status"], "ok");
+        members.push(c);
+    }
+    for vsn in [1, 2] {
+        let mut late = Client::connect_canary(s.addr, vsn).await;
+        late.start_log();
+        late.join(BIG, Some("late")).await;
+        late.until_view(BIG, |v| (0..80).all(|i| v.contains_key(&format!("m{i}"))))
+            .await;
+        let log = late.take_log();
+        let states = log.iter().filter(|g| g.event == "presence_state").count();
+        let diffs = log.iter().filter(|g| g.event == "presence_diff").count();
+        assert_eq!(states, 1);
+        assert!(
+            diffs >= 4,
+            "a 2.4 MB snapshot in 512 KiB parts: {diffs} diffs"
+        );
+        for i in 0..80 {
+            let metas = &late.view(BIG)[&format!("m{i}")];
+            assert_eq!(metas.len(), 1);
+        }
+        // The canary's limit held: it is still open and answers.
+        late.heartbeat().await;
+    }
+}
