@@ -158,8 +158,11 @@ struct Window {
 #[derive(Default)]
 struct StateFrames {
     parts: Option<SnapshotParts>,
-    frames: Vec<(Vsn, Option<Arc<str>>, Arc<[Frame]>)>,
+    frames: Vec<(Vsn, Option<Arc<str>>, SnapshotFrames)>,
 }
+
+/// A snapshot's frames for one (vsn, join_ref), shared by its joiners.
+type SnapshotFrames = Arc<[Frame]>;
 
 /// Snapshot frames stay under this unless configured (realtime-py takes 1 MiB).
 pub const DEFAULT_FRAME_LIMIT: usize = 512 * 1024;
