@@ -89,20 +89,20 @@ fn checked<P>(
 
 /// The `keys` parameters of a `members` call (`?keys=a&keys=b`), `None`
 /// when there are none; counted before anything is decoded.
-fn asked_keys(uri: &Uri) -> Result<Option<Vec<String>>, Response> {
+fn asked_keys(uri: &Uri) -> Result<Option<Vec<String>>, Box<Response>> {
     let raw = uri.query().unwrap_or("");
     let asked = raw.split('&').filter(|p| p.starts_with("keys=")).count();
     if asked == 0 {
         return Ok(None);
     }
     if asked > MAX_QUERY_KEYS {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("at most {MAX_QUERY_KEYS} keys"),
-        ));
+        )));
     }
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
     let mut seen = HashSet::new();
     Ok(Some(
         pairs
@@ -155,7 +155,7 @@ async fn members(
     match asked_keys(&uri) {
         Ok(Some(keys)) => return members_of_keys(&server, topic, params.private, keys).await,
         Ok(None) => {}
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -214,7 +214,7 @@ async fn members_of_keys(
         .filter(|(_, metas)| metas.is_empty())
         .map(|(key, _)| key.as_str())
         .collect();
-    let seen = match last_seen_of(server, &[full.clone()], private, &offline).await {
+    let seen = match last_seen_of(server, std::slice::from_ref(&full), private, &offline).await {
         Ok(seen) => seen,
         Err(refusal) => return refusal,
     };
