@@ -78,6 +78,7 @@ impl ChannelStatus {
 
 type SyncFn = Arc<dyn Fn() + Send + Sync>;
 type PresenceFn = Arc<dyn Fn(&str, &[Presence], &[Presence]) + Send + Sync>;
+type UpdateFn = Arc<dyn Fn(&str, &Presence, &Presence) + Send + Sync>;
 type BroadcastFn = Arc<dyn Fn(&BroadcastMessage) + Send + Sync>;
 
 #[derive(Default)]
@@ -85,6 +86,7 @@ struct Handlers {
     sync: Vec<SyncFn>,
     join: Vec<PresenceFn>,
     leave: Vec<PresenceFn>,
+    update: Vec<UpdateFn>,
     broadcast: Vec<(String, BroadcastFn)>,
     streams: Vec<mpsc::UnboundedSender<PresenceChange>>,
 }
@@ -163,10 +165,15 @@ impl ChannelShared {
         if events.is_empty() {
             return;
         }
-        let (sync, join, leave) = {
+        let (sync, join, leave, update) = {
             let mut h = lock(&self.handlers);
             h.streams.retain(|s| !s.is_closed());
-            (h.sync.clone(), h.join.clone(), h.leave.clone())
+            (
+                h.sync.clone(),
+                h.join.clone(),
+                h.leave.clone(),
+                h.update.clone(),
+            )
         };
         for event in events {
             let change = PresenceChange::from_event(event);
@@ -184,6 +191,11 @@ impl ChannelShared {
                 PresenceChange::Leave { key, current, left } => {
                     for f in &leave {
                         guarded("presence leave", || f(key, current, left));
+                    }
+                }
+                PresenceChange::Update { key, old, new } => {
+                    for f in &update {
+                        guarded("presence update", || f(key, old, new));
                     }
                 }
             }
@@ -299,6 +311,25 @@ impl RealtimeChannel {
         f: impl Fn(&str, &[Presence], &[Presence]) + Send + Sync + 'static,
     ) -> &Self {
         lock(&self.inner.handlers).leave.push(Arc::new(f));
+        self
+    }
+
+    /// Call `f(key, old, new)` when a presence of `key` is updated in place
+    /// (a quiet update: same `presence_ref`, no join and no leave; a Roster
+    /// extension, see [`ChannelOptions::quiet_updates`](crate::ChannelOptions::quiet_updates)).
+    ///
+    /// ```no_run
+    /// # fn demo(room: roster_client::RealtimeChannel) {
+    /// room.on_presence_update(|key, old, new| {
+    ///     println!("{key}: {:?} -> {:?}", old.fields, new.fields);
+    /// });
+    /// # }
+    /// ```
+    pub fn on_presence_update(
+        &self,
+        f: impl Fn(&str, &Presence, &Presence) + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.inner.handlers).update.push(Arc::new(f));
         self
     }
 

@@ -128,6 +128,7 @@ pub struct ChannelOptions {
     pub(crate) broadcast_ack: bool,
     pub(crate) private: bool,
     pub(crate) auto_retrack: bool,
+    pub(crate) quiet_updates: bool,
 }
 
 impl Default for ChannelOptions {
@@ -143,6 +144,7 @@ impl Default for ChannelOptions {
             broadcast_ack: false,
             private: false,
             auto_retrack: true,
+            quiet_updates: false,
         }
     }
 }
@@ -198,6 +200,21 @@ impl ChannelOptions {
     /// ```
     pub fn auto_retrack(mut self, on: bool) -> Self {
         self.auto_retrack = on;
+        self
+    }
+
+    /// Join with `config.presence.updates: "replace"` (a Roster extension):
+    /// this client's second and later `track` calls reach everyone as one
+    /// quiet update (same `presence_ref`, no leave; a
+    /// [`PresenceChange::Update`](crate::PresenceChange::Update) for Rust
+    /// clients, a lone `join` for supabase-js). Default false: the server's
+    /// `--presence-updates` decides.
+    ///
+    /// ```
+    /// let o = roster_client::ChannelOptions::default().quiet_updates(true);
+    /// ```
+    pub fn quiet_updates(mut self, on: bool) -> Self {
+        self.quiet_updates = on;
         self
     }
 }

@@ -107,6 +107,7 @@ fn decode_all<T: DeserializeOwned>(list: &[Presence]) -> Result<Vec<T>, serde_js
 ///         PresenceChange::Sync => "sync".into(),
 ///         PresenceChange::Join { key, new, .. } => format!("{key} joined ({})", new.len()),
 ///         PresenceChange::Leave { key, left, .. } => format!("{key} left ({})", left.len()),
+///         PresenceChange::Update { key, new, .. } => format!("{key} is now {:?}", new.fields),
 ///     }
 /// }
 /// assert_eq!(describe(&PresenceChange::Sync), "sync");
@@ -133,6 +134,18 @@ pub enum PresenceChange {
         /// The presences that left.
         left: Vec<Presence>,
     },
+    /// A presence of `key` changed in place (a quiet update, from a member
+    /// that joined with `updates: "replace"`): same `presence_ref`, new
+    /// fields, and no join or leave. Classic updates stay a `Join` and a
+    /// `Leave`.
+    Update {
+        /// The presence key.
+        key: String,
+        /// The presence before.
+        old: Presence,
+        /// The presence now (same `presence_ref`).
+        new: Presence,
+    },
 }
 
 impl PresenceChange {
@@ -153,10 +166,15 @@ impl PresenceChange {
                 current: Presence::all(&current),
                 left: Presence::all(&left),
             },
+            PresenceEvent::Update { key, old, new } => PresenceChange::Update {
+                key,
+                old: Presence::from_meta(&old),
+                new: Presence::from_meta(&new),
+            },
         }
     }
 
-    /// The key, for a join or a leave.
+    /// The key, for a join, a leave or an update.
     ///
     /// ```
     /// assert_eq!(roster_client::PresenceChange::Sync.key(), None);
@@ -164,7 +182,9 @@ impl PresenceChange {
     pub fn key(&self) -> Option<&str> {
         match self {
             PresenceChange::Sync => None,
-            PresenceChange::Join { key, .. } | PresenceChange::Leave { key, .. } => Some(key),
+            PresenceChange::Join { key, .. }
+            | PresenceChange::Leave { key, .. }
+            | PresenceChange::Update { key, .. } => Some(key),
         }
     }
 

@@ -420,10 +420,14 @@ impl Router {
         chan.shared.rejoined();
         chan.shared.set_status(ChannelStatus::Joining);
         let o = &chan.shared.options;
+        let mut presence = json!({"key": o.presence_key, "enabled": true});
+        if o.quiet_updates {
+            presence["updates"] = json!("replace");
+        }
         let payload = json!({
             "config": {
                 "broadcast": {"ack": o.broadcast_ack, "self": o.broadcast_self},
-                "presence": {"key": o.presence_key, "enabled": true},
+                "presence": presence,
                 "private": o.private,
                 "postgres_changes": [],
             },

@@ -223,3 +223,117 @@ async fn unsubscribe_and_remove_channel_end_the_presence() {
     eventually("leave again", || log.has("leave leaver [] [l2]")).await;
     running.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Changes of `key` from the stream until the next `Sync`.
+async fn changes_until_sync(
+    changes: &mut roster_client::PresenceChanges,
+    key: &str,
+) -> Vec<PresenceChange> {
+    let mut got = Vec::new();
+    loop {
+        match next(changes).await {
+            PresenceChange::Sync => return got,
+            change if change.key() == Some(key) => got.push(change),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_update_is_one_update_event_and_a_classic_one_stays_join_and_leave() {
+    let running = server().await;
+    for vsn in VSNS {
+        let room = format!("quiet_{}", vsn.as_str());
+        let watcher = client(running.addr, vsn);
+        let ch_w = watcher.channel(&room);
+        let mut changes = ch_w.presence_changes();
+        let updates = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = updates.clone();
+        ch_w.on_presence_update(move |key, old, new| {
+            seen.lock()
+                .unwrap()
+                .push((key.to_owned(), old.clone(), new.clone()));
+        });
+        ch_w.subscribe().await.into_result().unwrap();
+        assert_eq!(next(&mut changes).await, PresenceChange::Sync);
+
+        let quiet = client(running.addr, vsn);
+        let ch_q = quiet.channel_with(&room, keyed("quiet").quiet_updates(true));
+        ch_q.subscribe().await.into_result().unwrap();
+        ch_q.track(&status("first")).await.unwrap();
+        let joined = changes_until_sync(&mut changes, "quiet").await;
+        assert!(
+            matches!(&joined[..], [PresenceChange::Join { .. }]),
+            "{joined:?}"
+        );
+        let first_ref = ch_w.presence_state()["quiet"][0].presence_ref.clone();
+
+        ch_q.track(&status("second")).await.unwrap();
+        let updated = changes_until_sync(&mut changes, "quiet").await;
+        let [PresenceChange::Update { key, old, new }] = &updated[..] else {
+            panic!("one update, no join or leave: {updated:?}");
+        };
+        assert_eq!(key, "quiet");
+        assert_eq!(old.decode::<UserStatus>().unwrap(), status("first"));
+        assert_eq!(new.decode::<UserStatus>().unwrap(), status("second"));
+        assert_eq!(
+            (&old.presence_ref, &new.presence_ref),
+            (&first_ref, &first_ref)
+        );
+        let state = ch_w.presence_state_as::<UserStatus>().unwrap();
+        assert_eq!(state["quiet"], [status("second")]);
+        eventually("the update callback ran", || {
+            updates.lock().unwrap().len() == 1
+        })
+        .await;
+        assert_eq!(updates.lock().unwrap()[0].2, *new);
+
+        // A classic member in the same room: join + leave, as on Supabase.
+        let classic = client(running.addr, vsn);
+        let ch_c = classic.channel_with(&room, keyed("classic"));
+        ch_c.subscribe().await.into_result().unwrap();
+        ch_c.track(&status("first")).await.unwrap();
+        changes_until_sync(&mut changes, "classic").await;
+        ch_c.track(&status("second")).await.unwrap();
+        let classic_update = changes_until_sync(&mut changes, "classic").await;
+        assert!(
+            matches!(
+                &classic_update[..],
+                [PresenceChange::Join { .. }, PresenceChange::Leave { .. }]
+            ),
+            "{classic_update:?}"
+        );
+        assert_eq!(updates.lock().unwrap().len(), 1, "no update event for it");
+
+        // A late joiner sees the updated state, and no update event for it.
+        let late = client(running.addr, vsn);
+        let ch_l = late.channel(&room);
+        let mut late_changes = ch_l.presence_changes();
+        ch_l.subscribe().await.into_result().unwrap();
+        let mut first_view = Vec::new();
+        loop {
+            match next(&mut late_changes).await {
+                PresenceChange::Sync if ch_l.presence_state().len() == 2 => break,
+                PresenceChange::Sync => {}
+                change => first_view.push(change),
+            }
+        }
+        // The server re-sends the updated meta after the snapshot (for
+        // clients that reconcile by ref alone): nothing changed, just a sync.
+        assert_eq!(next(&mut late_changes).await, PresenceChange::Sync);
+        assert_eq!(
+            ch_l.presence_state_as::<UserStatus>().unwrap()["quiet"],
+            [status("second")]
+        );
+        assert!(
+            first_view
+                .iter()
+                .all(|c| matches!(c, PresenceChange::Join { .. })),
+            "{first_view:?}"
+        );
+        for c in [watcher, quiet, classic, late] {
+            c.disconnect().await;
+        }
+    }
+    running.shutdown(Duration::from_secs(1)).await;
+}

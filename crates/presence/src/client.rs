@@ -32,6 +32,16 @@ pub enum PresenceEvent {
         current: Vec<ClientMeta>,
         left: Vec<ClientMeta>,
     },
+    /// A meta replaced in place (a quiet update): a join or snapshot
+    /// carried a meta under a `phx_ref` the key already had, with other
+    /// fields. `old` and `new` share that `phx_ref`. A re-sent meta with
+    /// nothing changed fires nothing; a same-ref meta for a key the view
+    /// did not have is a `Join`.
+    Update {
+        key: String,
+        old: ClientMeta,
+        new: ClientMeta,
+    },
     /// The view changed; fired once after each applied state or diff.
     Sync,
 }
@@ -60,6 +70,16 @@ pub struct ClientPresence {
 
 fn phx_ref(meta: &ClientMeta) -> Option<&str> {
     meta.get("phx_ref").and_then(Value::as_str)
+}
+
+/// The same meta, whether or not `phx_ref_prev` came along (a snapshot's
+/// copy and a diff's copy of one meta may differ in it alone).
+fn same_meta(a: &ClientMeta, b: &ClientMeta) -> bool {
+    let fields = |m: &ClientMeta| m.iter().filter(|(k, _)| *k != "phx_ref_prev").count();
+    fields(a) == fields(b)
+        && a.iter()
+            .filter(|(k, _)| *k != "phx_ref_prev")
+            .all(|(k, v)| b.get(k) == Some(v))
 }
 
 impl ClientPresence {
@@ -113,10 +133,16 @@ impl ClientPresence {
         for (key, entry) in new_state {
             match self.view.get(&key) {
                 Some(current) => {
+                    // New refs, and known refs with other fields (updated
+                    // in place while this client was away).
                     let joined: Vec<_> = entry
                         .metas
                         .iter()
-                        .filter(|m| !current.iter().any(|c| phx_ref(c) == phx_ref(m)))
+                        .filter(|m| {
+                            !current
+                                .iter()
+                                .any(|c| phx_ref(c) == phx_ref(m) && same_meta(c, m))
+                        })
                         .cloned()
                         .collect();
                     let left: Vec<_> = current
@@ -179,11 +205,27 @@ impl ClientPresence {
                 continue;
             }
             slot.extend(entry.metas.iter().cloned());
-            events.push(PresenceEvent::Join {
-                key,
-                current: before.unwrap_or_default(),
-                joined: entry.metas,
-            });
+            let before = before.unwrap_or_default();
+            // A meta under a ref the key already had is an update of it.
+            let mut joined = Vec::new();
+            for meta in entry.metas {
+                match before.iter().find(|c| phx_ref(c) == phx_ref(&meta)) {
+                    Some(old) if same_meta(old, &meta) => {}
+                    Some(old) => events.push(PresenceEvent::Update {
+                        key: key.clone(),
+                        old: old.clone(),
+                        new: meta,
+                    }),
+                    None => joined.push(meta),
+                }
+            }
+            if !joined.is_empty() {
+                events.push(PresenceEvent::Join {
+                    key,
+                    current: before,
+                    joined,
+                });
+            }
         }
         for (key, entry) in diff.leaves {
             let Some(current) = self.view.get_mut(&key) else {
@@ -239,6 +281,71 @@ mod tests {
         assert!(matches!(&events[1], PresenceEvent::Leave { current, .. } if current.len() == 1));
         assert_eq!(c.view()["u"].len(), 1);
         assert_eq!(c.view()["u"][0]["s"], json!(2));
+    }
+
+    #[test]
+    fn a_same_ref_join_is_an_update_and_a_resent_meta_is_nothing() {
+        let mut c = ClientPresence::new();
+        c.on_state(&json!({"u": {"metas": [{"s": 1, "phx_ref": "1"}, {"s": 9, "phx_ref": "9"}]}}))
+            .unwrap();
+        let quiet = json!({"joins": {"u": {"metas": [
+            {"s": 2, "phx_ref": "1", "phx_ref_prev": "1"},
+            {"s": 3, "phx_ref": "3"}
+        ]}}, "leaves": {}});
+        let events = c.on_diff(&quiet).unwrap();
+        assert_eq!(
+            events,
+            [
+                PresenceEvent::Update {
+                    key: "u".into(),
+                    old: json!({"s": 1, "phx_ref": "1"}).as_object().unwrap().clone(),
+                    new: json!({"s": 2, "phx_ref": "1", "phx_ref_prev": "1"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                },
+                PresenceEvent::Join {
+                    key: "u".into(),
+                    current: vec![
+                        json!({"s": 1, "phx_ref": "1"}).as_object().unwrap().clone(),
+                        json!({"s": 9, "phx_ref": "9"}).as_object().unwrap().clone(),
+                    ],
+                    joined: vec![json!({"s": 3, "phx_ref": "3"}).as_object().unwrap().clone()],
+                },
+                PresenceEvent::Sync,
+            ]
+        );
+        assert_eq!(c.view()["u"].len(), 3);
+        // The server's catch-up diff re-sends it: no event but the sync.
+        assert_eq!(c.on_diff(&quiet).unwrap(), [PresenceEvent::Sync]);
+        // A same-ref meta for a key not in the view is a join.
+        let events = c
+            .on_diff(&json!({"joins": {"v": {"metas": [{"phx_ref": "7", "phx_ref_prev": "7"}]}}, "leaves": {}}))
+            .unwrap();
+        assert!(matches!(&events[0], PresenceEvent::Join { key, .. } if key == "v"));
+    }
+
+    #[test]
+    fn a_snapshot_after_a_missed_update_reports_it_as_an_update() {
+        let mut c = ClientPresence::new();
+        c.on_state(&json!({"u": {"metas": [{"s": 1, "phx_ref": "1"}]}}))
+            .unwrap();
+        c.rejoined();
+        let events = c
+            .on_state(&json!({"u": {"metas": [{"s": 2, "phx_ref": "1", "phx_ref_prev": "1"}]}}))
+            .unwrap();
+        assert!(
+            matches!(&events[0], PresenceEvent::Update { new, .. } if new["s"] == json!(2)),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 2);
+        assert_eq!(c.view()["u"][0]["s"], json!(2));
+        // The same snapshot again: nothing changed.
+        c.rejoined();
+        let again = c
+            .on_state(&json!({"u": {"metas": [{"s": 2, "phx_ref": "1"}]}}))
+            .unwrap();
+        assert_eq!(again, [PresenceEvent::Sync]);
     }
 
     #[test]

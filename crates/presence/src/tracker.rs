@@ -693,6 +693,14 @@ impl ChannelPresence {
             .collect()
     }
 
+    /// The metas tracked under `key` (empty if none).
+    pub fn metas_of_key(&self, key: &str) -> Vec<&Meta> {
+        self.by_key
+            .get(key)
+            .map(|metas| metas.iter().map(|t| &t.meta).collect())
+            .unwrap_or_default()
+    }
+
     /// Does anyone track under `key`?
     pub fn has_key(&self, key: &str) -> bool {
         self.by_key.contains_key(key)

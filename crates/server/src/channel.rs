@@ -1045,6 +1045,11 @@ impl Channel {
         page_values(&self.inner.lock().presence, after, limit)
     }
 
+    /// The metas under each of `keys` (an empty list for an absent key).
+    pub fn presence_of_keys(&self, keys: &[String]) -> Vec<(String, Vec<serde_json::Value>)> {
+        key_values(&self.inner.lock().presence, keys)
+    }
+
     /// Which of `keys` are tracked here.
     pub fn keys_present<'k>(&self, keys: &'k [String]) -> Vec<&'k str> {
         let inner = self.inner.lock();
@@ -1101,6 +1106,19 @@ pub fn page_values(
         .page(after, limit)
         .into_iter()
         .map(|(key, metas)| (key.to_owned(), metas.iter().map(|m| m.to_value()).collect()))
+        .collect()
+}
+
+/// Each of `keys` with its metas as JSON (empty when absent), in order.
+pub fn key_values(
+    presence: &ChannelPresence,
+    keys: &[String],
+) -> Vec<(String, Vec<serde_json::Value>)> {
+    keys.iter()
+        .map(|key| {
+            let metas = presence.metas_of_key(key);
+            (key.clone(), metas.iter().map(|m| m.to_value()).collect())
+        })
         .collect()
 }
 

@@ -3,13 +3,13 @@
 //! JWT may ask. The OpenAPI document is served at
 //! `/api/presence/openapi.json` (also under `/realtime/v1`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,6 +23,7 @@ use crate::server::Server;
 const OPENAPI: &str = include_str!("../assets/openapi.json");
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Most keys one `query` or `members?keys=` call may ask about.
 const MAX_QUERY_KEYS: usize = 1000;
 
 pub fn router() -> Router<Arc<Server>> {
@@ -86,16 +87,76 @@ fn checked<P>(
     }
 }
 
+/// The `keys` parameters of a `members` call (`?keys=a&keys=b`), `None`
+/// when there are none; counted before anything is decoded.
+fn asked_keys(uri: &Uri) -> Result<Option<Vec<String>>, Box<Response>> {
+    let raw = uri.query().unwrap_or("");
+    let asked = raw.split('&').filter(|p| p.starts_with("keys=")).count();
+    if asked == 0 {
+        return Ok(None);
+    }
+    if asked > MAX_QUERY_KEYS {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_QUERY_KEYS} keys"),
+        )));
+    }
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+    let mut seen = HashSet::new();
+    Ok(Some(
+        pairs
+            .into_iter()
+            .filter(|(name, _)| name == "keys")
+            .map(|(_, key)| key)
+            .filter(|key| seen.insert(key.clone()))
+            .collect(),
+    ))
+}
+
+/// When each of `keys` (offline ones) last left any of `topics` (full
+/// names): from Redis in a cluster, so every node answers the same; else
+/// from this node's memory.
+async fn last_seen_of(
+    server: &Server,
+    topics: &[String],
+    private: bool,
+    keys: &[&str],
+) -> Result<HashMap<String, u64>, Response> {
+    if let Some(cluster) = server.registry.cluster() {
+        return cluster
+            .last_seen(topics, private, keys)
+            .await
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")));
+    }
+    Ok(keys
+        .iter()
+        .filter_map(|key| {
+            let latest = topics
+                .iter()
+                .filter_map(|t| server.registry.last_seen(t, private, key))
+                .max()?;
+            Some(((*key).to_owned(), latest))
+        })
+        .collect())
+}
+
 async fn members(
     State(server): State<Arc<Server>>,
     topic: Result<Path<String>, PathRejection>,
     params: Result<Query<PageParams>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let (topic, params) = match checked(&server, &headers, topic, params) {
         Ok(checked) => checked,
         Err(refusal) => return *refusal,
     };
+    match asked_keys(&uri) {
+        Ok(Some(keys)) => return members_of_keys(&server, topic, params.private, keys).await,
+        Ok(None) => {}
+        Err(refusal) => return *refusal,
+    }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return error(
@@ -123,9 +184,51 @@ async fn members(
         .flatten();
     let members: Vec<_> = page
         .into_iter()
-        .map(|(key, metas)| json!({"key": key, "metas": metas}))
+        .map(|(key, metas)| json!({"key": key, "online": true, "metas": metas}))
         .collect();
     Json(json!({"topic": topic, "members": members, "next_cursor": next_cursor})).into_response()
+}
+
+/// `members?keys=..`: each asked key, in the order asked, `online` with its
+/// metas, or offline with `last_seen_at` when its last leave is remembered.
+async fn members_of_keys(
+    server: &Server,
+    topic: String,
+    private: bool,
+    keys: Vec<String>,
+) -> Response {
+    let full = format!("{TOPIC_PREFIX}{topic}");
+    let entries = match (
+        server.registry.get(&full, private),
+        server.registry.cluster(),
+    ) {
+        (Some(channel), _) => channel.presence_of_keys(&keys),
+        (None, Some(cluster)) => match cluster.read_presence(&full, private).await {
+            Ok(presence) => crate::channel::key_values(&presence, &keys),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        },
+        (None, None) => keys.into_iter().map(|k| (k, Vec::new())).collect(),
+    };
+    let offline: Vec<&str> = entries
+        .iter()
+        .filter(|(_, metas)| metas.is_empty())
+        .map(|(key, _)| key.as_str())
+        .collect();
+    let seen = match last_seen_of(server, std::slice::from_ref(&full), private, &offline).await {
+        Ok(seen) => seen,
+        Err(refusal) => return refusal,
+    };
+    let members: Vec<_> = entries
+        .iter()
+        .map(|(key, metas)| {
+            let mut member = json!({"key": key, "online": !metas.is_empty(), "metas": metas});
+            if let Some(at) = seen.get(key.as_str()).filter(|_| metas.is_empty()) {
+                member["last_seen_at"] = json!(at);
+            }
+            member
+        })
+        .collect();
+    Json(json!({"topic": topic, "members": members, "next_cursor": null})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -214,6 +317,7 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             online.entry(key).or_default().push(name.to_owned());
         }
     }
+    let mut remote_topics = Vec::new();
     if let Some(cluster) = server.registry.cluster() {
         // Channels with no client on this node live only in Redis.
         let remote = match &wanted {
@@ -236,6 +340,7 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             for key in q.keys.iter().filter(|k| presence.has_key(k)) {
                 online.entry(key).or_default().push(name.to_owned());
             }
+            remote_topics.push(topic);
         }
     }
     for topics in online.values_mut() {
@@ -251,17 +356,18 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             .iter()
             .filter(|c| c.is_private() == q.private)
             .map(|c| c.topic().to_owned())
+            .chain(remote_topics)
             .collect(),
     };
-    let mut last_seen_at: BTreeMap<&str, u64> = BTreeMap::new();
-    for (key, _) in online.iter().filter(|(_, t)| t.is_empty()) {
-        let latest = topics
-            .iter()
-            .filter_map(|t| server.registry.last_seen(t, q.private, key))
-            .max();
-        if let Some(at) = latest {
-            last_seen_at.insert(key, at);
-        }
-    }
+    let offline: Vec<&str> = online
+        .iter()
+        .filter(|(_, t)| t.is_empty())
+        .map(|(key, _)| *key)
+        .collect();
+    let last_seen_at: BTreeMap<String, u64> =
+        match last_seen_of(&server, &topics, q.private, &offline).await {
+            Ok(seen) => seen.into_iter().collect(),
+            Err(refusal) => return refusal,
+        };
     Json(json!({ "online": online, "last_seen_at": last_seen_at })).into_response()
 }

@@ -58,8 +58,16 @@ impl Server {
         uuid_node[0] |= 0x01;
         let metrics = Arc::new(Metrics::new());
         let features = &settings.presence_features;
-        let last_seen =
-            crate::last_seen::LastSeen::new(features.last_seen_keys, features.last_seen_max_age);
+        // In a cluster last seen lives in Redis, so every node answers the same.
+        let last_seen = match &cluster {
+            Some(cluster) => {
+                cluster.set_last_seen(features.last_seen_keys, features.last_seen_max_age);
+                None
+            }
+            None => {
+                crate::last_seen::LastSeen::new(features.last_seen_keys, features.last_seen_max_age)
+            }
+        };
         let webhooks = settings
             .webhooks
             .as_ref()

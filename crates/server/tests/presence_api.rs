@@ -226,8 +226,73 @@ async fn a_query_says_when_an_offline_key_was_last_seen() {
     let at = got["last_seen_at"]["goes"].as_u64().expect("goes was seen");
     assert!(at >= before && at <= (now() + 1) * 1000, "{at}");
     assert_eq!(got["last_seen_at"].as_object().unwrap().len(), 1, "{got}");
+    // `members` about given keys says the same, key by key, in the order asked.
+    let (status, got) = get(
+        s.addr,
+        "/api/presence/seen/members?keys=goes&keys=stays&keys=never&keys=goes&limit=1",
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        got["members"],
+        json!([
+            {"key": "goes", "online": false, "metas": [], "last_seen_at": at},
+            {"key": "stays", "online": true, "metas": got["members"][1]["metas"]},
+            {"key": "never", "online": false, "metas": []},
+        ]),
+        "limit pages listings only; a repeated key is answered once"
+    );
+    assert_eq!(got["members"][1]["metas"].as_array().unwrap().len(), 1);
+    assert_eq!(got["next_cursor"], Value::Null);
+    // A channel nobody has open: everyone offline, last seen still known.
+    let (_, got) = get(
+        s.addr,
+        "/api/presence/elsewhere/members?keys=goes",
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(
+        got["members"],
+        json!([{"key": "goes", "online": false, "metas": []}])
+    );
     // Back online: online wins.
     goes.track(&jg, "realtime:seen", json!({})).await;
     let got = query(s.addr, body).await;
     assert_eq!(got["last_seen_at"], json!({}));
+    let (_, got) = get(
+        s.addr,
+        "/api/presence/seen/members?keys=goes",
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(got["members"][0]["online"], true, "{got}");
+    assert!(got["members"][0].get("last_seen_at").is_none(), "{got}");
+}
+
+#[tokio::test]
+async fn members_refuses_too_many_keys_before_decoding_them() {
+    let s = start().await;
+    let many = vec!["keys=k"; 1001].join("&");
+    let (status, got) = get(
+        s.addr,
+        &format!("/api/presence/room/members?{many}"),
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(status, 400, "{got}");
+    assert_eq!(got["error"], "at most 1000 keys");
+    let fits = vec!["keys=k"; 1000].join("&");
+    let (status, got) = get(
+        s.addr,
+        &format!("/api/presence/room/members?{fits}"),
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        got["members"].as_array().unwrap().len(),
+        1,
+        "one distinct key"
+    );
 }

@@ -96,6 +96,9 @@ pub struct Cluster {
     webhooks: Mutex<Option<Arc<crate::webhooks::Webhooks>>>,
     /// Nodes with a live lease, as of the last heartbeat.
     live: RwLock<std::collections::HashSet<String>>,
+    /// Last seen in Redis: most keys per channel (0 = off) and age limit, ms.
+    last_seen_cap: std::sync::atomic::AtomicU64,
+    last_seen_max_age_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Counters for `/metrics` and the closing numbers.
@@ -156,6 +159,8 @@ impl Cluster {
             writers: Default::default(),
             webhooks: Mutex::default(),
             live: RwLock::default(),
+            last_seen_cap: Default::default(),
+            last_seen_max_age_ms: Default::default(),
         }))
     }
 
@@ -319,6 +324,77 @@ impl Cluster {
         Ok(presence)
     }
 
+    /// Remember in Redis when keys left (last seen): at most `cap` keys per
+    /// channel (0 = off), for `max_age`.
+    pub fn set_last_seen(&self, cap: usize, max_age: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_seen_cap
+            .store(u64::try_from(cap).unwrap_or(u64::MAX), Relaxed);
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        // Lua numbers are doubles: keep the limit exact and PEXPIRE-able.
+        self.last_seen_max_age_ms
+            .store(max_age_ms.clamp(1, 1 << 52), Relaxed);
+    }
+
+    /// `(age limit ms, cap)` for the scripts.
+    fn last_seen_limits(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.last_seen_max_age_ms.load(Relaxed),
+            self.last_seen_cap.load(Relaxed),
+        )
+    }
+
+    pub fn last_seen_enabled(&self) -> bool {
+        self.last_seen_limits().1 > 0
+    }
+
+    /// When each of `keys` last lost an entry in any of `topics`, within the
+    /// age limit (Redis's clock): the latest over the topics. One round trip.
+    pub async fn last_seen(
+        &self,
+        topics: &[String],
+        private: bool,
+        keys: &[&str],
+    ) -> redis::RedisResult<HashMap<String, u64>> {
+        let mut found = HashMap::new();
+        if keys.is_empty() || topics.is_empty() || !self.last_seen_enabled() {
+            return Ok(found);
+        }
+        let members: Vec<String> = keys.iter().map(|k| wire::last_seen_member(k)).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for topic in topics {
+            pipe.cmd("ZMSCORE")
+                .arg(wire::last_seen_key(&wire::tag(topic, private)))
+                .arg(&members);
+        }
+        self.count(1);
+        let mut conn = self.conn.clone();
+        let mut replies = pipe
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await?
+            .into_iter();
+        let time: (u64, u64) =
+            redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))?;
+        let scores = replies
+            .map(redis::from_redis_value::<Vec<Option<f64>>>)
+            .collect::<Result<Vec<_>, _>>()?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let oldest = now_ms.saturating_sub(self.last_seen_limits().0);
+        for per_topic in scores {
+            for (key, score) in keys.iter().zip(per_topic) {
+                // Scores are whole milliseconds, well within f64's exact range.
+                let Some(at) = score.map(|s| s as u64).filter(|at| *at >= oldest) else {
+                    continue;
+                };
+                let latest = found.entry((*key).to_owned()).or_insert(at);
+                *latest = (*latest).max(at);
+            }
+        }
+        Ok(found)
+    }
+
     /// Every channel Redis knows (public or private ones), by topic: a scan
     /// of the channels' meta hashes, for the presence API's key queries.
     pub async fn channel_topics(&self, private: bool) -> redis::RedisResult<Vec<String>> {
@@ -381,10 +457,13 @@ impl Cluster {
             .key(wire::meta_key(tag))
             .key(wire::NODES)
             .key(wire::orphans_key(tag))
+            .key(wire::last_seen_key(tag))
             .arg(&*nid)
             .arg(wire::pubsub_channel(tag))
             .arg(topic_label(topic, private))
             .arg(fresh_epoch());
+        let (max_age_ms, cap) = self.last_seen_limits();
+        invocation.arg(max_age_ms).arg(cap);
         for (member, write) in ops {
             let mid = format!("{nid}|{member}");
             match write {
@@ -777,9 +856,12 @@ impl Cluster {
                         .key(wire::data_key(&tag))
                         .key(wire::meta_key(&tag))
                         .key(wire::orphans_key(&tag))
+                        .key(wire::last_seen_key(&tag))
                         .arg(wire::pubsub_channel(&tag))
                         .arg(&*self.nid())
                         .arg(fresh_epoch())
+                        .arg(self.last_seen_limits().0)
+                        .arg(self.last_seen_limits().1)
                         .arg(mids)
                         .invoke_async(&mut conn)
                         .await?;

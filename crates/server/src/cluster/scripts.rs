@@ -18,9 +18,9 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            apply: script(&[NOW, KEEP_META, APPLY_BODY]),
+            apply: script(&[NOW, KEEP_META, LAST_SEEN, APPLY_BODY]),
             snapshot: script(&[KEEP_META, SNAPSHOT_BODY]),
-            reap: script(&[KEEP_META, REAP_BODY]),
+            reap: script(&[NOW, KEEP_META, LAST_SEEN, REAP_BODY]),
             heartbeat: script(&[NOW, HEARTBEAT_BODY]),
             claim: script(&[NOW, CLAIM_BODY]),
         }
@@ -46,9 +46,31 @@ local function settle_meta(data, meta)
 end
 ";
 
+/// Last seen: the keys of deleted entries, stamped with Redis's time, in
+/// the channel's sorted set (`wire::last_seen_key`), which is then trimmed
+/// to `max_age` ms and `cap` keys (the oldest first) and expires `max_age`
+/// after its last write. A key with entries left is stamped too: readers
+/// only ask about keys that are offline, whose latest stamp is then the
+/// moment their last entry went. `cap` 0 = off.
+const LAST_SEEN: &str = r"
+local function key_of(entry)
+  return string.match(entry, '^[^\31]*')
+end
+local function note_left(seen, keys, max_age, cap)
+  if cap <= 0 or #keys == 0 then return end
+  local now = now_ms()
+  for _, key in ipairs(keys) do redis.call('ZADD', seen, now, key) end
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (now - max_age))
+  local over = redis.call('ZCARD', seen) - cap
+  if over > 0 then redis.call('ZREMRANGEBYRANK', seen, 0, over - 1) end
+  redis.call('PEXPIRE', seen, max_age)
+end
+";
+
 /// The owner's batched writes for one channel.
-/// KEYS: data, meta, nodes, orphans. ARGV: owner nid, pub/sub channel,
-/// topic, a fresh epoch (used if the channel has none), then ops:
+/// KEYS: data, meta, nodes, orphans, last seen. ARGV: owner nid, pub/sub
+/// channel, topic, a fresh epoch (used if the channel has none), last-seen
+/// age limit ms and cap, then ops:
 /// `P mid entry` put, `D mid` delete, `O mid` mark orphan (leave grace),
 /// `T mid fallback prefix suffix` take over an orphan whose entry starts
 /// with `prefix` (the key) and ends with `suffix` (the state), keeping its
@@ -57,6 +79,7 @@ end
 const APPLY_BODY: &str = r"
 local data, meta, nodes, orphans = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local nid = ARGV[1]
+local left = {}
 local lease = redis.call('ZSCORE', nodes, nid)
 if not lease or tonumber(lease) < now_ms() then
   return redis.error_reply('FENCED lease lost')
@@ -78,15 +101,17 @@ local function del(mid)
     redis.call('HDEL', data, mid)
     out[#out + 1] = '-' .. mid .. '\30' .. old
   end
+  return old
 end
-local i = 5
+local i = 7
 while i <= #ARGV do
   local op, mid = ARGV[i], ARGV[i + 1]
   if op == 'P' then
     put(mid, ARGV[i + 2])
     i = i + 3
   elseif op == 'D' then
-    del(mid)
+    local old = del(mid)
+    if old then left[#left + 1] = key_of(old) end
     i = i + 2
   elseif op == 'O' then
     if redis.call('HEXISTS', data, mid) == 1 then redis.call('HSET', orphans, mid, '1') end
@@ -112,6 +137,7 @@ redis.call('HSETNX', meta, 'e', ARGV[4])
 redis.call('HSETNX', meta, 't', ARGV[3])
 local epoch = redis.call('HGET', meta, 'e')
 settle_meta(data, meta)
+note_left(KEYS[5], left, tonumber(ARGV[5]), tonumber(ARGV[6]))
 if #out == 0 then
   return {epoch, tonumber(redis.call('HGET', meta, 's') or '0'), false}
 end
@@ -133,23 +159,25 @@ return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or
 /// Remove the listed fields of a dead owner that still exist, publishing
 /// one leave diff. Only the call whose HDEL removed a field reports it, so
 /// each leave is published exactly once however many reapers overlap.
-/// KEYS: data, meta, orphans. ARGV: pub/sub channel, reaper nid, fresh
-/// epoch, fields. Returns the entries this call removed. The origin it
+/// KEYS: data, meta, orphans, last seen. ARGV: pub/sub channel, reaper
+/// nid, fresh epoch, last-seen age limit ms and cap, fields. Returns the entries this call removed. The origin it
 /// publishes is `<reaper>/reap`: no node's replica takes a reap for its own
 /// write, so its webhook events come from the reaper's `report_reaped` only.
 const REAP_BODY: &str = r"
 local data, meta, orphans = KEYS[1], KEYS[2], KEYS[3]
-local out, removed = {}, {}
-for i = 4, #ARGV do
+local out, removed, left = {}, {}, {}
+for i = 6, #ARGV do
   redis.call('HDEL', orphans, ARGV[i])
   local old = redis.call('HGET', data, ARGV[i])
   if old then
     redis.call('HDEL', data, ARGV[i])
     out[#out + 1] = '-' .. ARGV[i] .. '\30' .. old
     removed[#removed + 1] = old
+    left[#left + 1] = key_of(old)
   end
 end
 if #out == 0 then return {} end
+note_left(KEYS[4], left, tonumber(ARGV[4]), tonumber(ARGV[5]))
 redis.call('HSETNX', meta, 'e', ARGV[3])
 local seq = redis.call('HINCRBY', meta, 's', 1)
 settle_meta(data, meta)

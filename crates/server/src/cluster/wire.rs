@@ -6,6 +6,9 @@
 //! * `rp:{T}:s` — hash, member id → entry (one field per channel join);
 //! * `rp:{T}:m` — hash, `e` epoch, `s` last sequence number, `t` topic;
 //! * `rp:{T}:o` — hash, member ids kept for a leave grace period;
+//! * `rp:{T}:l` — sorted set, JSON-quoted presence key → when (Redis ms)
+//!   an entry of it was last deleted ("last seen"); trimmed to the age
+//!   limit and the cap on each write, and expiring with the age limit;
 //! * `rp:{T}` — pub/sub: every change, with its sequence number.
 //!
 //! A member id is `<node id>|<member number>`, so "all entries of node X"
@@ -45,6 +48,16 @@ pub fn meta_key(tag: &str) -> String {
 /// Member ids whose socket is gone but whose entry is kept (leave grace).
 pub fn orphans_key(tag: &str) -> String {
     format!("rp:{{{tag}}}:o")
+}
+
+/// Last seen: when each presence key last lost an entry (sorted set).
+pub fn last_seen_key(tag: &str) -> String {
+    format!("rp:{{{tag}}}:l")
+}
+
+/// A presence key as a member of the last-seen set (as entries begin).
+pub fn last_seen_member(key: &str) -> String {
+    serde_json::to_string(key).expect("strings serialise")
 }
 
 /// How every entry under presence key `key` begins.
