@@ -245,8 +245,11 @@ fn decode_meta(meta: &str) -> Result<Option<String>, BinaryError> {
 
 /// Checks that `text` is one JSON value and keeps it as the client wrote it,
 /// less surrounding whitespace. Re-serialising through `Value` would round
-/// large numbers through f64 and change what the other members receive.
+/// large numbers through f64 and change what the other members receive;
+/// parsing through it still refuses what `Value` cannot hold (`1e400`),
+/// as the JSON text path does.
 fn json_as_sent(text: &str) -> Result<String, BinaryError> {
+    serde_json::from_str::<Value>(text).map_err(|_| BinaryError::BadJson)?;
     let raw: &serde_json::value::RawValue =
         serde_json::from_str(text).map_err(|_| BinaryError::BadJson)?;
     Ok(raw.get().to_owned())
@@ -335,6 +338,10 @@ mod tests {
         let mut bad = f.clone();
         bad[7 + 3] = b'@';
         assert_eq!(decode_binary(&bad).err(), Some(BinaryError::BadJson));
+        // Found by the fuzz target too: a number no JSON reader here can hold.
+        let mut huge = vec![3, 0, 0, 2, 1, 0, ENCODING_JSON];
+        huge.extend_from_slice(b"222[1e400]");
+        assert_eq!(decode_binary(&huge).err(), Some(BinaryError::BadJson));
     }
 
     #[test]
