@@ -39,7 +39,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             if *len > 0 {
                 slices.push(IoSlice::new(&header[..*len]));
             }
-            slices.push(IoSlice::new(payload_of(frame)));
+            slices.push(IoSlice::new(frame.payload()));
         }
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -70,12 +70,6 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
         .format(&mut bytes)
         .expect("writing to a Vec cannot fail");
     Frame::Framed(bytes.into())
-}
-
-fn payload_of(frame: &Frame) -> &[u8] {
-    match frame {
-        Frame::Text(b) | Frame::Binary(b) | Frame::Framed(b) => b,
-    }
 }
 
 /// The header to write before `frame`'s payload (none for a framed one).

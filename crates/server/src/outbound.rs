@@ -59,11 +59,16 @@ impl Frame {
         Frame::Text(text.into())
     }
 
+    /// The bytes written after the frame's header (all of a framed one).
+    pub fn payload(&self) -> &Bytes {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) | Frame::Framed(b) => b,
+        }
+    }
+
     /// What a frame weighs in the byte budget: its payload.
     pub fn len(&self) -> usize {
-        match self {
-            Frame::Text(b) | Frame::Binary(b) | Frame::Framed(b) => b.len(),
-        }
+        self.payload().len()
     }
 
     pub fn is_empty(&self) -> bool {
