@@ -28,7 +28,12 @@ async def test_a_replace_update_is_one_join_and_no_leave_for_python_and_js(make_
     js_seen = len(peer.lines)
 
     await quiet.channel.track({"s": "away"})
-    # The classic update after it is the marker: frames arrive in order.
+    # The two updates come from different sockets, so nothing orders them on the server:
+    # let both watchers see the quiet one before the classic one is sent.
+    await wait_for(lambda: watcher.state()["quiet"][0].get("s") == "away", message=lambda: f"events {watcher.events[seen:]}")
+    await wait_for(
+        lambda: ((peer.last_state() or {}).get("quiet") or [{}])[0].get("s") == "away", message=peer.describe
+    )
     await classic.channel.track({"s": "away"})
     await wait_for(lambda: watcher.leaves("classic"), message=lambda: f"events {watcher.events[seen:]}")
 
