@@ -7,6 +7,9 @@
 //! * [`Outgoing`]: the five fields of a server frame; encoded once per vsn so
 //!   fan-out can share the bytes.
 //!
+//! * [`websocket`]: WebSocket frames in and out of bytes, with
+//!   `permessage-deflate`, for the server's reader and the bench's clients.
+//!
 //! No I/O here; the server and the Rust client both build on it.
 
 mod broadcast;
@@ -15,6 +18,7 @@ mod encode;
 mod event;
 mod join;
 mod vsn;
+pub mod websocket;
 
 pub use broadcast::{
     decode_binary, decode_user_broadcast, BinaryBroadcast, BinaryError, BinaryPush, BroadcastBody,

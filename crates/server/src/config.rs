@@ -90,6 +90,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_PRESENCE_FRAME_BYTES")]
     pub presence_frame_bytes: Option<usize>,
 
+    /// WebSocket compression (`permessage-deflate`, negotiated with clients that offer it): messages of at least this many bytes are compressed, once for all their recipients; 0 = off [default: 1024].
+    #[arg(long, env = "ROSTER_COMPRESSION_MIN_BYTES")]
+    pub compression_min_bytes: Option<usize>,
+
     /// Frames queued per socket before it is dropped as too slow [default: 8192].
     #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -391,6 +395,8 @@ pub struct Settings {
     pub outbound_buffer_bytes: usize,
     pub write_timeout: Duration,
     pub write_coalesce: Duration,
+    /// `permessage-deflate` for the sockets that offer it; `None` = off.
+    pub compression: Option<crate::frame_writer::Compression>,
     pub max_message_bytes: usize,
     pub limits: Limits,
     pub private_only: bool,
@@ -455,6 +461,10 @@ pub struct ClusterSettings {
     pub island_timeout: Duration,
     pub audit: Duration,
 }
+
+/// zlib's fastest level: presence JSON is repetitive enough that level 1
+/// already takes most of the gain (see BENCHMARKS.md, compression).
+const COMPRESSION_LEVEL: u32 = 1;
 
 pub const DEV_PUBLISHABLE_KEY: &str = "sb_publishable_dev";
 pub const DEV_SECRET_KEY: &str = "sb_secret_dev";
@@ -646,6 +656,17 @@ impl ServeArgs {
                     .or(file.write_timeout_ms)
                     .unwrap_or(10_000),
             ),
+            compression: match self
+                .compression_min_bytes
+                .or(file.compression_min_bytes)
+                .unwrap_or(1024)
+            {
+                0 => None,
+                min_bytes => Some(crate::frame_writer::Compression {
+                    min_bytes,
+                    level: COMPRESSION_LEVEL,
+                }),
+            },
             max_message_bytes: self
                 .max_message_bytes
                 .or(file.max_message_bytes)

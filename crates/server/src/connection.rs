@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use roster_protocol::websocket::Inbound;
 use roster_protocol::Vsn;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{unix_now, Credential};
+use crate::frame_writer;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Inbox, Outbound};
 use crate::server::Server;
 use crate::session::Session;
-use crate::websocket::{self, Writer};
+use crate::websocket::{self, ReadFailure, Writer};
 use crate::when_woken::WhenWoken;
 
 /// Most queued frames written before one flush.
@@ -31,7 +31,9 @@ const WRITE_BATCH: usize = 256;
 /// Why a socket ended, for the log.
 #[derive(Debug)]
 enum End {
-    ClientClosed,
+    /// With the code of the client's Close, to echo; `None` when it sent
+    /// none or the connection just ended.
+    ClientClosed(Option<u16>),
     IdleTimeout,
     Overflow,
     WriteStalled,
@@ -51,7 +53,7 @@ enum End {
 impl End {
     fn label(&self) -> &'static str {
         match self {
-            End::ClientClosed => "client_closed",
+            End::ClientClosed(_) => "client_closed",
             End::IdleTimeout => "idle_timeout",
             End::Overflow => "overflow",
             End::WriteStalled => "write_stalled",
@@ -119,10 +121,10 @@ async fn write_queued(
         }
     };
     match written {
-        Ok(Ok(())) => {
+        Ok(Ok(wire_bytes)) => {
             rx.written(bytes);
             metrics.frames_out.increment(batch.len() as u64);
-            metrics.bytes_out.increment(bytes as u64);
+            metrics.bytes_out.increment(wire_bytes as u64);
             Ok(())
         }
         Ok(Err(e)) => Err(End::Error(e.to_string())),
@@ -130,17 +132,13 @@ async fn write_queued(
     }
 }
 
-/// How a read error ends the socket: with the close code RFC 6455 §7.4.1
+/// How a read failure ends the socket: with the close code RFC 6455 §7.4.1
 /// gives it when the client is at fault, else (the connection broke) silently.
-fn protocol_error(e: tokio_tungstenite::tungstenite::Error) -> End {
-    use tokio_tungstenite::tungstenite::Error;
-    let code = match &e {
-        Error::Protocol(_) => 1002,
-        Error::Capacity(_) => 1009,
-        Error::Utf8(_) => 1007,
-        _ => return End::Error(e.to_string()),
-    };
-    End::ProtocolError(code, e.to_string())
+fn read_failure(failure: ReadFailure) -> End {
+    match failure {
+        ReadFailure::Refused(e) => End::ProtocolError(e.close_code(), e.to_string()),
+        ReadFailure::Io(e) => End::Error(e.to_string()),
+    }
 }
 
 /// The longest prefix of `text` within `max` bytes, on a char boundary.
@@ -155,6 +153,7 @@ fn truncate(text: &str, max: usize) -> &str {
 pub async fn run(
     server: Arc<Server>,
     socket: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    deflate: bool,
     vsn: Vsn,
     credential: Credential,
     peer: SocketAddr,
@@ -166,8 +165,10 @@ pub async fn run(
     let coalesce = settings.write_coalesce;
     let (out, mut rx, overflow) =
         Outbound::new(settings.outbound_queue, settings.outbound_buffer_bytes, vsn);
-    let (mut reader, mut writer) =
-        websocket::open(socket, settings.max_message_bytes, out.clone()).await;
+    let compression = settings.compression.filter(|_| deflate);
+    let (mut reader, mut writer) = websocket::open(socket, settings.max_message_bytes, compression);
+    // Pongs go out through the queue, between whole frames.
+    let replies = out.clone();
     let shutdown = server.shutdown.clone();
     let mut session = Session::new(server.clone(), out, credential, peer.ip());
     let metrics = server.metrics.clone();
@@ -235,23 +236,24 @@ pub async fn run(
                     metrics.bytes_in.increment(msg.len() as u64);
                 }
                 match inbound {
-                    Some(Ok(Message::Text(text))) => {
+                    Some(Ok(Inbound::Text(text))) => {
                         session.handle_text(&text);
                         rearm(&session, &mut expiry_at, expiry.as_mut());
                         if let Some((code, reason)) = session.close_reason() {
                             break End::Policy(code, reason.to_owned());
                         }
                     }
-                    Some(Ok(Message::Binary(bytes))) => {
+                    Some(Ok(Inbound::Binary(bytes))) => {
                         session.handle_binary(&bytes);
                         if let Some((code, reason)) = session.close_reason() {
                             break End::Policy(code, reason.to_owned());
                         }
                     }
-                    // tungstenite queued the pong itself, through the reply tap.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
-                    Some(Err(e)) => break protocol_error(e),
+                    Some(Ok(Inbound::Ping(data))) => replies.send(frame_writer::pong_frame(&data)),
+                    Some(Ok(Inbound::Pong)) => {}
+                    Some(Ok(Inbound::Close(code))) => break End::ClientClosed(code),
+                    None => break End::ClientClosed(None),
+                    Some(Err(failure)) => break read_failure(failure),
                 }
             }
             _ = &mut idle => break End::IdleTimeout,
@@ -278,6 +280,9 @@ pub async fn run(
         End::Policy(code, reason) | End::ProtocolError(code, reason) => {
             Some((*code, truncate(reason, 123)))
         }
+        // The client's Close is echoed (RFC 6455 §5.5.1), which gives it a
+        // clean close, not 1006: realtime-py reconnects on 1006.
+        End::ClientClosed(Some(code)) => Some((*code, "")),
         _ => None,
     };
     // A policy close follows a reply that explains it: send what is queued first.
@@ -288,20 +293,10 @@ pub async fn run(
             last.extend(held);
             last.extend(std::iter::from_fn(|| rx.try_recv()));
         }
-        match close {
-            Some((code, reason)) => {
-                last.push(crate::frame_writer::close_frame(code, reason));
-            }
-            // The client's Close is answered by tungstenite's echo, which a
-            // flush hands to the reply tap; sending it gives the client a
-            // clean close (RFC 6455 §5.5.1), not 1006: realtime-py
-            // reconnects on 1006.
-            None => {
-                let _ = reader.flush().await;
-                last.extend(
-                    std::iter::from_fn(|| rx.try_recv()).filter(|f| matches!(f, Frame::Framed(_))),
-                );
-            }
+        match (&end, close) {
+            (_, Some((code, reason))) => last.push(frame_writer::close_frame(Some((code, reason)))),
+            (End::ClientClosed(None), None) => last.push(frame_writer::close_frame(None)),
+            _ => {}
         }
         writer.write(&last).await
     };

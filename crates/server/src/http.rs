@@ -265,11 +265,13 @@ async fn websocket(
         },
     };
     let tasks = server.tasks.clone();
+    let compress = settings.compression.is_some();
     upgrade.on_upgrade(
+        compress,
         move |e| tracing::debug!(%peer, error = %e, "upgrade failed"),
-        move |socket| {
+        move |socket, deflate| {
             tasks.track_future(async move {
-                connection::run(server, socket, vsn, credential, peer).await;
+                connection::run(server, socket, deflate, vsn, credential, peer).await;
                 drop(permit);
             })
         },

@@ -1,7 +1,7 @@
 //! The sending half of a socket: a bounded queue of ready-made frames.
 //!
 //! Fan-out never waits on a socket: it queues a frame whose bytes are
-//! shared with every other recipient (`Bytes` clones are reference counts),
+//! shared with every other recipient (a [`Payload`] clone is a reference count),
 //! and the socket task writes those same bytes behind a header of its own
 //! ([`crate::frame_writer`]); no socket ever holds a copy. A socket whose
 //! queue is full is too slow to keep up; it is told to go away, and its
@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -47,32 +47,86 @@ struct Queue {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     /// A text message's payload (valid UTF-8, as the encoders make it).
-    Text(Bytes),
-    Binary(Bytes),
-    /// Bytes already framed by the WebSocket library that reads the
-    /// socket: its pong replies and the echo of a client's close.
+    Text(Payload),
+    Binary(Payload),
+    /// Bytes already framed: pong replies and close frames.
     Framed(Bytes),
 }
 
 impl Frame {
-    pub fn text(text: impl Into<Bytes>) -> Frame {
-        Frame::Text(text.into())
+    pub fn text(text: impl Into<Vec<u8>>) -> Frame {
+        Frame::Text(Payload::new(text.into()))
     }
 
-    /// The bytes written after the frame's header (all of a framed one).
-    pub fn payload(&self) -> &Bytes {
+    pub fn binary(bytes: impl Into<Vec<u8>>) -> Frame {
+        Frame::Binary(Payload::new(bytes.into()))
+    }
+
+    /// The bytes written after the frame's header (all of a framed one),
+    /// uncompressed.
+    pub fn payload(&self) -> &[u8] {
         match self {
-            Frame::Text(b) | Frame::Binary(b) | Frame::Framed(b) => b,
+            Frame::Text(p) | Frame::Binary(p) => p.bytes(),
+            Frame::Framed(b) => b,
         }
     }
 
-    /// What a frame weighs in the byte budget: its payload.
+    /// What a frame weighs in the byte budget: its payload, uncompressed.
     pub fn len(&self) -> usize {
         self.payload().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A message's bytes, shared by every recipient (clones are reference
+/// counts), with its `permessage-deflate` form made at most once: by the
+/// first socket that negotiated compression and writes it.
+#[derive(Clone)]
+pub struct Payload(Arc<PayloadInner>);
+
+struct PayloadInner {
+    bytes: Vec<u8>,
+    /// `None` inside: compressing did not make it smaller.
+    deflated: OnceLock<Option<Box<[u8]>>>,
+}
+
+impl Payload {
+    pub fn new(bytes: Vec<u8>) -> Payload {
+        Payload(Arc::new(PayloadInner {
+            bytes,
+            deflated: OnceLock::new(),
+        }))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0.bytes
+    }
+
+    /// The compressed bytes (sent with RSV1), compressed on first use.
+    pub fn deflated(&self, level: u32) -> Option<&[u8]> {
+        self.0
+            .deflated
+            .get_or_init(|| {
+                roster_protocol::websocket::deflate(&self.0.bytes, level).map(Vec::into_boxed_slice)
+            })
+            .as_deref()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.bytes();
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
+        write!(f, "Payload({} bytes: {head:?})", bytes.len())
     }
 }
 
@@ -241,7 +295,7 @@ impl<F: FnMut(Vsn) -> Option<Encoded>> SharedFrame<F> {
         slot.get_or_insert_with(|| {
             (self.encode)(vsn).map(|e| match e {
                 Encoded::Text(t) => Frame::text(t),
-                Encoded::Binary(b) => Frame::Binary(b.into()),
+                Encoded::Binary(b) => Frame::binary(b),
             })
         })
         .clone()

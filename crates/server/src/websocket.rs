@@ -1,35 +1,30 @@
 //! The WebSocket handshake, and the two halves of an upgraded socket.
 //!
-//! Reading is tungstenite's: framing, fragments, control frames between
-//! fragments, masking, UTF-8 and the close handshake. Writing is ours
-//! ([`crate::frame_writer`]), so that shared frames are never copied per
-//! socket. What tungstenite writes of its own accord (pong replies, the echo
-//! of a client's Close) goes through the socket's outbound queue
-//! ([`ReplyTap`]), between whole frames.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! Both halves are ours. Reading is [`roster_protocol::websocket::Decoder`]'s
+//! (framing, fragments, control frames between fragments, masking, UTF-8,
+//! inflating); writing is [`crate::frame_writer`]'s, so that shared frames
+//! are never copied per socket and are compressed once for all of them.
+//! Replies the protocol owes (pongs, the echo of a client's Close) go
+//! through the socket's outbound queue, between whole frames.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::BytesMut;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use roster_protocol::websocket::{self as ws, Decoder, Inbound, Peer};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tungstenite::handshake::derive_accept_key;
 
-use crate::frame_writer::FrameWriter;
-use crate::outbound::{Frame, Outbound};
+use crate::frame_writer::{Compression, FrameWriter};
 
 type Io = TokioIo<Upgraded>;
 
-/// The reading half: tungstenite's stream of messages.
-pub type Reader = WebSocketStream<ReplyTap<ReadHalf<Io>>>;
 /// The writing half.
 pub type Writer = FrameWriter<WriteHalf<Io>>;
 
@@ -37,6 +32,8 @@ pub type Writer = FrameWriter<WriteHalf<Io>>;
 pub struct Upgrade {
     accept: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The client offered a `permessage-deflate` this node can honour.
+    offers_deflate: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -83,7 +80,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "this connection cannot be upgraded",
             ));
         };
-        Ok(Upgrade { accept, on_upgrade })
+        let offers_deflate = ws::accepts_deflate_offer(
+            headers
+                .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        Ok(Upgrade {
+            accept,
+            on_upgrade,
+            offers_deflate,
+        })
     }
 }
 
@@ -98,20 +105,24 @@ fn has_token(headers: &HeaderMap, name: axum::http::HeaderName, token: &str) -> 
 }
 
 impl Upgrade {
-    /// Answer 101 and run `task` on the upgraded connection.
+    /// Answer 101 and run `task` on the upgraded connection, telling it
+    /// whether `permessage-deflate` was agreed (`compress` and an
+    /// acceptable offer).
     pub fn on_upgrade<F, Fut>(
         self,
+        compress: bool,
         on_failed: impl FnOnce(hyper::Error) + Send + 'static,
         task: F,
     ) -> Response
     where
-        F: FnOnce(Io) -> Fut + Send + 'static,
+        F: FnOnce(Io, bool) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        let deflate = compress && self.offers_deflate;
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => task(TokioIo::new(upgraded)).await,
+                Ok(upgraded) => task(TokioIo::new(upgraded), deflate).await,
                 Err(e) => on_failed(e),
             }
         });
@@ -120,61 +131,76 @@ impl Upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(SEC_WEBSOCKET_ACCEPT, self.accept);
+        if deflate {
+            headers.insert(
+                SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(ws::DEFLATE_RESPONSE),
+            );
+        }
         response
     }
 }
 
-/// Split an upgraded connection into tungstenite's reader, whose own
-/// replies are queued on `replies`, and our writer.
-pub async fn open(io: Io, max_message_bytes: usize, replies: Outbound) -> (Reader, Writer) {
+/// Split an upgraded connection into its reader and writer; `compression`
+/// is `Some` when `permessage-deflate` was agreed.
+pub fn open(
+    io: Io,
+    max_message_bytes: usize,
+    compression: Option<Compression>,
+) -> (Reader, Writer) {
     let (read, write) = tokio::io::split(io);
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(max_message_bytes);
-    config.max_frame_size = Some(max_message_bytes);
-    // Small buffers: memory per idle connection matters more than
-    // throughput per connection for presence (a larger frame grows the read
-    // buffer as needed; 512 against 1,024 saved 0.45 KB a socket).
-    config.read_buffer_size = 512;
-    // Its writes are only pongs and a close echo: hand each on at once.
-    config.write_buffer_size = 0;
-    let tap = ReplyTap { read, replies };
-    let reader = WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await;
-    (reader, FrameWriter::new(write))
+    let reader = Reader {
+        io: read,
+        buf: BytesMut::new(),
+        decoder: Decoder::new(Peer::Client, max_message_bytes, compression.is_some()),
+    };
+    (reader, FrameWriter::new(write, compression))
 }
 
-/// The read half as tungstenite sees it: what it writes (always whole
-/// frames, its write buffer being off) is queued for the writer.
-pub struct ReplyTap<R> {
-    read: R,
-    replies: Outbound,
+/// Bytes read ahead per socket: a larger frame grows the buffer as needed,
+/// and it is given back once that frame is read (memory per idle
+/// connection matters more than throughput per connection for presence).
+const READ_CHUNK: usize = 512;
+
+/// The reading half: whole messages out of the socket's bytes.
+pub struct Reader {
+    io: ReadHalf<Io>,
+    buf: BytesMut,
+    decoder: Decoder,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for ReplyTap<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
+/// Why reading ended other than by the client's Close.
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// The client broke the protocol; close with this error's code.
+    Refused(ws::ReadError),
+    /// The connection broke.
+    Io(std::io::Error),
 }
 
-impl<R: Unpin> AsyncWrite for ReplyTap<R> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.replies
-            .send(Frame::Framed(Bytes::copy_from_slice(buf)));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+impl Reader {
+    /// The next message; `None` when the connection ended without a Close.
+    /// Cancel-safe: what was read stays in the buffer for the next call.
+    pub async fn next(&mut self) -> Option<Result<Inbound, ReadFailure>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(message)) => {
+                    if self.buf.is_empty() && self.buf.capacity() > 8 * READ_CHUNK {
+                        self.buf = BytesMut::new();
+                    }
+                    return Some(Ok(message));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(ReadFailure::Refused(e))),
+            }
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(ReadFailure::Io(e))),
+            }
+        }
     }
 }
