@@ -106,6 +106,10 @@ struct Args {
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Clients offer `permessage-deflate` as browsers do; `mb_on_wire`
+    /// then counts the compressed bytes.
+    #[arg(long)]
+    compression: bool,
     /// After every client has left, wait this many seconds and report the
     /// server's RSS then (memory given back), beside its idle RSS before.
     #[arg(long, default_value_t = 0)]
@@ -137,7 +141,8 @@ async fn main() -> anyhow::Result<()> {
             pusher.then(|| (args.app_key.clone(), args.app_secret.clone())),
         )?
         .with_room_size(args.room_size)
-        .with_compact_views(args.views == Views::Compact),
+        .with_compact_views(args.views == Views::Compact)
+        .with_compression(args.compression),
     );
     let server =
         (!args.server_pid.is_empty()).then(|| proc_stats::Process::new(args.server_pid.clone()));
@@ -170,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let after_join = server.as_ref().and_then(|p| p.sample());
     let join_frames = shared.frames.load(Ordering::Relaxed);
     let join_bytes = shared.bytes.load(Ordering::Relaxed);
+    let join_wire_bytes = shared.wire_bytes.load(Ordering::Relaxed);
     let latencies = shared.join_latencies();
 
     let mut result = json!({
@@ -178,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         "clients": n,
         "vsn": if pusher { "7" } else { args.vsn.as_str() },
         "views": format!("{:?}", args.views).to_lowercase(),
+        "compression": args.compression,
         "join": {
             "converged": converged_at.is_some(),
             "converge_s": round(join_secs, 3),
@@ -185,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
             "connect_join_p99_ms": round(percentile(&latencies, 0.99), 2),
             "frames_received": join_frames,
             "bytes_received": join_bytes,
+            "bytes_on_wire": join_wire_bytes,
             "connect_errors": shared.errors.load(Ordering::Relaxed),
         },
     });

@@ -3,6 +3,7 @@
 
 pub mod compact;
 pub mod pusher;
+pub mod socket;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,14 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact::CompactView;
-use futures_util::{SinkExt, StreamExt};
 use roster_presence::ClientPresence;
 use roster_protocol::{decode, Vsn};
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Phase {
@@ -67,6 +66,10 @@ pub struct Shared {
     pub early_events: AtomicUsize,
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
+    /// Bytes read off the sockets: `bytes` as compressed, plus frame headers.
+    pub wire_bytes: Arc<AtomicU64>,
+    /// Offer `permessage-deflate`, as browsers do.
+    pub compression: bool,
     /// Tracks sent, all clients and phases together.
     pub tracks: AtomicU64,
     join_ms: Mutex<Vec<f64>>,
@@ -79,7 +82,7 @@ pub struct Report {
     pub missing: usize,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = socket::Ws;
 
 impl Shared {
     #[allow(clippy::too_many_arguments)]
@@ -140,6 +143,8 @@ impl Shared {
             early_events: AtomicUsize::new(0),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            wire_bytes: Arc::default(),
+            compression: false,
             tracks: AtomicU64::new(0),
             join_ms: Mutex::new(Vec::new()),
             update_ms: Mutex::new(Vec::new()),
@@ -151,6 +156,12 @@ impl Shared {
         if size > 0 {
             self.room_size = size;
         }
+        self
+    }
+
+    /// Clients offer `permessage-deflate` (see `socket`).
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compression = on;
         self
     }
 
@@ -369,13 +380,7 @@ async fn open(shared: &Shared, i: usize, url: String) -> anyhow::Result<Ws> {
     }
     socket.set_nodelay(true)?;
     let stream = socket.connect(addr).await?;
-    // Small buffers: the generator holds many connections (tungstenite's
-    // default read buffer is 128 KiB each).
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
-    Ok(ws)
+    Ws::connect(stream, &url, shared.compression, shared.wire_bytes.clone()).await
 }
 
 impl Client {
@@ -667,7 +672,7 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
                     ticker.reset_at(tokio::time::Instant::now() + offset);
                 }
                 if phase == Phase::Stop {
-                    let _ = c.ws().close(None).await;
+                    let _ = c.ws().close().await;
                     return report.unwrap_or(failed);
                 }
             }

@@ -611,3 +611,38 @@ async fn many_distinct_keys_leaving_stay_within_the_last_seen_cap() {
     assert_eq!(got["online"]["evil-0"], json!([]));
     still_alive(&mut canary, &j, 1).await;
 }
+
+/// `permessage-deflate` is no way around the message budget: a small frame
+/// that inflates past it closes that socket with 1009 once the limit is
+/// passed, and compressed bits from a socket that never negotiated
+/// compression are a protocol error (1002). The canary's room goes on.
+#[tokio::test]
+async fn a_compression_bomb_closes_only_that_socket() {
+    use roster_protocol::websocket::{client_frame, deflate};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let s = start_with(|c| c.max_message_bytes = 64 * 1024).await;
+    let (mut canary, j) = canary(s.addr).await;
+    // 16 MiB of spaces deflate to about 16 KB: far under the budget.
+    let bomb = deflate(&vec![b' '; 16 << 20], 9).unwrap();
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+    let frame = client_frame(OpCode::Data(Data::Text), true, &bomb, [1, 2, 3, 4]);
+    let offer = Some("permessage-deflate; client_max_window_bits");
+    let (mut bomber, answer) = RawSocket::connect_offering(s.addr, 2, offer).await;
+    assert!(answer.is_some());
+    bomber.send_wire(&frame).await;
+    assert_eq!(bomber.close_code().await, Some(1009));
+    let (mut unnegotiated, answer) = RawSocket::connect_offering(s.addr, 2, None).await;
+    assert_eq!(answer, None);
+    let small = deflate("heartbeat ".repeat(20).as_bytes(), 1).unwrap();
+    unnegotiated
+        .send_wire(&client_frame(
+            OpCode::Data(Data::Text),
+            true,
+            &small,
+            [1, 2, 3, 4],
+        ))
+        .await;
+    assert_eq!(unnegotiated.close_code().await, Some(1002));
+    still_alive(&mut canary, &j, 9).await;
+    assert_eq!(s.server.registry.get(ROOM, false).unwrap().counts().0, 1);
+}

@@ -256,3 +256,117 @@ async fn a_shared_frame_arrives_byte_identical_at_every_socket() {
         assert_eq!(other.wire, seen[0].wire);
     }
 }
+
+/// What browsers, Node's `ws` and Python's `websockets` offer.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+async fn raw_member(
+    addr: std::net::SocketAddr,
+    offer: Option<&str>,
+    key: &str,
+) -> (RawSocket, Option<String>) {
+    let (mut raw, answer) = RawSocket::connect_offering(addr, 2, offer).await;
+    raw.send_text(&json!(["1", "1", ROOM, "phx_join", {"config": {"presence": {"enabled": true, "key": key}}}]).to_string())
+        .await;
+    raw.next_event("presence_state").await;
+    (raw, answer)
+}
+
+/// Sockets that negotiated `permessage-deflate` and sockets that did not,
+/// in one room: each gets every diff. A large diff is compressed once: the
+/// same bytes at every compressing socket, inflating to what the plain
+/// socket got; a small one goes uncompressed to all.
+#[tokio::test]
+async fn compressed_and_plain_sockets_in_one_room_get_the_same_diffs() {
+    let s = start().await;
+    let mut zipped = Vec::new();
+    for i in 0..3 {
+        let (raw, answer) = raw_member(s.addr, Some(DEFLATE_OFFER), &format!("z{i}")).await;
+        assert_eq!(
+            answer.as_deref(),
+            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        );
+        zipped.push(raw);
+    }
+    let (mut plain, answer) = raw_member(s.addr, None, "plain").await;
+    assert_eq!(answer, None);
+    // A window the node cannot share frames under is declined, not failed.
+    let (mut narrow, answer) = raw_member(
+        s.addr,
+        Some("permessage-deflate; server_max_window_bits=10"),
+        "narrow",
+    )
+    .await;
+    assert_eq!(answer, None);
+
+    let mut tracker = Client::connect(s.addr, 2).await;
+    let tj = tracker.join(ROOM, Some("tracker")).await;
+    let state = json!({"bio": "presence is repetitive JSON; ".repeat(100)});
+    tracker.track(&tj, ROOM, state.clone()).await;
+    let big: Vec<RawFrame> = {
+        let mut got = Vec::new();
+        for raw in &mut zipped {
+            got.push(raw.next_event("presence_diff").await);
+        }
+        got
+    };
+    let plain_big = plain.next_event("presence_diff").await;
+    let narrow_big = narrow.next_event("presence_diff").await;
+    assert!(big[0].compressed && !plain_big.compressed && !narrow_big.compressed);
+    for other in &big[1..] {
+        assert_eq!(other.wire, big[0].wire, "compressed once, written as is");
+    }
+    assert_eq!(big[0].payload, plain_big.payload);
+    assert_eq!(narrow_big.wire, plain_big.wire);
+    let diff: serde_json::Value = serde_json::from_slice(&big[0].payload).unwrap();
+    assert_eq!(diff[4]["joins"]["tracker"]["metas"][0]["bio"], state["bio"]);
+    assert!(
+        big[0].wire.len() * 5 < plain_big.wire.len(),
+        "{} vs {} bytes",
+        big[0].wire.len(),
+        plain_big.wire.len()
+    );
+
+    let mut small = Client::connect(s.addr, 2).await;
+    let sj = small.join(ROOM, Some("small")).await;
+    small.track(&sj, ROOM, json!({"n": 1})).await;
+    for raw in zipped.iter_mut().chain([&mut plain, &mut narrow]) {
+        let diff = raw.next_event("presence_diff").await;
+        assert!(!diff.compressed, "under the 1,024-byte threshold");
+        let diff: serde_json::Value = serde_json::from_slice(&diff.payload).unwrap();
+        assert_eq!(diff[4]["joins"]["small"]["metas"][0]["n"], 1);
+    }
+}
+
+/// With `--compression-min-bytes 0` nothing is negotiated.
+#[tokio::test]
+async fn compression_can_be_switched_off() {
+    let s = start_with(|c| c.compression = None).await;
+    let (_raw, answer) = raw_member(s.addr, Some(DEFLATE_OFFER), "z").await;
+    assert_eq!(answer, None);
+}
+
+/// A client that negotiated compression may send compressed messages (what
+/// browsers do for every message): joins and tracks work as plain ones.
+#[tokio::test]
+async fn a_client_may_send_compressed_messages() {
+    let s = start().await;
+    let mut watcher = Client::connect(s.addr, 2).await;
+    watcher.join(ROOM, Some("watcher")).await;
+    let (mut raw, answer) = RawSocket::connect_offering(s.addr, 2, Some(DEFLATE_OFFER)).await;
+    assert!(answer.is_some());
+    raw.send_compressed(&json!(["1", "1", ROOM, "phx_join", {"config": {"presence": {"enabled": true, "key": "zipped"}}}]).to_string())
+        .await;
+    let reply: serde_json::Value =
+        serde_json::from_slice(&raw.next_event("phx_reply").await.payload).unwrap();
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let state = json!({"note": "compressed on the way in ".repeat(40)});
+    raw.send_compressed(&json!(["1", "2", ROOM, "presence", {"type": "presence", "event": "track", "payload": state}]).to_string())
+        .await;
+    watcher
+        .until_view(ROOM, |v| {
+            v.get("zipped")
+                .is_some_and(|m| m[0]["note"] == state["note"])
+        })
+        .await;
+}

@@ -645,19 +645,35 @@ pub struct RawSocket {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawFrame {
     pub opcode: tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode,
+    /// The message's bytes (inflated when the frame was compressed).
     pub payload: Vec<u8>,
+    /// RSV1: sent compressed (`permessage-deflate`).
+    pub compressed: bool,
     /// Header and payload, exactly as read.
     pub wire: Vec<u8>,
 }
 
 impl RawSocket {
     pub async fn connect(addr: SocketAddr, vsn: u8) -> RawSocket {
+        Self::connect_offering(addr, vsn, None).await.0
+    }
+
+    /// Connect with `Sec-WebSocket-Extensions: <extensions>`; also returns
+    /// the server's answer to it, if any.
+    pub async fn connect_offering(
+        addr: SocketAddr,
+        vsn: u8,
+        extensions: Option<&str>,
+    ) -> (RawSocket, Option<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let offer = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "GET /realtime/v1/websocket?apikey={KEY}&vsn={vsn}.0.0 HTTP/1.1\r\nHost: {addr}\r\n\
              Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n"
         );
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -674,10 +690,36 @@ impl RawSocket {
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         // The RFC 6455 §1.3 example key and its answer.
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-        RawSocket {
+        let answer = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_owned())
+        });
+        let raw = RawSocket {
             tcp,
             buf: buf.split_off(end),
-        }
+        };
+        (raw, answer)
+    }
+
+    /// Send a text message compressed (`permessage-deflate`, RSV1 set).
+    pub async fn send_compressed(&mut self, text: &str) {
+        use roster_protocol::websocket::{client_frame, deflate};
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let packed = deflate(text.as_bytes(), 6).expect("compressible");
+        self.send_wire(&client_frame(
+            OpCode::Data(Data::Text),
+            true,
+            &packed,
+            [9, 8, 7, 6],
+        ))
+        .await;
+    }
+
+    /// Send bytes as they are (a frame made by the caller).
+    pub async fn send_wire(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.tcp.write_all(bytes).await;
     }
 
     /// Send one frame; `mask: false` breaks RFC 6455 §5.1 on purpose.
@@ -723,9 +765,22 @@ impl RawSocket {
                 let end = start + len as usize;
                 if self.buf.len() >= end {
                     let wire: Vec<u8> = self.buf.drain(..end).collect();
+                    let payload = if header.rsv1 {
+                        // Inflated by the same decoder the bench's clients use.
+                        use roster_protocol::websocket::{Decoder, Inbound, Peer};
+                        let mut decoder = Decoder::new(Peer::Server, 64 << 20, true);
+                        match decoder.decode(&mut wire[..].into()).unwrap() {
+                            Some(Inbound::Text(t)) => t.into_bytes(),
+                            Some(Inbound::Binary(b)) => b,
+                            other => panic!("a compressed {other:?}"),
+                        }
+                    } else {
+                        wire[start..].to_vec()
+                    };
                     return Some(RawFrame {
                         opcode: header.opcode,
-                        payload: wire[start..].to_vec(),
+                        payload,
+                        compressed: header.rsv1,
                         wire,
                     });
                 }
@@ -750,5 +805,19 @@ impl RawSocket {
                 return frame;
             }
         }
+    }
+
+    /// The code of the Close frame the server ends with, skipping what comes before.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+        while let Some(frame) = self.next().await {
+            if frame.opcode == OpCode::Control(Control::Close) {
+                return frame
+                    .payload
+                    .get(..2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            }
+        }
+        None
     }
 }
