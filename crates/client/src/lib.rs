@@ -46,11 +46,12 @@ mod options;
 mod presence;
 mod router;
 mod socket;
+mod tls;
 
 pub use broadcast::BroadcastMessage;
 pub use channel::{ChannelStatus, RealtimeChannel};
 pub use client::RealtimeClient;
-pub use error::Error;
+pub use error::{Error, TlsReason};
 pub use options::{ChannelOptions, ClientOptions};
 pub use presence::{Presence, PresenceChange, PresenceChanges, PresenceState};
 /// The serializer version, re-exported from `roster-protocol`.
@@ -59,3 +60,4 @@ pub use presence::{Presence, PresenceChange, PresenceChanges, PresenceState};
 /// assert_eq!(roster_client::Vsn::V1.as_str(), "1.0.0");
 /// ```
 pub use roster_protocol::Vsn;
+pub use tls::TlsRoots;
