@@ -1,7 +1,7 @@
 """Shared fixtures for the realtime-py (2.34.1) tests against a real roster.
 
 The server contract: ``$ROSTER_BIN serve --listen 127.0.0.1:0`` prints
-``roster listening on http://127.0.0.1:PORT`` on stdout once bound.
+``roster listening on http://127.0.0.1:PORT`` (https:// with --tls-cert) on stdout once bound.
 
 Cluster mode (env ``ROSTER_TEST_CLUSTER=1``; mirrors tests/js/helpers/server.js):
 ``start_roster()`` starts one redis-server on a free port and ``CLUSTER_NODES``
@@ -45,7 +45,7 @@ PUBLISHABLE_KEY = "sb_publishable_test"
 SECRET_KEY = "sb_secret_test"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 UUID_V1 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-LISTEN_RE = re.compile(r"roster listening on (http://127\.0\.0\.1:(\d+))")
+LISTEN_RE = re.compile(r"roster listening on (https?://127\.0\.0\.1:(\d+))")
 
 CLUSTER = os.environ.get("ROSTER_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
 """True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1)."""

@@ -142,9 +142,17 @@ impl RealtimeClient {
     /// ```
     pub fn with_options(url: &str, key: &str, options: ClientOptions) -> Result<Self, Error> {
         let url = websocket_url(url, key, options.vsn)?;
+        // Trust settings are read now, so a bad CA file fails here.
+        let tls = if url.starts_with("wss://") {
+            Some(crate::tls::client_config(&options.tls_roots)?)
+        } else {
+            None
+        };
+        let mut socket = SocketShared::new(url, key.to_owned(), options);
+        socket.tls = tls;
         Ok(RealtimeClient {
             shared: Arc::new(ClientShared {
-                socket: Arc::new(SocketShared::new(url, key.to_owned(), options)),
+                socket: Arc::new(socket),
                 cmd: Mutex::new(None),
                 channels: Mutex::new(HashMap::new()),
             }),

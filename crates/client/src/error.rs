@@ -39,7 +39,47 @@ pub enum Error {
         message: String,
     },
 
-    /// The connection could not be made or was lost (I/O, TLS, protocol).
+    /// The server's host name could not be resolved.
+    ///
+    /// ```
+    /// let e = roster_client::Error::Dns { host: "nope.invalid".into(), message: "not found".into() };
+    /// assert!(e.to_string().starts_with("cannot resolve nope.invalid"));
+    /// ```
+    #[error("cannot resolve {host}: {message}")]
+    Dns {
+        /// The host name of the URL.
+        host: String,
+        /// The resolver's explanation.
+        message: String,
+    },
+
+    /// The TLS handshake of a `wss://` connection failed, or the TLS
+    /// settings cannot be used; `reason` says which case it is.
+    ///
+    /// ```
+    /// use roster_client::{Error, TlsReason};
+    /// let e = Error::Tls { reason: TlsReason::WrongHostname, message: "not valid for 127.0.0.1".into() };
+    /// assert!(e.to_string().starts_with("TLS error"));
+    /// ```
+    #[error("TLS error: {message}")]
+    Tls {
+        /// What went wrong, to match on.
+        reason: TlsReason,
+        /// The details, for people.
+        message: String,
+    },
+
+    /// The server answered with something that is not the WebSocket
+    /// handshake (or not the Realtime protocol).
+    ///
+    /// ```
+    /// let e = roster_client::Error::Protocol("no Sec-WebSocket-Accept".into());
+    /// assert!(e.to_string().starts_with("protocol error"));
+    /// ```
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// The connection could not be made or was lost (TCP, I/O).
     ///
     /// ```
     /// let e = roster_client::Error::Connection("connection reset".into());
@@ -125,7 +165,35 @@ impl Error {
                     });
                 Error::Refused { status, message }
             }
-            other => Error::Connection(other.to_string()),
+            WsError::Io(e) => Error::Connection(e.to_string()),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                Error::Connection("connection closed".into())
+            }
+            WsError::Url(e) => Error::InvalidUrl(e.to_string()),
+            other => Error::Protocol(other.to_string()),
         }
     }
+}
+
+/// Why a TLS connection failed ([`Error::Tls`]).
+///
+/// ```
+/// assert_ne!(roster_client::TlsReason::WrongHostname, roster_client::TlsReason::UntrustedCertificate);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsReason {
+    /// The certificate is valid, but not for the host name of the URL.
+    WrongHostname,
+    /// The certificate does not chain to a trusted root (see
+    /// [`TlsRoots`](crate::TlsRoots)).
+    UntrustedCertificate,
+    /// The certificate has expired.
+    Expired,
+    /// The certificate is unusable for another reason.
+    InvalidCertificate,
+    /// The handshake failed for a reason other than the certificate.
+    Handshake,
+    /// The trust settings could not be loaded (e.g. an unreadable CA file).
+    Config,
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use roster_protocol::Vsn;
 
+use crate::TlsRoots;
+
 /// How the client connects: serializer, heartbeat, timeouts, reconnection.
 /// Defaults are realtime-js's.
 ///
@@ -24,6 +26,7 @@ pub struct ClientOptions {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) reconnect_intervals: Vec<Duration>,
+    pub(crate) tls_roots: TlsRoots,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +42,7 @@ impl Default for ClientOptions {
             heartbeat_interval: Duration::from_secs(25),
             timeout: Duration::from_secs(10),
             reconnect_intervals: [1, 2, 5, 10].map(Duration::from_secs).to_vec(),
+            tls_roots: TlsRoots::WebPki,
         }
     }
 }
@@ -99,14 +103,41 @@ impl ClientOptions {
         self
     }
 
-    /// The wait before retry number `tries` (0-based).
+    /// Which CAs a `wss://` server's certificate may chain to (default
+    /// [`TlsRoots::WebPki`]). Certificates and host names are always checked.
+    ///
+    /// ```
+    /// use roster_client::{ClientOptions, TlsRoots};
+    /// let o = ClientOptions::default().tls_roots(TlsRoots::Native);
+    /// ```
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.tls_roots = roots;
+        self
+    }
+
+    /// Trust only the CA certificates in this PEM file, and no public root:
+    /// for a server with a certificate of a private (or test) CA. Same as
+    /// `tls_roots(TlsRoots::OnlyCaFile(path))`; the file is read when the
+    /// client is made.
+    ///
+    /// ```
+    /// let o = roster_client::ClientOptions::default().trust_only_ca_file("/etc/roster/ca.pem");
+    /// ```
+    pub fn trust_only_ca_file(self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_roots(TlsRoots::OnlyCaFile(path.into()))
+    }
+
+    /// The wait before retry number `tries` (0-based): the interval less a
+    /// random 0–25 %, so that clients dropped together do not all come back
+    /// in the same instant.
     pub(crate) fn backoff(&self, tries: usize) -> Duration {
         let intervals = &self.reconnect_intervals;
-        intervals
+        let base = intervals
             .get(tries)
             .or(intervals.last())
             .copied()
-            .unwrap_or(Duration::from_secs(10))
+            .unwrap_or(Duration::from_secs(10));
+        base.mul_f64(1.0 - 0.25 * random_fraction())
     }
 }
 
@@ -219,16 +250,36 @@ impl ChannelOptions {
     }
 }
 
+/// A number in [0, 1), from the standard library's per-process random
+/// hash keys (jitter needs no cryptographic randomness).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_follows_the_list_then_stays_at_the_last() {
+    fn backoff_follows_the_list_then_stays_at_the_last_with_jitter() {
         let o = ClientOptions::default();
-        let secs: Vec<u64> = (0..6).map(|t| o.backoff(t).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 5, 10, 10, 10]);
-        let empty = o.reconnect_intervals([]);
-        assert_eq!(empty.backoff(3), Duration::from_secs(10));
+        let within = |d: Duration, secs: u64| {
+            let full = Duration::from_secs(secs);
+            d <= full && d >= full.mul_f64(0.75)
+        };
+        for (t, secs) in [1, 2, 5, 10, 10, 10].into_iter().enumerate() {
+            assert!(within(o.backoff(t), secs), "{t}: {:?}", o.backoff(t));
+        }
+        let empty = o.clone().reconnect_intervals([]);
+        assert!(within(empty.backoff(3), 10));
+        let waits: std::collections::HashSet<_> = (0..20).map(|_| o.backoff(0)).collect();
+        assert!(waits.len() > 1, "the waits vary");
     }
 }

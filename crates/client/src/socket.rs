@@ -30,6 +30,8 @@ pub(crate) struct SocketShared {
     /// Sent in every join; the API key until `set_auth`.
     pub(crate) access_token: Mutex<String>,
     pub(crate) connected: AtomicBool,
+    /// For `wss://` URLs.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl SocketShared {
@@ -39,17 +41,78 @@ impl SocketShared {
             options,
             access_token: Mutex::new(key),
             connected: AtomicBool::new(false),
+            tls: None,
         }
     }
 }
 
-async fn open(url: String, within: Duration) -> Result<Ws, Error> {
-    let attempt = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
-    match timeout(within, attempt).await {
-        Err(_) => Err(Error::TimedOut),
-        Ok(Err(e)) => Err(Error::from_ws(e)),
-        Ok(Ok((ws, _))) => Ok(ws),
+async fn open(
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    within: Duration,
+) -> Result<Ws, Error> {
+    timeout(within, open_steps(url, tls))
+        .await
+        .unwrap_or(Err(Error::TimedOut))
+}
+
+/// Resolve, connect, TLS, upgrade: each step by hand, so that each failure
+/// gets its own [`Error`] variant.
+async fn open_steps(url: String, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Ws, Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    let uri = request.uri();
+    let secure = uri.scheme_str() == Some("wss");
+    let host = uri
+        .host()
+        .ok_or_else(|| Error::InvalidUrl("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let dns = |message: String| Error::Dns {
+        host: host.clone(),
+        message,
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| dns(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(dns("no address".into()));
     }
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| Error::Connection(last.unwrap_or_default()))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = if secure {
+        let config = tls.ok_or_else(|| Error::InvalidUrl("wss:// without TLS settings".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| Error::InvalidUrl(format!("{host}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| crate::tls::handshake_error(&host, e))?;
+        MaybeTlsStream::Rustls(stream)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, None)
+        .await
+        .map_err(Error::from_ws)?;
+    Ok(ws)
 }
 
 /// Write `frames`, bounded by `within`.
@@ -158,7 +221,8 @@ impl Task {
         let due = self.retry_at.is_none_or(|t| t <= now);
         if self.ws.is_none() && self.connecting.is_none() && self.router.wants_connection() && due {
             let within = self.options().timeout;
-            self.connecting = Some(Box::pin(open(self.shared.url.clone(), within)));
+            let tls = self.shared.tls.clone();
+            self.connecting = Some(Box::pin(open(self.shared.url.clone(), tls, within)));
         }
     }
 

@@ -38,6 +38,14 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_LISTEN")]
     pub listen: Option<String>,
 
+    /// PEM certificate chain: serve HTTPS and wss:// on the listener (with `tls_key`). Reloaded on SIGHUP and when the file changes. Unset = plain HTTP.
+    #[arg(long, env = "ROSTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    #[arg(long, env = "ROSTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Publishable key (role anon); generated at start when unset.
     #[arg(long, env = "ROSTER_PUBLISHABLE_KEY", hide_env_values = true)]
     pub publishable_key: Option<String>,
@@ -234,11 +242,14 @@ pub struct ServeArgs {
     #[arg(long, env = "ROSTER_CLUSTER_AUDIT_MS")]
     pub cluster_audit_ms: Option<u64>,
 
-    /// Presence webhooks: POST member_join / member_leave events here, batched
-    /// and signed. Plain `http://` only (no TLS client): point it at a
-    /// receiver on a private network or a local TLS-terminating relay. Unset = no webhooks.
+    /// Presence webhooks: POST member_join / member_leave events here
+    /// (`https://` or `http://`), batched and signed. Unset = no webhooks.
     #[arg(long, env = "ROSTER_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+
+    /// PEM file of CA certificates that https webhook receivers are verified against, instead of the built-in (webpki) roots.
+    #[arg(long, env = "ROSTER_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
 
     /// Key of the HMAC-SHA256 signature of each webhook request; required with `webhook_url`.
     #[arg(long, env = "ROSTER_WEBHOOK_SECRET", hide_env_values = true)]
@@ -378,6 +389,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: String,
+    /// Serve TLS on the listener; `None` = plain HTTP.
+    pub tls: Option<TlsSettings>,
     pub keys: Keys,
     pub key_source: KeySource,
     pub jwt: crate::auth::JwtOptions,
@@ -419,11 +432,20 @@ pub struct DefaultedKeys {
     pub jwt_secret: bool,
 }
 
+/// The listener's certificate pair (see `tls`).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Presence webhooks' settings (see `webhooks`).
 #[derive(Clone)]
 pub struct WebhookSettings {
-    /// An `http://` URL (checked at startup).
+    /// An `http://` or `https://` URL (checked at startup).
     pub url: String,
+    /// CA certificates for an https receiver; `None` = webpki roots.
+    pub ca_file: Option<PathBuf>,
     /// The HMAC-SHA256 key; never logged.
     pub secret: String,
     /// How long a batch collects events before it is sent.
@@ -440,6 +462,7 @@ impl std::fmt::Debug for WebhookSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSettings")
             .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
             .field("secret", &"<redacted>")
             .field("batch", &self.batch)
             .field("max_batch", &self.max_batch)
@@ -582,8 +605,11 @@ impl ServeArgs {
                             "a webhook URL needs a signing secret: set --webhook-secret (ROSTER_WEBHOOK_SECRET)"
                         )
                     })?;
+                let ca_file = self.webhook_ca_file.or(file.webhook_ca_file);
+                crate::webhooks::tls_config(ca_file.as_deref())?;
                 Some(WebhookSettings {
                     url,
+                    ca_file,
                     secret,
                     batch: ms(self.webhook_batch_ms, file.webhook_batch_ms, 100),
                     max_batch: self
@@ -604,7 +630,16 @@ impl ServeArgs {
                 })
             }
         };
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsSettings { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+        };
         Ok(Settings {
+            tls,
             cluster,
             webhooks,
             listen: self
@@ -794,18 +829,15 @@ impl Settings {
     }
 }
 
-/// Webhooks go over plain HTTP: refuse anything else at startup rather
-/// than fail every delivery later.
+/// Refuse a URL we could never deliver to at startup rather than fail
+/// every delivery later.
 fn check_webhook_url(url: &str) -> anyhow::Result<()> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| anyhow::anyhow!("webhook URL {url:?}: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => anyhow::bail!(
-            "webhook URL {url:?}: https is not supported; use an http:// URL (a receiver on a private network, or a local proxy that adds TLS)"
-        ),
-        _ => anyhow::bail!("webhook URL {url:?}: must start with http://"),
+        Some("http" | "https") => {}
+        _ => anyhow::bail!("webhook URL {url:?}: must start with https:// or http://"),
     }
     if uri.host().is_none_or(str::is_empty) {
         anyhow::bail!("webhook URL {url:?}: no host");
@@ -907,11 +939,35 @@ mod tests {
             "the secret is never shown"
         );
         let err = |a: ServeArgs| a.resolve().unwrap_err().to_string();
-        assert!(err(args("https://example.com/hook", Some("s"))).contains("https is not supported"));
+        assert!(args("https://example.com/hook", Some("s"))
+            .resolve()
+            .is_ok());
         assert!(err(args("ftp://example.com/", Some("s"))).contains("http://"));
         assert!(err(args("http://example.com/", None)).contains("--webhook-secret"));
         assert!(err(args("http://example.com/", Some(""))).contains("--webhook-secret"));
         assert!(err(args("not a url", Some("s"))).contains("webhook URL"));
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let s = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.tls.unwrap().key, PathBuf::from("k.pem"));
+        assert!(ServeArgs::default().resolve().unwrap().tls.is_none());
+        let half = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(half
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("--tls-key"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use roster_protocol::Vsn;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -70,6 +72,16 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 /// HTTP/1 only: no HTTP/2 connection could be idled out after its first
 /// request (hyper has no idle timeout for it), and no client of ours needs it.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Result<()> {
+    serve_with(listener, server, None).await
+}
+
+/// [`serve`], with TLS on every accepted connection when `tls` is given.
+/// The TLS handshake counts against the handshake timeout too.
+pub async fn serve_with(
+    listener: TcpListener,
+    server: Arc<Server>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let app = router(server.clone());
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
@@ -109,7 +121,15 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
                     app.clone().oneshot(req)
                 };
                 let deadline = server.settings.handshake_timeout;
-                spawn_connection(&builder, &graceful, stream, peer, deadline, service);
+                spawn_connection(
+                    &builder,
+                    &graceful,
+                    tls.clone(),
+                    stream,
+                    peer,
+                    deadline,
+                    service,
+                );
             }
             Err(refusal) => {
                 server.metrics.auth_failure(refusal.label());
@@ -128,7 +148,15 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
                     std::future::ready(Ok::<_, std::convert::Infallible>(response))
                 };
                 let deadline = server.settings.handshake_timeout.min(REFUSAL_DEADLINE);
-                spawn_connection(&builder, &graceful, stream, peer, deadline, service);
+                spawn_connection(
+                    &builder,
+                    &graceful,
+                    tls.clone(),
+                    stream,
+                    peer,
+                    deadline,
+                    service,
+                );
             }
         }
     }
@@ -138,11 +166,12 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Resul
     Ok(())
 }
 
-/// Serve one connection in its own task; close it if no request has come
-/// `deadline` after accept.
+/// Serve one connection in its own task (after its TLS handshake, with
+/// `tls`); close it if no request has come `deadline` after accept.
 fn spawn_connection<S, F>(
     builder: &Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    tls: Option<TlsAcceptor>,
     stream: TcpStream,
     peer: SocketAddr,
     deadline: Duration,
@@ -157,15 +186,32 @@ fn spawn_connection<S, F>(
         seen.cancel();
         service(req)
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let conn = graceful.watch(conn.into_owned());
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    let started = tokio::time::Instant::now();
     tokio::spawn(async move {
+        let io = match tls {
+            None => Either::Left(stream),
+            Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Either::Right(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within the handshake timeout: closed");
+                    return;
+                }
+            },
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = watcher.watch(conn.into_owned());
         let mut conn = std::pin::pin!(conn);
         let in_time = tokio::select! {
             biased;
             ended = conn.as_mut() => return log_end(peer, ended),
             _ = first_request.cancelled() => true,
-            _ = tokio::time::sleep(deadline) => false,
+            _ = tokio::time::sleep_until(started + deadline) => false,
         };
         if in_time {
             log_end(peer, conn.await);

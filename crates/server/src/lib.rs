@@ -30,6 +30,7 @@ pub mod presence_api;
 pub mod rest;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod webhooks;
 pub mod websocket;
 pub mod when_woken;

@@ -53,7 +53,12 @@ fn may_log(target: &str, level: tracing::Level) -> bool {
 
 /// Stdout, for people and scripts: the first line says where we listen.
 fn print_banner(settings: &Settings, addr: std::net::SocketAddr) {
-    let url = format!("http://{addr}");
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}");
     println!("roster listening on {url}");
     println!("demo page: {url}/demo   metrics: {url}/metrics");
     // Only keys we chose are shown: never one the operator configured.

@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 use crate::webhooks::{self, Webhooks};
 
 /// Everything the sockets of one node share.
@@ -135,13 +136,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    // A broken pair stops startup here, before anything listens.
+    let tls = settings.tls.as_ref().map(Tls::new).transpose()?;
     let listener = TcpListener::bind(&settings.listen).await?;
     let addr = listener.local_addr()?;
     let server = Server::with_cluster(settings, cluster);
     if let Some(cluster) = server.registry.cluster() {
         cluster.start(server.shutdown.clone());
     }
-    let handle = tokio::spawn(http::serve(listener, server.clone()));
+    let acceptor = tls.map(|tls| {
+        tls.clone().watch(server.shutdown.clone());
+        tls.acceptor()
+    });
+    let handle = tokio::spawn(http::serve_with(listener, server.clone(), acceptor));
     let upkeep = server.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));

@@ -51,6 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -177,9 +178,20 @@ pub fn start(settings: &WebhookSettings, metrics: &Metrics) -> Arc<Webhooks> {
     let metrics = metrics.webhooks();
     let finish = CancellationToken::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(ATTEMPT_TIMEOUT));
-    connector.set_nodelay(true);
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(ATTEMPT_TIMEOUT));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls = tls_config(settings.ca_file.as_deref()).unwrap_or_else(|e| {
+        // Checked when the settings were resolved; gone since: trust nothing.
+        tracing::error!(error = %e, "webhook CA file unreadable: https deliveries will fail");
+        empty_roots()
+    });
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     let deliverer = Deliverer {
         uri: settings
             .url
@@ -207,6 +219,40 @@ pub fn start(settings: &WebhookSettings, metrics: &Metrics) -> Arc<Webhooks> {
             in_flight,
         })),
     })
+}
+
+/// The TLS client for https receivers: the certificates of `ca_file` (PEM)
+/// as the only roots, else webpki's. Certificate and hostname are always
+/// verified.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("webhook CA file {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                anyhow::bail!("webhook CA file {}: no usable certificate", path.display());
+            }
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn empty_roots() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 /// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`: the value of
@@ -242,7 +288,7 @@ struct Deliverer {
     batch: Duration,
     max_batch: usize,
     max_retry: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     metrics: WebhookMetrics,
     finish: CancellationToken,
     in_flight: Arc<AtomicUsize>,

@@ -40,6 +40,7 @@ fn hooks(url: String, batch_ms: u64, max_batch: usize) -> impl FnOnce(&mut Setti
     move |s| {
         s.webhooks = Some(WebhookSettings {
             url,
+            ca_file: None,
             secret: SECRET.into(),
             batch: Duration::from_millis(batch_ms),
             max_batch,

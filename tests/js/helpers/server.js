@@ -1,7 +1,7 @@
 // Starts and stops a real `roster` binary for the real-client tests.
 //
 // Contract: `$ROSTER_BIN serve --listen 127.0.0.1:0` prints
-// `roster listening on http://127.0.0.1:PORT` on stdout once it is bound.
+// `roster listening on http://127.0.0.1:PORT` (https:// with --tls-cert) on stdout once it is bound.
 //
 // Cluster mode (env ROSTER_TEST_CLUSTER=1, or `startServer({ cluster: true })`):
 // startServer() starts one redis-server on a free port and CLUSTER_NODES roster
@@ -26,7 +26,7 @@ export const PUBLISHABLE_KEY = 'sb_publishable_test'
 export const SECRET_KEY = 'sb_secret_test'
 export const JWT_SECRET = 'test-jwt-secret-0123456789abcdef0123'
 
-const LISTEN_RE = /roster listening on (http:\/\/127\.0\.0\.1:(\d+))/
+const LISTEN_RE = /roster listening on (https?:\/\/127\.0\.0\.1:(\d+))/
 
 /** True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1). */
 export const CLUSTER = ['1', 'true', 'yes'].includes((process.env.ROSTER_TEST_CLUSTER || '').toLowerCase())
