@@ -110,6 +110,10 @@ struct Args {
     /// then counts the compressed bytes.
     #[arg(long)]
     compression: bool,
+    /// PEM file of the CA that signed a `wss://` server's certificate
+    /// [default: the webpki roots].
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// After every client has left, wait this many seconds and report the
     /// server's RSS then (memory given back), beside its idle RSS before.
     #[arg(long, default_value_t = 0)]
@@ -142,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
         )?
         .with_room_size(args.room_size)
         .with_compact_views(args.views == Views::Compact)
-        .with_compression(args.compression),
+        .with_compression(args.compression)
+        .with_tls(sim::socket::tls_connector(args.ca_file.as_deref())?),
     );
     let server =
         (!args.server_pid.is_empty()).then(|| proc_stats::Process::new(args.server_pid.clone()));
@@ -185,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
         "vsn": if pusher { "7" } else { args.vsn.as_str() },
         "views": format!("{:?}", args.views).to_lowercase(),
         "compression": args.compression,
+        "tls": url.starts_with("wss://"),
         "join": {
             "converged": converged_at.is_some(),
             "converge_s": round(join_secs, 3),

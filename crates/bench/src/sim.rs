@@ -70,6 +70,8 @@ pub struct Shared {
     pub wire_bytes: Arc<AtomicU64>,
     /// Offer `permessage-deflate`, as browsers do.
     pub compression: bool,
+    /// For `wss://` URLs.
+    pub tls: Option<tokio_rustls::TlsConnector>,
     /// Tracks sent, all clients and phases together.
     pub tracks: AtomicU64,
     join_ms: Mutex<Vec<f64>>,
@@ -102,7 +104,8 @@ impl Shared {
             .map(|url| {
                 let server = url
                     .strip_prefix("ws://")
-                    .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?
+                    .or_else(|| url.strip_prefix("wss://"))
+                    .ok_or_else(|| anyhow::anyhow!("only ws:// and wss:// URLs are supported"))?
                     .split('/')
                     .next()
                     .unwrap_or_default()
@@ -145,6 +148,7 @@ impl Shared {
             bytes: AtomicU64::new(0),
             wire_bytes: Arc::default(),
             compression: false,
+            tls: None,
             tracks: AtomicU64::new(0),
             join_ms: Mutex::new(Vec::new()),
             update_ms: Mutex::new(Vec::new()),
@@ -156,6 +160,12 @@ impl Shared {
         if size > 0 {
             self.room_size = size;
         }
+        self
+    }
+
+    /// Trust this connector's roots for `wss://` URLs.
+    pub fn with_tls(mut self, tls: tokio_rustls::TlsConnector) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -380,7 +390,14 @@ async fn open(shared: &Shared, i: usize, url: String) -> anyhow::Result<Ws> {
     }
     socket.set_nodelay(true)?;
     let stream = socket.connect(addr).await?;
-    Ws::connect(stream, &url, shared.compression, shared.wire_bytes.clone()).await
+    Ws::connect(
+        stream,
+        &url,
+        shared.tls.as_ref(),
+        shared.compression,
+        shared.wire_bytes.clone(),
+    )
+    .await
 }
 
 impl Client {

@@ -2,6 +2,8 @@
 //! reading by `roster_protocol`'s decoder, so that with `--compression` a
 //! client takes `permessage-deflate` as browsers do and the bytes that
 //! crossed the wire can be counted apart from the messages they carried.
+//! `wss://` goes through rustls (`--ca-file` to trust a test CA), to
+//! measure what TLS costs the server.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,9 +12,9 @@ use bytes::BytesMut;
 use roster_protocol::websocket::{
     client_frame, deflate_accepted, Decoder, Inbound, Peer, DEFLATE_OFFER,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -21,9 +23,36 @@ use tokio_tungstenite::tungstenite::Message;
 /// Read-ahead per client: the generator holds many connections.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// A plain or a TLS stream.
+pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
+
+/// What `wss://` URLs are verified against.
+pub fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)? {
+                roots.add(cert?)?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 pub struct Ws {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: ReadHalf<Box<dyn Conn>>,
+    write: WriteHalf<Box<dyn Conn>>,
     buf: BytesMut,
     decoder: Decoder,
     mask: u32,
@@ -35,15 +64,27 @@ impl Ws {
     /// Upgrade `stream` to a WebSocket at `url` (`ws://host/path?query`),
     /// offering compression when `compress`.
     pub async fn connect(
-        mut stream: TcpStream,
+        tcp: TcpStream,
         url: &str,
+        tls: Option<&tokio_rustls::TlsConnector>,
         compress: bool,
         wire_bytes: Arc<AtomicU64>,
     ) -> anyhow::Result<Ws> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?;
+        let (rest, secure) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => anyhow::bail!("only ws:// and wss:// URLs are supported"),
+        };
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream: Box<dyn Conn> = match (secure, tls) {
+            (false, _) => Box::new(tcp),
+            (true, Some(tls)) => {
+                let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(name.to_owned())?;
+                Box::new(tls.connect(name, tcp).await?)
+            }
+            (true, None) => anyhow::bail!("a wss:// URL needs a TLS connector"),
+        };
         let key = generate_key();
         let offer = if compress {
             format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
@@ -84,7 +125,7 @@ impl Ws {
             anyhow::bail!("wrong Sec-WebSocket-Accept");
         }
         let deflate = compress && deflate_accepted(header("sec-websocket-extensions"));
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         Ok(Ws {
             read,
             write,
@@ -109,6 +150,7 @@ impl Ws {
         let mask = self.next_mask();
         let frame = client_frame(opcode, false, payload, mask);
         self.write.write_all(&frame).await?;
+        self.write.flush().await?;
         Ok(())
     }
 
