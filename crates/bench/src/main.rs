@@ -212,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let phase_start_frames = shared.frames.load(Ordering::Relaxed);
+    let phase_start_bytes = shared.bytes.load(Ordering::Relaxed);
+    let phase_start_wire = shared.wire_bytes.load(Ordering::Relaxed);
     let phase_sample = server.as_ref().and_then(|p| p.sample());
     let phase_start = Instant::now();
     match args.scenario {
@@ -242,10 +244,14 @@ async fn main() -> anyhow::Result<()> {
         .await;
         let secs = phase_start.elapsed().as_secs_f64();
         let frames = shared.frames.load(Ordering::Relaxed) - phase_start_frames;
+        let bytes = shared.bytes.load(Ordering::Relaxed) - phase_start_bytes;
+        let wire_bytes = shared.wire_bytes.load(Ordering::Relaxed) - phase_start_wire;
         let lat = shared.update_latencies();
         let mut phase = json!({
             "seconds": round(secs, 2),
             "frames_received": frames,
+            "bytes_received": bytes,
+            "bytes_on_wire": wire_bytes,
             "frames_per_s": round(frames as f64 / secs, 0),
             "propagation_p50_ms": round(percentile(&lat, 0.50), 2),
             "propagation_p99_ms": round(percentile(&lat, 0.99), 2),
