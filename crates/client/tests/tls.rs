@@ -10,7 +10,7 @@ use std::time::Duration;
 use certs::{TempDir, TestCa};
 use common::*;
 use roster_client::{ChannelOptions, ClientOptions, Error, RealtimeClient, TlsReason, Vsn};
-use roster_server::config::TlsSettings;
+use roster_server::settings::TlsSettings;
 use roster_server::{Running, Settings};
 use serde_json::json;
 

@@ -1,39 +1,30 @@
 //! Roster: a Supabase-compatible Realtime Presence server.
 //!
-//! Layers, outside in:
-//! * [`http`]: routes and the WebSocket upgrade (credentials, `vsn`);
-//! * [`rest`]: REST broadcast;
-//! * [`websocket`]: the handshake, tungstenite reading, [`frame_writer`] writing;
-//! * [`connection`]: one task per socket, the I/O loop and timeouts;
-//! * [`session`]: what each client message does on that socket;
-//! * [`channel`]: the channel registry, presence and fan-out;
-//! * [`outbound`]: the bounded per-socket queue of shared frames;
-//! * [`cluster`]: several nodes sharing presence and broadcasts through Redis;
-//! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving.
+//! The tree shows the layers, outside in; each imports only from the
+//! layers below it:
+//! * [`transport`]: HTTP routes, the WebSocket upgrade, TLS, one task per
+//!   socket ([`transport::connection`]) and its queue of shared frames;
+//! * [`api`]: REST broadcast, the presence API, the demo page;
+//! * [`session`]: what each client message does on its socket;
+//! * [`access`]: keys and JWTs, private-channel policies, caps and rates;
+//! * [`channel`]: the channel registry, presence, fan-out, last seen;
+//! * [`store`]: presence shared by several nodes through Redis;
+//! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving;
+//! * [`settings`]: flags, environment and the TOML file, resolved once.
 //!
-//! The protocol lives in `roster-protocol`, presence logic in `roster-presence`.
+//! [`server`] builds a node from its settings and serves it. The protocol
+//! lives in `roster-protocol`, presence logic in `roster-presence`.
 
-pub mod admission;
-pub mod auth;
-pub mod authz;
+pub mod access;
+pub mod api;
 pub mod channel;
-pub mod cluster;
-pub mod config;
-pub mod connection;
-pub mod demo;
-pub mod frame_writer;
-pub mod http;
-pub mod last_seen;
 pub mod metrics;
-pub mod outbound;
-pub mod presence_api;
-pub mod rest;
 pub mod server;
 pub mod session;
-pub mod tls;
+pub mod settings;
+pub mod store;
+pub mod transport;
 pub mod webhooks;
-pub mod websocket;
-pub mod when_woken;
 
-pub use config::Settings;
 pub use server::{start, Running, Server};
+pub use settings::Settings;

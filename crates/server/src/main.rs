@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use roster_server::config::{Cli, Command, KeySource, LogFormat, Settings};
+use roster_server::settings::{Cli, Command, KeySource, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -9,14 +9,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::Admission;
-use crate::auth::Auth;
+use crate::access::admission::Admission;
+use crate::access::auth::Auth;
 use crate::channel::Registry;
-use crate::cluster::Cluster;
-use crate::config::Settings;
-use crate::http;
 use crate::metrics::Metrics;
-use crate::tls::Tls;
+use crate::settings::Settings;
+use crate::store::redis::Cluster;
+use crate::transport::http;
+use crate::transport::tls::Tls;
 use crate::webhooks::{self, Webhooks};
 
 /// Everything the sockets of one node share.
@@ -65,9 +65,10 @@ impl Server {
                 cluster.set_last_seen(features.last_seen_keys, features.last_seen_max_age);
                 None
             }
-            None => {
-                crate::last_seen::LastSeen::new(features.last_seen_keys, features.last_seen_max_age)
-            }
+            None => crate::channel::last_seen::LastSeen::new(
+                features.last_seen_keys,
+                features.last_seen_max_age,
+            ),
         };
         let webhooks = settings
             .webhooks

@@ -17,12 +17,12 @@ use roster_protocol::{
     PresenceAction, PresenceUpdates, Reply, UserBroadcast, Vsn, TOPIC_PREFIX,
 };
 
-use crate::admission::RateWindow;
-use crate::auth::{unix_now, AuthError, Credential};
-use crate::authz::{self, Rights};
+use crate::access::admission::RateWindow;
+use crate::access::auth::{unix_now, AuthError, Credential};
+use crate::access::authz::{self, Rights};
 use crate::channel::{Channel, Member};
-use crate::outbound::Outbound;
 use crate::server::Server;
+use crate::transport::outbound::Outbound;
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
@@ -192,7 +192,7 @@ impl Session {
         )
         .encode(self.vsn());
         let out = self.out.clone();
-        Box::new(move || out.send(crate::outbound::Frame::text(text)))
+        Box::new(move || out.send(crate::transport::outbound::Frame::text(text)))
     }
 
     fn reply(&self, frame: &Frame, reply: Reply) {
@@ -621,7 +621,10 @@ pub struct Refused {
 /// The byte budgets of a broadcast, whether it came by WebSocket or REST:
 /// an event name binary frames can carry, a payload well under the
 /// official clients' frame limit.
-pub fn check_broadcast(msg: &UserBroadcast, limits: &crate::config::Limits) -> Result<(), Refused> {
+pub fn check_broadcast(
+    msg: &UserBroadcast,
+    limits: &crate::settings::Limits,
+) -> Result<(), Refused> {
     if msg.event.len() > limits.max_event_bytes {
         return Err(Refused {
             budget: "event_bytes",

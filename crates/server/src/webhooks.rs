@@ -61,8 +61,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::WebhookSettings;
 use crate::metrics::{Metrics, WebhookMetrics};
+use crate::settings::WebhookSettings;
 
 /// One attempt (connect, send, answer) may take this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,7 +240,7 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::C
         }
     }
     Ok(
-        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth(),
@@ -248,7 +248,7 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::C
 }
 
 fn empty_roots() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
         .with_root_certificates(rustls::RootCertStore::empty())

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
+use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

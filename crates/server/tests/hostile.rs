@@ -593,7 +593,7 @@ async fn many_distinct_keys_leaving_stay_within_the_last_seen_cap() {
         "POST",
         "/api/presence/query",
         &[
-            ("apikey", roster_server::config::DEV_SECRET_KEY),
+            ("apikey", roster_server::settings::DEV_SECRET_KEY),
             ("content-type", "application/json"),
         ],
         body.as_bytes(),

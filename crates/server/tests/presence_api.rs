@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
+use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use serde_json::{json, Value};
 
 async fn get(addr: std::net::SocketAddr, path: &str, key: &str) -> (u16, Value) {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use roster_server::config::{DEV_JWT_SECRET, DEV_SECRET_KEY};
+use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use roster_server::Settings;
 use serde_json::{json, Value};
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use roster_server::config::WebhookSettings;
+use roster_server::settings::WebhookSettings;
 use roster_server::Settings;
 use serde_json::{json, Value};
 use webhook_receiver::{verify, Receiver};

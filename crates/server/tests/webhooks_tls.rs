@@ -16,7 +16,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use roster_server::config::WebhookSettings;
+use roster_server::settings::WebhookSettings;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -35,12 +35,13 @@ impl HttpsReceiver {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(roster_server::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(roster_server::transport::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver = HttpsReceiver {
@@ -180,7 +181,7 @@ async fn webhooks_reach_an_https_receiver_of_a_trusted_ca_only() {
 fn an_unusable_webhook_ca_file_stops_startup() {
     let dir = TempDir::new("hooks-ca");
     let empty = dir.write("empty.pem", "");
-    let err = roster_server::config::ServeArgs {
+    let err = roster_server::settings::ServeArgs {
         webhook_url: Some("https://localhost/hooks".into()),
         webhook_secret: Some(SECRET.into()),
         webhook_ca_file: Some(empty),

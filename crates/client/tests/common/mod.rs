@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-pub const KEY: &str = roster_server::config::DEV_PUBLISHABLE_KEY;
+pub const KEY: &str = roster_server::settings::DEV_PUBLISHABLE_KEY;
 /// The longest any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const VSNS: [Vsn; 2] = [Vsn::V1, Vsn::V2];

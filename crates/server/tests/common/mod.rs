@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use roster_presence::ClientPresence;
-use roster_server::config::DEV_PUBLISHABLE_KEY;
+use roster_server::settings::DEV_PUBLISHABLE_KEY;
 use roster_server::{Running, Settings};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

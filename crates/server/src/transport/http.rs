@@ -26,10 +26,10 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::admission::Permit;
-use crate::connection;
+use crate::access::admission::Permit;
 use crate::server::Server;
-use crate::websocket::Upgrade;
+use crate::transport::connection;
+use crate::transport::websocket::Upgrade;
 
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -40,9 +40,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::rest::router())
-        .merge(crate::presence_api::router())
-        .merge(crate::demo::router())
+        .merge(crate::api::broadcast::router())
+        .merge(crate::api::presence::router())
+        .merge(crate::api::demo::router())
         .with_state(server)
 }
 
@@ -62,7 +62,7 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 /// - it counts against `--max-connections` / `--max-connections-per-ip`
 ///   from accept until it closes, plain HTTP included (one place per
 ///   connection, however many requests it carries); over a cap it gets a
-///   429 (or, past [`crate::admission::MAX_REFUSALS_IN_FLIGHT`], is closed at once);
+///   429 (or, past [`crate::access::admission::MAX_REFUSALS_IN_FLIGHT`], is closed at once);
 /// - it must deliver a request's headers within the handshake timeout of
 ///   being accepted, or it is closed: hyper's own header timer only starts
 ///   once the protocol is sniffed, i.e. never for a connection that sends

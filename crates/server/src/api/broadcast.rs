@@ -18,8 +18,8 @@ use roster_protocol::{BroadcastBody, UserBroadcast, TOPIC_PREFIX};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::Credential;
-use crate::authz;
+use crate::access::auth::Credential;
+use crate::access::authz;
 use crate::channel::Channel;
 use crate::server::Server;
 
@@ -159,7 +159,7 @@ fn deliver_all(
             None => {
                 // Nobody here; maybe on other nodes.
                 if let Some(cluster) = server.registry.cluster() {
-                    let tag = crate::cluster::wire::tag(&topic, m.private);
+                    let tag = crate::store::redis::wire::tag(&topic, m.private);
                     crate::channel::relay_broadcast(cluster, tag, &m.msg);
                 }
             }

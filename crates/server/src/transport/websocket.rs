@@ -2,7 +2,7 @@
 //!
 //! Both halves are ours. Reading is [`roster_protocol::websocket::Decoder`]'s
 //! (framing, fragments, control frames between fragments, masking, UTF-8,
-//! inflating); writing is [`crate::frame_writer`]'s, so that shared frames
+//! inflating); writing is [`crate::transport::frame_writer`]'s, so that shared frames
 //! are never copied per socket and are compressed once for all of them.
 //! Replies the protocol owes (pongs, the echo of a client's Close) go
 //! through the socket's outbound queue, between whole frames.
@@ -21,7 +21,7 @@ use roster_protocol::websocket::{self as ws, Decoder, Inbound, Peer};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tungstenite::handshake::derive_accept_key;
 
-use crate::frame_writer::{Compression, FrameWriter};
+use crate::transport::frame_writer::{Compression, FrameWriter};
 
 type Io = TokioIo<Upgraded>;
 

@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TlsSettings;
+use crate::settings::TlsSettings;
 
 /// How often the files' modification times are compared.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);

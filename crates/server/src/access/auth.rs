@@ -18,7 +18,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::config::Keys;
+use crate::settings::Keys;
 
 /// An accepted credential.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,7 +359,7 @@ mod tests {
     }
 
     fn jwks_auth_with(issuer: Option<&str>, audience: Option<&str>) -> Auth {
-        let jwks = serde_json::from_str(include_str!("../tests/fixtures/jwks.json")).unwrap();
+        let jwks = serde_json::from_str(include_str!("../../tests/fixtures/jwks.json")).unwrap();
         Auth::with_options(
             Keys {
                 publishable: "sb_publishable_p".into(),
@@ -377,12 +377,12 @@ mod tests {
     fn signed(alg: Algorithm, kid: Option<&str>, claims: Value) -> String {
         let key = match alg {
             Algorithm::RS256 => {
-                EncodingKey::from_rsa_pem(include_bytes!("../tests/fixtures/rsa.pem"))
+                EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/rsa.pem"))
             }
             Algorithm::ES256 => {
-                EncodingKey::from_ec_pem(include_bytes!("../tests/fixtures/ec.pem"))
+                EncodingKey::from_ec_pem(include_bytes!("../../tests/fixtures/ec.pem"))
             }
-            _ => EncodingKey::from_ed_pem(include_bytes!("../tests/fixtures/ed25519.pem")),
+            _ => EncodingKey::from_ed_pem(include_bytes!("../../tests/fixtures/ed25519.pem")),
         }
         .unwrap();
         let mut header = Header::new(alg);

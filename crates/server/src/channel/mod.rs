@@ -24,12 +24,14 @@ use roster_presence::{
 };
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
-use crate::admission::TokenBucket;
-use crate::cluster::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
-use crate::last_seen::{self, LastSeen};
+use crate::access::admission::TokenBucket;
+use crate::store::redis::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
+pub mod last_seen;
+
 use crate::metrics::Metrics;
-use crate::outbound::{Frame, Outbound, SharedFrame};
+use crate::transport::outbound::{Frame, Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
+use last_seen::LastSeen;
 use roster_protocol::Vsn;
 
 /// One socket's membership of a channel.

@@ -17,7 +17,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::Credential;
+use crate::access::auth::Credential;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

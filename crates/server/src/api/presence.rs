@@ -17,10 +17,10 @@ use roster_protocol::TOPIC_PREFIX;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::rest::{authorize, error};
+use crate::api::broadcast::{authorize, error};
 use crate::server::Server;
 
-const OPENAPI: &str = include_str!("../assets/openapi.json");
+const OPENAPI: &str = include_str!("../../assets/openapi.json");
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// Most keys one `query` or `members?keys=` call may ask about.

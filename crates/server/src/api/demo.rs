@@ -14,9 +14,9 @@ use axum::Router;
 
 use crate::server::Server;
 
-const INDEX: &str = include_str!("../assets/demo/index.html");
-const APP_JS: &str = include_str!("../assets/demo/app.js");
-const STYLE: &str = include_str!("../assets/demo/style.css");
+const INDEX: &str = include_str!("../../assets/demo/index.html");
+const APP_JS: &str = include_str!("../../assets/demo/app.js");
+const STYLE: &str = include_str!("../../assets/demo/style.css");
 
 pub fn router() -> Router<Arc<Server>> {
     Router::new()

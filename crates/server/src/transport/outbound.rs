@@ -3,7 +3,7 @@
 //! Fan-out never waits on a socket: it queues a frame whose bytes are
 //! shared with every other recipient (a [`Payload`] clone is a reference count),
 //! and the socket task writes those same bytes behind a header of its own
-//! ([`crate::frame_writer`]); no socket ever holds a copy. A socket whose
+//! ([`crate::transport::frame_writer`]); no socket ever holds a copy. A socket whose
 //! queue is full is too slow to keep up; it is told to go away, and its
 //! presence is removed when it does.
 //!

@@ -16,14 +16,14 @@ use roster_protocol::websocket::Inbound;
 use roster_protocol::Vsn;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::auth::{unix_now, Credential};
-use crate::frame_writer;
+use crate::access::auth::{unix_now, Credential};
 use crate::metrics::Metrics;
-use crate::outbound::{Frame, Inbox, Outbound};
 use crate::server::Server;
 use crate::session::Session;
-use crate::websocket::{self, ReadFailure, Writer};
-use crate::when_woken::WhenWoken;
+use crate::transport::frame_writer;
+use crate::transport::outbound::{Frame, Inbox, Outbound};
+use crate::transport::websocket::{self, ReadFailure, Writer};
+use crate::transport::when_woken::WhenWoken;
 
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 256;

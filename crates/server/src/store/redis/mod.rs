@@ -34,7 +34,7 @@ pub use replica::{Received, Replica, Snapshot};
 use scripts::Scripts;
 
 use crate::channel::Channel;
-use crate::config::ClusterSettings;
+use crate::settings::ClusterSettings;
 
 /// What to do with one owned entry (by member number).
 #[derive(Clone, Debug, PartialEq)]

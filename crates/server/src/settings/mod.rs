@@ -279,7 +279,7 @@ pub struct ServeArgs {
     /// Authorization policies for private channels (config file only).
     #[arg(skip)]
     #[serde(default)]
-    pub policies: Vec<crate::authz::Policy>,
+    pub policies: Vec<crate::access::authz::Policy>,
 
     /// How a member's state change reaches the others when its join does not say (`config.presence.updates`): `classic` = a join under a new ref plus a leave, as Supabase; `replace` = a join under the same ref and no leave [default: classic].
     #[arg(long, env = "ROSTER_PRESENCE_UPDATES")]
@@ -393,7 +393,7 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub keys: Keys,
     pub key_source: KeySource,
-    pub jwt: crate::auth::JwtOptions,
+    pub jwt: crate::access::auth::JwtOptions,
     pub log: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
@@ -409,11 +409,11 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub write_coalesce: Duration,
     /// `permessage-deflate` for the sockets that offer it; `None` = off.
-    pub compression: Option<crate::frame_writer::Compression>,
+    pub compression: Option<crate::transport::frame_writer::Compression>,
     pub max_message_bytes: usize,
     pub limits: Limits,
     pub private_only: bool,
-    pub policies: Vec<crate::authz::Policy>,
+    pub policies: Vec<crate::access::authz::Policy>,
     /// Several nodes on Redis; `None` = a single node.
     pub cluster: Option<ClusterSettings>,
     /// Presence webhooks; `None` = off.
@@ -550,7 +550,7 @@ impl ServeArgs {
             }
             None => None,
         };
-        let jwt = crate::auth::JwtOptions {
+        let jwt = crate::access::auth::JwtOptions {
             jwks,
             issuer: self.jwt_issuer.or(file.jwt_issuer),
             audience: self.jwt_audience.or(file.jwt_audience),
@@ -697,7 +697,7 @@ impl ServeArgs {
                 .unwrap_or(1024)
             {
                 0 => None,
-                min_bytes => Some(crate::frame_writer::Compression {
+                min_bytes => Some(crate::transport::frame_writer::Compression {
                     min_bytes,
                     level: COMPRESSION_LEVEL,
                 }),
