@@ -12,13 +12,15 @@
 //! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving;
 //! * [`settings`]: flags, environment and the TOML file, resolved once.
 //!
-//! [`server`] builds a node from its settings and serves it. The protocol
+//! [`server`] is the state one node's sockets share; [`node`] starts it and
+//! stops it. The protocol
 //! lives in `roster-protocol`, presence logic in `roster-presence`.
 
 pub mod access;
 pub mod api;
 pub mod channel;
 pub mod metrics;
+pub mod node;
 pub mod server;
 pub mod session;
 pub mod settings;
@@ -26,5 +28,6 @@ pub mod store;
 pub mod transport;
 pub mod webhooks;
 
-pub use server::{start, Running, Server};
+pub use node::{start, Running};
+pub use server::Server;
 pub use settings::Settings;

@@ -225,34 +225,21 @@ pub fn start(settings: &WebhookSettings, metrics: &Metrics) -> Arc<Webhooks> {
 /// as the only roots, else webpki's. Certificate and hostname are always
 /// verified.
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow::anyhow!("webhook CA file {}: {e}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                anyhow::bail!("webhook CA file {}: no usable certificate", path.display());
-            }
-        }
-    }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let roots = crate::settings::trusted_roots(ca_file)?;
+    Ok(client_config(roots))
+}
+
+fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    // ring, chosen explicitly (as for the server's TLS): no process-wide default.
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 fn empty_roots() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+    client_config(rustls::RootCertStore::empty())
 }
 
 /// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`: the value of

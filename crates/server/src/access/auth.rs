@@ -18,7 +18,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::settings::Keys;
+use crate::settings::{JwtOptions, Keys};
 
 /// An accepted credential.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,17 +137,6 @@ impl AuthError {
             }
         }
     }
-}
-
-/// Extra JWT checks and asymmetric keys.
-#[derive(Debug, Clone, Default)]
-pub struct JwtOptions {
-    /// Keys for RS*/PS*/ES*/EdDSA tokens, looked up by `kid`.
-    pub jwks: Option<JwkSet>,
-    /// Required `iss`, when set.
-    pub issuer: Option<String>,
-    /// Required `aud` (one of), when set.
-    pub audience: Option<String>,
 }
 
 pub struct Auth {

@@ -14,19 +14,10 @@
 //! A private channel grants the union of the rights of every matching
 //! policy; `service_role` has every right. Public channels need no policy.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::access::auth::Credential;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Right {
-    PresenceRead,
-    PresenceWrite,
-    BroadcastRead,
-    BroadcastWrite,
-}
+pub use crate::settings::{Policy, Right};
 
 /// What a member may do in one channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,18 +49,6 @@ impl Rights {
             Right::BroadcastWrite => self.broadcast_write = true,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Pattern over the topic name (without `realtime:`).
-    pub topic: String,
-    #[serde(default)]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub claims: serde_json::Map<String, Value>,
-    pub allow: Vec<Right>,
 }
 
 impl Policy {

@@ -279,7 +279,7 @@ pub struct ServeArgs {
     /// Authorization policies for private channels (config file only).
     #[arg(skip)]
     #[serde(default)]
-    pub policies: Vec<crate::access::authz::Policy>,
+    pub policies: Vec<Policy>,
 
     /// How a member's state change reaches the others when its join does not say (`config.presence.updates`): `classic` = a join under a new ref plus a leave, as Supabase; `replace` = a join under the same ref and no leave [default: classic].
     #[arg(long, env = "ROSTER_PRESENCE_UPDATES")]
@@ -393,7 +393,7 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub keys: Keys,
     pub key_source: KeySource,
-    pub jwt: crate::access::auth::JwtOptions,
+    pub jwt: JwtOptions,
     pub log: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
@@ -409,11 +409,11 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub write_coalesce: Duration,
     /// `permessage-deflate` for the sockets that offer it; `None` = off.
-    pub compression: Option<crate::transport::frame_writer::Compression>,
+    pub compression: Option<Compression>,
     pub max_message_bytes: usize,
     pub limits: Limits,
     pub private_only: bool,
-    pub policies: Vec<crate::access::authz::Policy>,
+    pub policies: Vec<Policy>,
     /// Several nodes on Redis; `None` = a single node.
     pub cluster: Option<ClusterSettings>,
     /// Presence webhooks; `None` = off.
@@ -550,7 +550,7 @@ impl ServeArgs {
             }
             None => None,
         };
-        let jwt = crate::access::auth::JwtOptions {
+        let jwt = JwtOptions {
             jwks,
             issuer: self.jwt_issuer.or(file.jwt_issuer),
             audience: self.jwt_audience.or(file.jwt_audience),
@@ -606,7 +606,9 @@ impl ServeArgs {
                         )
                     })?;
                 let ca_file = self.webhook_ca_file.or(file.webhook_ca_file);
-                crate::webhooks::tls_config(ca_file.as_deref())?;
+                if let Some(path) = &ca_file {
+                    trusted_roots(Some(path)).map_err(|e| anyhow::anyhow!("webhook {e}"))?;
+                }
                 Some(WebhookSettings {
                     url,
                     ca_file,
@@ -697,7 +699,7 @@ impl ServeArgs {
                 .unwrap_or(1024)
             {
                 0 => None,
-                min_bytes => Some(crate::transport::frame_writer::Compression {
+                min_bytes => Some(Compression {
                     min_bytes,
                     level: COMPRESSION_LEVEL,
                 }),
@@ -1060,4 +1062,69 @@ mod tests {
         );
         assert_eq!(s.key_source, KeySource::Generated);
     }
+}
+
+/// The roots a TLS client trusts: the certificates of `ca_file` (PEM) as
+/// the only ones, else webpki's. An unreadable file, or one without a
+/// usable certificate, is an error (at startup, where it is first read).
+pub fn trusted_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::RootCertStore> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                anyhow::bail!("CA file {}: no usable certificate", path.display());
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `permessage-deflate` as this node sends it, for a socket that agreed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compression {
+    /// Smaller messages go uncompressed: deflating them costs more CPU
+    /// than the bytes it saves.
+    pub min_bytes: usize,
+    /// zlib's level, 1 (fastest) to 9.
+    pub level: u32,
+}
+
+/// Extra JWT checks and asymmetric keys.
+#[derive(Debug, Clone, Default)]
+pub struct JwtOptions {
+    /// Keys for RS*/PS*/ES*/EdDSA tokens, looked up by `kid`.
+    pub jwks: Option<jsonwebtoken::jwk::JwkSet>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of), when set.
+    pub audience: Option<String>,
+}
+
+/// A right a policy grants on private channels (`allow = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Right {
+    PresenceRead,
+    PresenceWrite,
+    BroadcastRead,
+    BroadcastWrite,
+}
+
+/// One `[[policies]]` entry; what it matches is `access::authz`'s to say.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Pattern over the topic name (without `realtime:`).
+    pub topic: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub allow: Vec<Right>,
 }

@@ -15,6 +15,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::Frame as WireFrame;
 use tungstenite::protocol::CloseFrame;
 
+use crate::settings::Compression;
 use crate::transport::outbound::Frame;
 
 /// An unmasked (server) header: two bytes and at most eight of length.
@@ -22,16 +23,6 @@ const MAX_HEADER: usize = 10;
 
 /// Slices per `writev` (Linux allows 1,024).
 const MAX_SLICES: usize = 512;
-
-/// `permessage-deflate` as this node sends it, for a socket that negotiated it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Compression {
-    /// Smaller messages go uncompressed: deflating them costs more CPU
-    /// than the bytes it saves.
-    pub min_bytes: usize,
-    /// zlib's level, 1 (fastest) to 9.
-    pub level: u32,
-}
 
 pub struct FrameWriter<W> {
     io: W,

@@ -21,7 +21,8 @@ use roster_protocol::websocket::{self as ws, Decoder, Inbound, Peer};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tungstenite::handshake::derive_accept_key;
 
-use crate::transport::frame_writer::{Compression, FrameWriter};
+use crate::settings::Compression;
+use crate::transport::frame_writer::FrameWriter;
 
 type Io = TokioIo<Upgraded>;
 
