@@ -25,7 +25,7 @@ use roster_presence::{
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::access::admission::TokenBucket;
-use crate::store::redis::{wire, Cluster, Op, Received, Replica, Snapshot, Write};
+use crate::store::redis::{wire, Cluster, Op, Received, Replica, Replicated, Snapshot, Write};
 pub mod last_seen;
 
 use crate::metrics::Metrics;
@@ -654,7 +654,7 @@ impl Channel {
         }
         sync.resyncing = true;
         let (cluster, _) = self.cluster.clone().expect("cluster mode");
-        tokio::spawn(cluster.resync(self.clone()));
+        tokio::spawn(cluster.resync(self.clone() as Arc<dyn Replicated>));
     }
 
     /// Install a snapshot: members waiting for their first state get it;
@@ -1263,7 +1263,7 @@ impl Registry {
                 .clone();
             if created {
                 if let Some(cluster) = &self.cluster {
-                    cluster.open(&channel);
+                    cluster.open(&(channel.clone() as Arc<dyn Replicated>));
                 }
             }
             let mut inner = channel.inner.lock();
@@ -1371,7 +1371,7 @@ impl Registry {
             let m = &self.metrics;
             m.presences.decrement(inner.presence.meta_count() as f64);
             m.presence_keys.decrement(inner.presence.key_count() as f64);
-            cluster.close(channel);
+            cluster.close(&(channel.clone() as Arc<dyn Replicated>));
         }
         // Lock order: channel, then registry. `join` never holds the
         // registry lock while taking a channel lock, so this cannot deadlock.
@@ -1401,5 +1401,49 @@ impl Registry {
 
     pub fn channel_count(&self) -> usize {
         self.channels.lock().len()
+    }
+}
+
+/// The Redis store's view of a channel: it calls back through this, so the
+/// store never names the channel layer.
+impl Replicated for Channel {
+    fn tag(&self) -> &str {
+        Channel::tag(self)
+    }
+
+    fn topic(&self) -> &str {
+        Channel::topic(self)
+    }
+
+    fn is_private(&self) -> bool {
+        Channel::is_private(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        Channel::is_closed(self)
+    }
+
+    fn install(self: Arc<Self>, snapshot: Snapshot) -> bool {
+        Channel::install(&self, snapshot)
+    }
+
+    fn receive(self: Arc<Self>, update: wire::Update) {
+        Channel::receive(&self, update)
+    }
+
+    fn hold(&self) {
+        Channel::hold(self)
+    }
+
+    fn reassert(self: Arc<Self>) {
+        Channel::reassert(&self)
+    }
+
+    fn lags(&self, epoch: &str, seq: u64) -> bool {
+        Channel::lags(self, epoch, seq)
+    }
+
+    fn deliver_broadcast(&self, msg: &UserBroadcast) -> usize {
+        Channel::deliver_broadcast(self, msg)
     }
 }

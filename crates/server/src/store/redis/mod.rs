@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 pub use replica::{Received, Replica, Snapshot};
 use scripts::Scripts;
 
-use crate::channel::Channel;
 use crate::settings::ClusterSettings;
 
 /// What to do with one owned entry (by member number).
@@ -70,6 +69,28 @@ enum SubCommand {
     Unsubscribe(String),
 }
 
+/// What this store needs of a channel it replicates (the channel layer's
+/// `Channel` is one): it is told of snapshots and numbered updates, and
+/// asked to hold them or to write its entries again after Redis lost them.
+pub trait Replicated: Send + Sync + 'static {
+    /// The channel's hash tag: its keys and pub/sub channel.
+    fn tag(&self) -> &str;
+    fn topic(&self) -> &str;
+    fn is_private(&self) -> bool;
+    fn is_closed(&self) -> bool;
+    /// False when another resync was asked for meanwhile.
+    fn install(self: Arc<Self>, snapshot: Snapshot) -> bool;
+    fn receive(self: Arc<Self>, update: wire::Update);
+    /// Park updates until the next snapshot.
+    fn hold(&self);
+    /// Queue every entry this node owns again.
+    fn reassert(self: Arc<Self>);
+    /// Whether the replica is behind `(epoch, seq)`.
+    fn lags(&self, epoch: &str, seq: u64) -> bool;
+    /// Fan a broadcast from another node out to this node's members.
+    fn deliver_broadcast(&self, msg: &roster_protocol::UserBroadcast) -> usize;
+}
+
 pub struct Cluster {
     pub settings: ClusterSettings,
     /// This incarnation's id: `<name>-<random>`; replaced when fenced.
@@ -78,7 +99,7 @@ pub struct Cluster {
     client: redis::Client,
     scripts: Scripts,
     /// Replicated channels by tag.
-    channels: Mutex<HashMap<String, Weak<Channel>>>,
+    channels: Mutex<HashMap<String, Weak<dyn Replicated>>>,
     subscribe_tx: mpsc::UnboundedSender<SubCommand>,
     subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCommand>>>,
     /// Broadcasts for the other nodes, in the order they were sent.
@@ -221,7 +242,7 @@ impl Cluster {
     /// Replicate `channel` here: subscribe, then snapshot (in that order,
     /// so no change falls between the two), then install. Called as the
     /// channel is created; the subscribing happens in the background.
-    pub fn open(self: &Arc<Self>, channel: &Arc<Channel>) {
+    pub fn open(self: &Arc<Self>, channel: &Arc<dyn Replicated>) {
         let tag = channel.tag().to_owned();
         self.channels
             .lock()
@@ -237,12 +258,12 @@ impl Cluster {
     }
 
     /// Stop replicating a closed channel (unless a newer one took its tag).
-    pub fn close(&self, channel: &Arc<Channel>) {
+    pub fn close(&self, channel: &Arc<dyn Replicated>) {
         let tag = channel.tag();
         let mut channels = self.channels.lock();
         let ours = channels
             .get(tag)
-            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(channel)));
+            .is_some_and(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(channel)));
         if ours {
             channels.remove(tag);
             let _ = self
@@ -253,7 +274,7 @@ impl Cluster {
 
     /// Rebuild a channel's replica from a snapshot, retrying until Redis
     /// answers or the channel is closed.
-    pub async fn resync(self: Arc<Self>, channel: Arc<Channel>) {
+    pub async fn resync(self: Arc<Self>, channel: Arc<dyn Replicated>) {
         loop {
             tokio::time::sleep_until(self.settle_until()).await;
             if channel.is_closed() {
@@ -267,7 +288,7 @@ impl Cluster {
                     self.metrics
                         .resyncs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if channel.install(snapshot) {
+                    if channel.clone().install(snapshot) {
                         return;
                     }
                     // Asked again meanwhile (another epoch seen): go round.
@@ -521,11 +542,11 @@ impl Cluster {
         }
     }
 
-    fn channel(&self, tag: &str) -> Option<Arc<Channel>> {
+    fn channel(&self, tag: &str) -> Option<Arc<dyn Replicated>> {
         self.channels.lock().get(tag).and_then(Weak::upgrade)
     }
 
-    fn all_channels(&self) -> Vec<Arc<Channel>> {
+    fn all_channels(&self) -> Vec<Arc<dyn Replicated>> {
         self.channels
             .lock()
             .values()
@@ -642,7 +663,7 @@ impl Cluster {
             // Park updates until the snapshot after `settle`: until then
             // the channel's numbers in Redis may not name its contents.
             channel.hold();
-            channel.reassert();
+            channel.clone().reassert();
             tokio::spawn(self.clone().resync(channel));
         }
     }
