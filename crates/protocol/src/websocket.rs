@@ -312,7 +312,7 @@ impl Decoder {
                 if header.rsv1 {
                     return Err(ReadError::Protocol("RSV1 on a continuation frame"));
                 }
-                if partial.data.len() as u64 + len > self.max_message as u64 {
+                if len > (self.max_message - partial.data.len()) as u64 {
                     return Err(ReadError::TooBig("message over the size limit"));
                 }
             }
@@ -564,6 +564,20 @@ mod tests {
         assert!(packed.len() < 64 * 1024);
         let err = decode_all(&mut server(), &client_frame(TEXT, true, &packed, MASK)).unwrap_err();
         assert_eq!(err, ReadError::TooBig("message over the size limit"));
+    }
+
+    #[test]
+    fn a_continuation_claiming_u64_max_bytes_is_refused() {
+        // Found by the websocket_frames fuzz target: the length check added
+        // the fragments so far to the header's length, which wrapped.
+        let (h, n) = frame_header(TEXT, false, 1, Some(MASK));
+        let mut first = h[..n].to_vec();
+        first[0] &= 0x7f;
+        first.push(b'a' ^ MASK[0]);
+        let (h, n) = frame_header(OpCode::Data(Data::Continue), false, usize::MAX, Some(MASK));
+        first.extend(&h[..n]);
+        let err = decode_all(&mut server(), &first).unwrap_err();
+        assert_eq!(err.close_code(), 1009);
     }
 
     #[test]
