@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::channel::{ChannelShared, ChannelStatus};
+use crate::shared::{ChannelShared, ChannelStatus};
 use crate::Error;
 
 /// What a push is, for the task's bookkeeping.

@@ -124,14 +124,16 @@ mod client;
 mod command;
 mod endpoint;
 mod error;
+mod link;
 mod options;
 mod presence;
 mod router;
+mod shared;
 mod socket;
 mod tls;
 
 pub use broadcast::BroadcastMessage;
-pub use channel::{ChannelStatus, RealtimeChannel};
+pub use channel::RealtimeChannel;
 pub use client::RealtimeClient;
 pub use error::{Error, TlsReason};
 pub use options::{ChannelOptions, ClientOptions};
@@ -142,4 +144,5 @@ pub use presence::{Presence, PresenceChange, PresenceChanges, PresenceState};
 /// assert_eq!(roster_client::Vsn::V1.as_str(), "1.0.0");
 /// ```
 pub use roster_protocol::Vsn;
+pub use shared::ChannelStatus;
 pub use tls::TlsRoots;

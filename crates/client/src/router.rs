@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::channel::{ChannelShared, ChannelStatus};
 use crate::command::{Command, PushKind};
-use crate::socket::SocketShared;
+use crate::shared::SocketShared;
+use crate::shared::{ChannelShared, ChannelStatus};
 use crate::{BroadcastMessage, Error};
 
 type Reply = oneshot::Sender<Result<(), Error>>;

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,33 +18,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::command::Command;
 use crate::router::Router;
+use crate::shared::SocketShared;
 use crate::{ClientOptions, Error};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, Error>> + Send>>;
-
-/// What the task shares with the handles.
-pub(crate) struct SocketShared {
-    pub(crate) url: String,
-    pub(crate) options: ClientOptions,
-    /// Sent in every join; the API key until `set_auth`.
-    pub(crate) access_token: Mutex<String>,
-    pub(crate) connected: AtomicBool,
-    /// For `wss://` URLs.
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl SocketShared {
-    pub(crate) fn new(url: String, key: String, options: ClientOptions) -> Self {
-        SocketShared {
-            url,
-            options,
-            access_token: Mutex::new(key),
-            connected: AtomicBool::new(false),
-            tls: None,
-        }
-    }
-}
 
 async fn open(
     url: String,
