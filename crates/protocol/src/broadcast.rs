@@ -188,7 +188,7 @@ pub struct BinaryBroadcast {
 }
 
 /// Decode a binary frame a vsn-2 *client* received from the server.
-/// Only kind 4 exists in that direction (protocol.md §2.3).
+/// Only kind 4 exists in that direction (docs/protocol.md §2.3).
 pub fn decode_user_broadcast(bytes: &[u8]) -> Result<BinaryBroadcast, BinaryError> {
     let (&kind, rest) = bytes.split_first().ok_or(BinaryError::Empty)?;
     if kind != KIND_USER_BROADCAST {
@@ -260,7 +260,7 @@ mod tests {
     use super::*;
 
     /// The frame realtime-js 2.119.1 sends for
-    /// `send({type:'broadcast', event:'cursor', payload:{x:10,y:20}})` (protocol.md §6.1).
+    /// `send({type:'broadcast', event:'cursor', payload:{x:10,y:20}})` (docs/protocol.md §5.1).
     fn js_kind3() -> Vec<u8> {
         let mut f = vec![3, 1, 2, 16, 6, 0, 1];
         f.extend_from_slice(b"4");

@@ -410,7 +410,7 @@ impl Session {
         );
     }
 
-    /// Token refresh (protocol.md §3.6): never replied to. `sb_…`, null and
+    /// Token refresh (docs/protocol.md §3.6): never replied to. `sb_…`, null and
     /// the current token are ignored; a valid JWT replaces the channel's
     /// credential; an invalid one shuts the channel down.
     fn access_token(&mut self, frame: &Frame, token: Option<String>) {

@@ -1,4 +1,4 @@
-//! Token refresh and expiry (protocol.md §8 items 31–33) and the limits.
+//! Token refresh and expiry (docs/protocol.md §3.6) and the limits (§7).
 //! Every test keeps a canary member in the room and checks that it still
 //! gets presence diffs while another client is refused or shut down.
 

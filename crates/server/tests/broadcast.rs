@@ -1,4 +1,6 @@
-//! Broadcast: protocol.md §8 items 8, 9 and 34–36.
+//! Broadcast (docs/protocol.md §5, §6.1–§6.2): JSON pushes with `self` and
+//! `ack`, kind-3 binary frames with JSON and raw payloads, bad binary frames
+//! (1007) and kind 4 as the only binary frame sent, REST batch and single.
 
 mod common;
 

@@ -1,5 +1,9 @@
-//! protocol.md §8, items 1–7 and 10–28, over real WebSockets against an
-//! in-process server on a free port. Each test names its item.
+//! The core of the wire protocol (docs/protocol.md §1–§4): upgrade paths,
+//! vsn and credentials, envelopes and heartbeats, malformed frames, joins and
+//! their errors, leaves, and presence (track, untrack, state, diffs, keys,
+//! refs), over real WebSockets against an in-process server on a free port.
+//! Each test's name says the behaviour it checks; the `itemNN_` prefixes are
+//! kept only as stable names.
 
 mod common;
 
@@ -248,8 +252,8 @@ async fn item07_v2_refs_for_replies_pushes_and_fanout() {
     );
 }
 
-/// Item 10, as issue #14 asks rather than as protocol.md has it (there,
-/// malformed frames were ignored): a frame whose ref and topic can be read
+/// Malformed frames (docs/protocol.md §2.6), as issue #14 asks (an earlier
+/// reading of the protocol ignored them): a frame whose ref and topic can be read
 /// gets an error reply saying what is wrong and the socket stays; one that
 /// cannot be answered closes that socket with 1007 and a reason, as
 /// Supabase closes a socket whose frame it cannot decode.

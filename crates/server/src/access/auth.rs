@@ -2,7 +2,7 @@
 //!
 //! A socket credential is the publishable key (role `anon`), the secret key
 //! (role `service_role`), or a JWT that has a `role` and a future `exp`
-//! (protocol.md §1.4): HS256/384/512 signed with our secret, or RS256/ES256/
+//! (docs/protocol.md §1.3): HS256/384/512 signed with our secret, or RS256/ES256/
 //! EdDSA (and the other asymmetric algorithms) verified with a key of the
 //! configured JWKS, chosen by `kid`.
 //!
@@ -113,7 +113,7 @@ impl AuthError {
         }
     }
 
-    /// The `system` message text when a channel's token fails (protocol.md §3.6).
+    /// The `system` message text when a channel's token fails (docs/protocol.md §3.6).
     pub fn system_message(&self) -> String {
         match self {
             AuthError::Expired { seconds_ago } => {
@@ -123,7 +123,7 @@ impl AuthError {
         }
     }
 
-    /// The join error `reason` for the same failure (protocol.md §3.3).
+    /// The join error `reason` for the same failure (docs/protocol.md §3.3).
     pub fn join_reason(&self) -> String {
         match self {
             AuthError::Missing | AuthError::Malformed => format!("MalformedJWT: {self}"),

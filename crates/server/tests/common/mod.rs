@@ -335,7 +335,7 @@ impl Client {
             let text = match msg {
                 Message::Text(t) => t.to_string(),
                 Message::Close(frame) => return Next::Closed(format!("close frame {frame:?}")),
-                // Item 9: the only binary frame a client may get is kind 4.
+                // The only binary frame a client may get is kind 4 (docs/protocol.md §2.3).
                 Message::Binary(b) => return Next::Frame(self.log(decode_kind4(&b))),
                 _ => continue,
             };
