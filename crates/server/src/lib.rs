@@ -28,6 +28,9 @@ pub mod store;
 pub mod transport;
 pub mod webhooks;
 
+#[cfg(test)]
+mod import_graph;
+
 pub use node::{start, Running};
 pub use server::Server;
 pub use settings::Settings;

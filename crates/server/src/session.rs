@@ -20,9 +20,9 @@ use roster_protocol::{
 use crate::access::admission::RateWindow;
 use crate::access::auth::{unix_now, AuthError, Credential};
 use crate::access::authz::{self, Rights};
+use crate::channel::outbound::Outbound;
 use crate::channel::{Channel, Member};
 use crate::server::Server;
-use crate::transport::outbound::Outbound;
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
@@ -192,7 +192,7 @@ impl Session {
         )
         .encode(self.vsn());
         let out = self.out.clone();
-        Box::new(move || out.send(crate::transport::outbound::Frame::text(text)))
+        Box::new(move || out.send(crate::channel::outbound::Frame::text(text)))
     }
 
     fn reply(&self, frame: &Frame, reply: Reply) {

@@ -156,13 +156,10 @@ fn deliver_all(
             Some(channel) => {
                 channel.broadcast_prepaid(&m.msg, None);
             }
-            None => {
-                // Nobody here; maybe on other nodes.
-                if let Some(cluster) = server.registry.cluster() {
-                    let tag = crate::store::redis::wire::tag(&topic, m.private);
-                    crate::channel::relay_broadcast(cluster, tag, &m.msg);
-                }
-            }
+            // Nobody here; maybe on other nodes.
+            None => server
+                .registry
+                .relay_to_other_nodes(&topic, m.private, &m.msg),
         }
     }
     StatusCode::ACCEPTED.into_response()

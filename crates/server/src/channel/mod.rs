@@ -27,9 +27,10 @@ use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 use crate::access::admission::TokenBucket;
 use crate::store::redis::{wire, Cluster, Op, Received, Replica, Replicated, Snapshot, Write};
 pub mod last_seen;
+pub mod outbound;
 
+use crate::channel::outbound::{Frame, Outbound, SharedFrame};
 use crate::metrics::Metrics;
-use crate::transport::outbound::{Frame, Outbound, SharedFrame};
 use crate::webhooks::{self, Webhooks};
 use last_seen::LastSeen;
 use roster_protocol::Vsn;
@@ -1212,6 +1213,14 @@ impl Registry {
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
+    }
+
+    /// A broadcast for a channel with no member on this node: the other
+    /// nodes may have some (on a single node, nobody gets it).
+    pub fn relay_to_other_nodes(&self, topic: &str, private: bool, msg: &UserBroadcast) {
+        if let Some(cluster) = &self.cluster {
+            relay_broadcast(cluster, crate::store::redis::wire::tag(topic, private), msg);
+        }
     }
 
     /// Add a member to `topic`, creating the channel if needed. Under the

@@ -17,11 +17,11 @@ use roster_protocol::Vsn;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::access::auth::{unix_now, Credential};
+use crate::channel::outbound::{Frame, Inbox, Outbound};
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::session::Session;
 use crate::transport::frame_writer;
-use crate::transport::outbound::{Frame, Inbox, Outbound};
 use crate::transport::websocket::{self, ReadFailure, Writer};
 use crate::transport::when_woken::WhenWoken;
 

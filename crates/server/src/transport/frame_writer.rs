@@ -15,8 +15,8 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::Frame as WireFrame;
 use tungstenite::protocol::CloseFrame;
 
+use crate::channel::outbound::Frame;
 use crate::settings::Compression;
-use crate::transport::outbound::Frame;
 
 /// An unmasked (server) header: two bytes and at most eight of length.
 const MAX_HEADER: usize = 10;
