@@ -2,11 +2,8 @@
 //! (nothing later reveals the hole) is found by the periodic audit of
 //! `(epoch, seq)`, and clients get it.
 
-mod cluster_support;
-mod common;
-
-use cluster_support::{Node, Redis};
-use common::Client;
+use crate::cluster_support::{Node, Redis};
+use crate::common::Client;
 use serde_json::json;
 
 const TOPIC: &str = "realtime:audit-room";

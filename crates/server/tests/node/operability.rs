@@ -1,8 +1,6 @@
 //! Health, readiness and Prometheus metrics reflect what happens on the sockets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// The value of an unlabelled metric in a Prometheus text exposition.

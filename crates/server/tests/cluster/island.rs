@@ -2,13 +2,10 @@
 //! sockets (1012), so clients reconnect to healthy nodes; until then it
 //! refuses new joins (`NodeUnavailable`) and says not-ready.
 
-mod cluster_support;
-mod common;
-
 use std::time::{Duration, Instant};
 
-use cluster_support::{Node, Proxy, Redis};
-use common::Client;
+use crate::cluster_support::{Node, Proxy, Redis};
+use crate::common::Client;
 use serde_json::json;
 
 const TOPIC: &str = "realtime:island";

@@ -6,17 +6,13 @@
 //!
 //! Skipped (with a message) if `redis-server` is not on PATH.
 
-mod cluster_support;
-mod common;
-mod webhook_receiver;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cluster, Node, Redis, GHOST_BOUND};
-use common::Client;
+use crate::cluster_support::{Cluster, Node, Redis, GHOST_BOUND};
+use crate::common::Client;
+use crate::webhook_receiver::Receiver;
 use serde_json::json;
-use webhook_receiver::Receiver;
 
 const SECRET: &str = "whsec_cluster_secret";
 const TOPIC: &str = "realtime:hooked-room";

@@ -1,9 +1,7 @@
 //! The server-side presence API: members (paged), counts, key queries, its
 //! authorization, and its OpenAPI document.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use serde_json::{json, Value};
 

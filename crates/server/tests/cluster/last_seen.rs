@@ -2,13 +2,10 @@
 //! (a per-channel sorted set, capped and expiring), so every node's
 //! presence API answers the same `last_seen_at`, even one with no client.
 
-mod cluster_support;
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cluster_support::{Node, Redis, Resp};
-use common::Client;
+use crate::cluster_support::{Node, Redis, Resp};
+use crate::common::Client;
 use serde_json::{json, Value};
 
 const TOPIC: &str = "realtime:seen-room";
@@ -26,7 +23,7 @@ fn now_ms() -> u64 {
 }
 
 async fn query(node: &Node, body: Value) -> Value {
-    let (status, text) = common::http_request(
+    let (status, text) = crate::common::http_request(
         node.addr,
         "POST",
         "/api/presence/query",
@@ -41,7 +38,7 @@ async fn query(node: &Node, body: Value) -> Value {
 async fn members_of(node: &Node, keys: &[&str]) -> Value {
     let asked: Vec<String> = keys.iter().map(|k| format!("keys={k}")).collect();
     let path = format!("/api/presence/{NAME}/members?{}", asked.join("&"));
-    let (status, text) = common::http_request(node.addr, "GET", &path, &[AUTH], b"").await;
+    let (status, text) = crate::common::http_request(node.addr, "GET", &path, &[AUTH], b"").await;
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).unwrap()
 }

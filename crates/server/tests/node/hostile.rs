@@ -1,11 +1,9 @@
 //! Hostile input: each case hurts at most the client that sent it, never the
 //! canary member in the same room, and never the server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ROOM: &str = "realtime:hostile";

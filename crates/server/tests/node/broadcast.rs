@@ -2,9 +2,7 @@
 //! `ack`, kind-3 binary frames with JSON and raw payloads, bad binary frames
 //! (1007) and kind 4 as the only binary frame sent, REST batch and single.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const ROOM: &str = "realtime:room_01";

@@ -3,11 +3,9 @@
 //! and the WebSocket itself, frame by frame: fragments, control frames
 //! between them, masking, and shared frames written byte-identical.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 

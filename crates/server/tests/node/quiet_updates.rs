@@ -2,11 +2,9 @@
 //! config (or the server's default) decides the diff's shape for everyone;
 //! classic members in the same room keep Supabase's join + leave.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use roster_presence::Updates;
 use serde_json::{json, Value};
 

@@ -2,11 +2,8 @@
 //! state; a watcher on node b sees one join under the same `phx_ref` and
 //! no leave, then the new state.
 
-mod cluster_support;
-mod common;
-
-use cluster_support::{Node, Redis};
-use common::Client;
+use crate::cluster_support::{Node, Redis};
+use crate::common::Client;
 use serde_json::json;
 
 const TOPIC: &str = "realtime:quiet-room";

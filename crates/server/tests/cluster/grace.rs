@@ -2,13 +2,10 @@
 //! through *another* node, tracking the same state under the same key,
 //! takes its old meta over (same `phx_ref`); nobody sees a leave or a join.
 
-mod cluster_support;
-mod common;
-
 use std::time::Duration;
 
-use cluster_support::{Node, Redis};
-use common::Client;
+use crate::cluster_support::{Node, Redis};
+use crate::common::Client;
 use serde_json::json;
 
 const TOPIC: &str = "realtime:grace-room";

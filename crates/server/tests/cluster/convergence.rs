@@ -13,12 +13,9 @@
 //! (heartbeat 200 ms, lease 1.2 s, reap grace 200 ms, settle 800 ms).
 //! They fail if `redis-server` is not on PATH.
 
-mod cluster_support;
-mod common;
-
 use std::time::{Duration, Instant};
 
-use cluster_support::*;
+use crate::cluster_support::*;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -625,7 +622,7 @@ async fn presence_api_on_a_node_without_clients_reads_redis() {
     let topic = ROOM.strip_prefix("realtime:").expect("room topic");
     let auth = [("Authorization", "Bearer sb_secret_dev")];
     for node in [0, 1] {
-        let (status, body) = common::http_request(
+        let (status, body) = crate::common::http_request(
             c.addr(node),
             "GET",
             &format!("/api/presence/{topic}/members"),
@@ -642,7 +639,7 @@ async fn presence_api_on_a_node_without_clients_reads_redis() {
             .map(|m| m["key"].as_str().unwrap())
             .collect();
         assert_eq!(keys, ["api-0", "api-1", "api-2"], "n{node} members");
-        let (status, body) = common::http_request(
+        let (status, body) = crate::common::http_request(
             c.addr(node),
             "GET",
             &format!("/api/presence/{topic}/count"),
@@ -661,7 +658,7 @@ async fn presence_api_on_a_node_without_clients_reads_redis() {
             json!({"keys": ["api-1", "nobody"], "topics": [topic]}),
             json!({"keys": ["api-1", "nobody"]}),
         ] {
-            let (status, body) = common::http_request(
+            let (status, body) = crate::common::http_request(
                 c.addr(node),
                 "POST",
                 "/api/presence/query",

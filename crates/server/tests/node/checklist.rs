@@ -5,11 +5,9 @@
 //! Each test's name says the behaviour it checks; the `itemNN_` prefixes are
 //! kept only as stable names.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

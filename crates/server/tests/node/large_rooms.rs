@@ -4,11 +4,9 @@
 //! only after the diff carrying it. Count-only members
 //! (`config.presence.count_only`) get `presence_count` instead of the list.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ROOM: &str = "realtime:coalesce";

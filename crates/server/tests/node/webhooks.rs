@@ -2,17 +2,14 @@
 //! batching, signatures, and a receiver that is down for a while (refusing
 //! connections, then answering 500) while presence goes on undelayed.
 
-mod common;
-mod webhook_receiver;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::webhook_receiver::{verify, Receiver};
 use roster_server::settings::WebhookSettings;
 use roster_server::Settings;
 use serde_json::{json, Value};
-use webhook_receiver::{verify, Receiver};
 
 const SECRET: &str = "whsec_test_secret";
 const ROOM: &str = "realtime:hooks";

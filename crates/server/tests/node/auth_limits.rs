@@ -2,11 +2,9 @@
 //! Every test keeps a canary member in the room and checks that it still
 //! gets presence diffs while another client is refused or shut down.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use roster_server::settings::DEV_JWT_SECRET;
 use serde_json::{json, Value};
 

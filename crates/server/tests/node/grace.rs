@@ -3,11 +3,9 @@
 //! the same `phx_ref`, and nobody sees a leave or a join. Otherwise exactly
 //! one leave goes out when the period ends.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ROOM: &str = "realtime:grace";

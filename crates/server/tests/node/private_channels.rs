@@ -1,9 +1,7 @@
 //! Private channels: rights from policies in the config (presence-read/write,
 //! broadcast-read/write), PrivateOnly, and separation from public channels.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use roster_server::settings::{DEV_JWT_SECRET, DEV_SECRET_KEY};
 use roster_server::Settings;
 use serde_json::{json, Value};

@@ -3,16 +3,13 @@
 //! (`--webhook-ca-file`), refused and counted as failed attempts when it
 //! does not (the default webpki roots), or when the name does not match.
 
-mod certs;
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::certs::{TempDir, TestCa};
+use crate::common::*;
 use bytes::Bytes;
-use certs::{TempDir, TestCa};
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
