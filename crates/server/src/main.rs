@@ -6,6 +6,8 @@ use clap::Parser;
 use roster_server::settings::{Cli, Command, KeySource, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
+mod allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command } = Cli::parse();
@@ -13,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = args.resolve()?;
     init_logging(&settings)?;
     let running = roster_server::start(settings.clone()).await?;
+    allocator::spawn_trim(running.server.clone());
     print_banner(&settings, running.addr);
     wait_for_signal().await;
     tracing::info!("shutting down: closing sockets");

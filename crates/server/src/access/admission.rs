@@ -183,6 +183,11 @@ pub struct Permit {
 }
 
 impl Admission {
+    /// Connections open now (WebSocket and plain HTTP).
+    pub fn open_connections(&self) -> usize {
+        self.counts.lock().total
+    }
+
     /// One more presence call on this node, under `max` per second?
     pub fn allow_presence_event(&self, max: u32) -> bool {
         // No cap (the default): no shared lock on the track path.
