@@ -215,4 +215,72 @@ mod tests {
             .filter(|a| a.get_long() != Some("help"));
         assert_eq!(flags.count(), declared.len(), "a flag outside settings!");
     }
+
+    /// README's settings table cannot drift: each row's flags, env vars and
+    /// defaults are the declared ones, and each declared setting has a row.
+    /// Rows may group settings: their flags, env vars and (backquoted)
+    /// defaults then go in the same order.
+    #[test]
+    fn readme_table_matches_the_declarations() {
+        let readme = include_str!("../../../../README.md");
+        let quoted = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let declared = declared();
+        let mut rows = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| flag | env | default |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .peekable();
+        assert!(rows.peek().is_some(), "README.md has no settings table");
+        let mut wrong = Vec::new();
+        let mut seen = Vec::new();
+        for row in rows {
+            let cells: Vec<&str> = row.trim_start_matches('|').split('|').collect();
+            let (flags, envs, default) = (quoted(cells[0]), quoted(cells[1]), cells[2].trim());
+            let values = quoted(default);
+            if envs.len() != flags.len() {
+                wrong.push(format!("{row}\n  needs one env var per flag"));
+                continue;
+            }
+            for (i, flag) in flags.iter().enumerate() {
+                let name = flag.trim_start_matches("--").replace('-', "_");
+                let Some(d) = declared.iter().find(|d| d.name == name) else {
+                    wrong.push(format!("{flag}: no such setting"));
+                    continue;
+                };
+                seen.push(d.name);
+                if envs[i] != d.env {
+                    wrong.push(format!("{flag}: env {} but declared {}", envs[i], d.env));
+                }
+                let agrees = match &d.default {
+                    Shown::Value(v) => values.len() == flags.len() && values[i] == *v,
+                    Shown::Word(w) => values.is_empty() && default.starts_with(w),
+                };
+                if !agrees {
+                    wrong.push(format!(
+                        "{flag}: default {default:?} but declared {:?}",
+                        d.default
+                    ));
+                }
+            }
+        }
+        for d in &declared {
+            match seen.iter().filter(|&&s| s == d.name).count() {
+                1 => {}
+                0 => wrong.push(format!("{}: no row", d.name)),
+                _ => wrong.push(format!("{}: more than one row", d.name)),
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "README.md's settings table:\n{}",
+            wrong.join("\n")
+        );
+    }
 }
