@@ -1,6 +1,10 @@
 //! Configuration: clap flags, each with a `ROSTER_*` env var, over an
-//! optional TOML file, over defaults. One struct serves flags and file so
-//! the two can never drift apart.
+//! optional TOML file, over defaults. Each setting is declared once, in
+//! `settings!` below, so its flag, env var, TOML key, `--help` line,
+//! default and README row cannot drift apart.
+
+#[macro_use]
+mod declare;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,280 +29,216 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// Every setting is optional here: unset means "ask the file, then the default".
-#[derive(Debug, Default, Clone, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeArgs {
+// To add a setting: add its entry here (doc, type, default, env var; the
+// forms are in `declare.rs`), read it from `Merged` in `resolve`, and add
+// its row to README.md's table; a test fails until the row agrees.
+settings! {
     /// TOML file with any of the settings below (snake_case names).
-    #[arg(long, env = "ROSTER_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
+    config: PathBuf, env "ROSTER_CONFIG", unset "none", [serde(skip)];
 
-    /// Address to listen on, host:port (port 0 picks a free one) [default: 127.0.0.1:4000].
-    #[arg(long, env = "ROSTER_LISTEN")]
-    pub listen: Option<String>,
+    /// Address to listen on, host:port (port 0 picks a free one).
+    listen: String = "127.0.0.1:4000".into(), env "ROSTER_LISTEN";
 
     /// PEM certificate chain: serve HTTPS and wss:// on the listener (with `tls_key`). Reloaded on SIGHUP and when the file changes. Unset = plain HTTP.
-    #[arg(long, env = "ROSTER_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: PathBuf, env "ROSTER_TLS_CERT", unset "none";
 
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
-    #[arg(long, env = "ROSTER_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    tls_key: PathBuf, env "ROSTER_TLS_KEY", unset "none";
 
     /// Publishable key (role anon); generated at start when unset.
-    #[arg(long, env = "ROSTER_PUBLISHABLE_KEY", hide_env_values = true)]
-    pub publishable_key: Option<String>,
+    publishable_key: String, env "ROSTER_PUBLISHABLE_KEY", unset "generated",
+        [arg(hide_env_values = true)];
 
     /// Secret key (role service_role); generated at start when unset.
-    #[arg(long, env = "ROSTER_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    secret_key: String, env "ROSTER_SECRET_KEY", unset "generated",
+        [arg(hide_env_values = true)];
 
     /// HS256/384/512 secret for JWTs; generated at start when unset.
-    #[arg(long, env = "ROSTER_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    jwt_secret: String, env "ROSTER_JWT_SECRET", unset "generated",
+        [arg(hide_env_values = true)];
 
     /// JWKS file (JSON) with public keys for RS256/ES256/EdDSA tokens, chosen by `kid`.
-    #[arg(long, env = "ROSTER_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
+    jwks_file: PathBuf, env "ROSTER_JWKS_FILE", unset "none";
 
     /// Require this `iss` claim in JWTs.
-    #[arg(long, env = "ROSTER_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
+    jwt_issuer: String, env "ROSTER_JWT_ISSUER", unset "none";
 
     /// Require this `aud` claim in JWTs.
-    #[arg(long, env = "ROSTER_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    jwt_audience: String, env "ROSTER_JWT_AUDIENCE", unset "none";
 
-    /// Log filter, e.g. `info` or `roster_server=debug` [default: info].
-    #[arg(long, env = "ROSTER_LOG")]
-    pub log: Option<String>,
+    /// Log filter, e.g. `info` or `roster_server=debug`.
+    log: String = "info".into(), env "ROSTER_LOG";
 
-    /// Log format [default: text].
-    #[arg(long, env = "ROSTER_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    /// Log format.
+    log_format: LogFormat = LogFormat::Text, env "ROSTER_LOG_FORMAT";
 
-    /// Close a socket after this long without any inbound frame [default: 60000].
-    #[arg(long, env = "ROSTER_IDLE_TIMEOUT_MS")]
-    pub idle_timeout_ms: Option<u64>,
+    /// Close a socket after this long without any inbound frame.
+    idle_timeout_ms: u64 = 60_000, env "ROSTER_IDLE_TIMEOUT_MS";
 
-    /// Time a client has to send its HTTP request headers [default: 10000].
-    #[arg(long, env = "ROSTER_HANDSHAKE_TIMEOUT_MS")]
-    pub handshake_timeout_ms: Option<u64>,
+    /// Time a client has to send its HTTP request headers.
+    handshake_timeout_ms: u64 = 10_000, env "ROSTER_HANDSHAKE_TIMEOUT_MS";
 
-    /// Keep a dropped socket's presences this long; a rejoin tracking the same state takes them over with no leave or join (0 = off, as Supabase) [default: 0].
-    #[arg(long, env = "ROSTER_PRESENCE_GRACE_MS")]
-    pub presence_grace_ms: Option<u64>,
+    /// Keep a dropped socket's presences this long; a rejoin tracking the same state takes them over with no leave or join (0 = off, as Supabase).
+    presence_grace_ms: u64 = 0, env "ROSTER_PRESENCE_GRACE_MS";
 
-    /// Coalesce each channel's presence diffs over this many ms into one net diff per window (large rooms); 0 = send each at once, as Supabase [default: 0].
-    #[arg(long, env = "ROSTER_PRESENCE_COALESCE_MS")]
-    pub presence_coalesce_ms: Option<u64>,
+    /// Coalesce each channel's presence diffs over this many ms into one net diff per window (large rooms); 0 = send each at once, as Supabase.
+    presence_coalesce_ms: u64 = 0, env "ROSTER_PRESENCE_COALESCE_MS";
 
-    /// A joiner's snapshot larger than this many bytes goes out as a `presence_state` and `presence_diff`s, each at most this large, so that every client can take it (realtime-py refuses frames over 1 MiB) [default: 524288].
-    #[arg(long, env = "ROSTER_PRESENCE_FRAME_BYTES")]
-    pub presence_frame_bytes: Option<usize>,
+    /// A joiner's snapshot larger than this many bytes goes out as a `presence_state` and `presence_diff`s, each at most this large, so that every client can take it (realtime-py refuses frames over 1 MiB; at least 1024).
+    presence_frame_bytes: usize = 512 * 1024, env "ROSTER_PRESENCE_FRAME_BYTES";
 
-    /// WebSocket compression (`permessage-deflate`, negotiated with clients that offer it): messages of at least this many bytes are compressed, once for all their recipients; 0 = off [default: 1024].
-    #[arg(long, env = "ROSTER_COMPRESSION_MIN_BYTES")]
-    pub compression_min_bytes: Option<usize>,
+    /// WebSocket compression (`permessage-deflate`, negotiated with clients that offer it): messages of at least this many bytes are compressed, once for all their recipients; 0 = off.
+    compression_min_bytes: usize = 1024, env "ROSTER_COMPRESSION_MIN_BYTES";
 
-    /// Frames queued per socket before it is dropped as too slow [default: 8192].
-    #[arg(long, env = "ROSTER_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
+    /// Frames queued per socket before it is dropped as too slow (at least 16).
+    outbound_queue: usize = 8192, env "ROSTER_OUTBOUND_QUEUE";
 
-    /// Coalesce a busy socket's frames into one write per this many ms; 0 = write at once [default: 10].
-    #[arg(long, env = "ROSTER_WRITE_COALESCE_MS")]
-    pub write_coalesce_ms: Option<u64>,
+    /// Coalesce a busy socket's frames into one write per this many ms; 0 = write at once.
+    write_coalesce_ms: u64 = 10, env "ROSTER_WRITE_COALESCE_MS";
 
-    /// Drop a socket whose pending writes make no progress for this long [default: 10000].
-    #[arg(long, env = "ROSTER_WRITE_TIMEOUT_MS")]
-    pub write_timeout_ms: Option<u64>,
+    /// Drop a socket whose pending writes make no progress for this long.
+    write_timeout_ms: u64 = 10_000, env "ROSTER_WRITE_TIMEOUT_MS";
 
-    /// Largest inbound WebSocket message in bytes; a larger one closes that socket (1009) [default: 524288].
-    #[arg(long, env = "ROSTER_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
+    /// Largest inbound WebSocket message in bytes; a larger one closes that socket (1009).
+    max_message_bytes: usize = 512 * 1024, env "ROSTER_MAX_MESSAGE_BYTES";
 
-    /// Longest topic, `realtime:` included, in bytes (binary broadcast frames carry it with a one-byte length) [default: 255].
-    #[arg(long, env = "ROSTER_MAX_TOPIC_BYTES")]
-    pub max_topic_bytes: Option<usize>,
+    /// Longest topic, `realtime:` included, in bytes (binary broadcast frames carry it with a one-byte length).
+    max_topic_bytes: usize = 255, env "ROSTER_MAX_TOPIC_BYTES";
 
-    /// Longest presence key (`config.presence.key`) in bytes [default: 256].
-    #[arg(long, env = "ROSTER_MAX_PRESENCE_KEY_BYTES")]
-    pub max_presence_key_bytes: Option<usize>,
+    /// Longest presence key (`config.presence.key`) in bytes.
+    max_presence_key_bytes: usize = 256, env "ROSTER_MAX_PRESENCE_KEY_BYTES";
 
-    /// Longest broadcast event name in bytes (binary frames carry it with a one-byte length) [default: 255].
-    #[arg(long, env = "ROSTER_MAX_EVENT_BYTES")]
-    pub max_event_bytes: Option<usize>,
+    /// Longest broadcast event name in bytes (binary frames carry it with a one-byte length).
+    max_event_bytes: usize = 255, env "ROSTER_MAX_EVENT_BYTES";
 
-    /// Largest broadcast payload in bytes, WebSocket or REST; kept well under realtime-py's 1 MiB message limit [default: 262144].
-    #[arg(long, env = "ROSTER_MAX_BROADCAST_BYTES")]
-    pub max_broadcast_bytes: Option<usize>,
+    /// Largest broadcast payload in bytes, WebSocket or REST; kept well under realtime-py's 1 MiB message limit.
+    max_broadcast_bytes: usize = 256 * 1024, env "ROSTER_MAX_BROADCAST_BYTES";
 
-    /// Inbound frames (of any kind) one socket may send per second; more closes it (1008); 0 = no cap [default: 1000].
-    #[arg(long, env = "ROSTER_MAX_FRAMES_PER_SECOND")]
-    pub max_frames_per_second: Option<u32>,
+    /// Inbound frames (of any kind) one socket may send per second; more closes it (1008); 0 = no cap.
+    max_frames_per_second: u32 = 1000, env "ROSTER_MAX_FRAMES_PER_SECOND";
 
-    /// Bytes queued for one socket (frames waiting plus those being written) before it is dropped as too slow [default: 4194304].
-    #[arg(long, env = "ROSTER_OUTBOUND_BUFFER_BYTES")]
-    pub outbound_buffer_bytes: Option<usize>,
+    /// Bytes queued for one socket (frames waiting plus those being written) before it is dropped as too slow (at least 65536).
+    outbound_buffer_bytes: usize = 4 << 20, env "ROSTER_OUTBOUND_BUFFER_BYTES";
 
-    /// Broadcasts one channel takes per second from all senders together (WebSocket and REST; a burst of one second's worth); over it senders are refused; 0 = no cap [default: 1000].
-    #[arg(long, env = "ROSTER_CHANNEL_BROADCASTS_PER_SECOND")]
-    pub channel_broadcasts_per_second: Option<u32>,
+    /// Broadcasts one channel takes per second from all senders together (WebSocket and REST; a burst of one second's worth); over it senders are refused; 0 = no cap.
+    channel_broadcasts_per_second: u32 = 1000, env "ROSTER_CHANNEL_BROADCASTS_PER_SECOND";
 
-    /// Broadcast payload bytes one channel takes per second from all senders together (a burst of one second's worth); 0 = no cap [default: 2097152].
-    #[arg(long, env = "ROSTER_CHANNEL_BROADCAST_BYTES_PER_SECOND")]
-    pub channel_broadcast_bytes_per_second: Option<u64>,
+    /// Broadcast payload bytes one channel takes per second from all senders together (a burst of one second's worth); 0 = no cap.
+    channel_broadcast_bytes_per_second: u64 = 2 << 20,
+        env "ROSTER_CHANNEL_BROADCAST_BYTES_PER_SECOND";
 
-    /// Broadcasts per second from one client IP address, all its sockets and REST calls together; 0 = no cap [default: 2000].
-    #[arg(long, env = "ROSTER_MAX_BROADCASTS_PER_SECOND_PER_IP")]
-    pub max_broadcasts_per_second_per_ip: Option<u32>,
+    /// Broadcasts per second from one client IP address, all its sockets and REST calls together; 0 = no cap.
+    max_broadcasts_per_second_per_ip: u32 = 2000, env "ROSTER_MAX_BROADCASTS_PER_SECOND_PER_IP";
 
-    /// Presence calls (track, untrack) per second from one client IP address, all its sockets together; 0 = no cap [default: 1000].
-    #[arg(long, env = "ROSTER_MAX_PRESENCE_CALLS_PER_SECOND_PER_IP")]
-    pub max_presence_calls_per_second_per_ip: Option<u32>,
+    /// Presence calls (track, untrack) per second from one client IP address, all its sockets together; 0 = no cap.
+    max_presence_calls_per_second_per_ip: u32 = 1000,
+        env "ROSTER_MAX_PRESENCE_CALLS_PER_SECOND_PER_IP";
 
-    /// Largest REST request body in bytes [default: 1048576].
-    #[arg(long, env = "ROSTER_MAX_REST_BODY_BYTES")]
-    pub max_rest_body_bytes: Option<usize>,
+    /// Largest REST request body in bytes.
+    max_rest_body_bytes: usize = 1 << 20, env "ROSTER_MAX_REST_BODY_BYTES";
 
-    /// Most messages in one REST broadcast call [default: 100].
-    #[arg(long, env = "ROSTER_MAX_REST_MESSAGES")]
-    pub max_rest_messages: Option<usize>,
+    /// Most messages in one REST broadcast call.
+    max_rest_messages: usize = 100, env "ROSTER_MAX_REST_MESSAGES";
 
-    /// Channels one socket may join at once [default: 100, as Supabase].
-    #[arg(long, env = "ROSTER_MAX_CHANNELS_PER_SOCKET")]
-    pub max_channels_per_socket: Option<usize>,
+    /// Channels one socket may join at once (as Supabase).
+    max_channels_per_socket: usize = 100, env "ROSTER_MAX_CHANNELS_PER_SOCKET";
 
-    /// Largest tracked presence state, in bytes of JSON [default: 32768].
-    #[arg(long, env = "ROSTER_MAX_TRACK_BYTES")]
-    pub max_track_bytes: Option<usize>,
+    /// Largest tracked presence state, in bytes of JSON.
+    max_track_bytes: usize = 32 * 1024, env "ROSTER_MAX_TRACK_BYTES";
 
-    /// Total presence state one channel may hold, counted as it weighs in a `presence_state` (states, keys and refs): a bound on the room's memory (snapshots over the frame limit are split) [default: 8388608, about 35,000 members of 100-byte states].
-    #[arg(long, env = "ROSTER_MAX_STATE_BYTES_PER_CHANNEL")]
-    pub max_state_bytes_per_channel: Option<usize>,
+    /// Total presence state one channel may hold, counted as it weighs in a `presence_state` (states, keys and refs): a bound on the room's memory (snapshots over the frame limit are split); the default holds about 35,000 members of 100-byte states.
+    max_state_bytes_per_channel: usize = 8 * 1024 * 1024, env "ROSTER_MAX_STATE_BYTES_PER_CHANNEL";
 
-    /// Presence calls (track, untrack) allowed per channel per window [default: 100].
-    #[arg(long, env = "ROSTER_PRESENCE_CALLS_PER_WINDOW")]
-    pub presence_calls_per_window: Option<u32>,
+    /// Presence calls (track, untrack) allowed per channel per window.
+    presence_calls_per_window: u32 = 100, env "ROSTER_PRESENCE_CALLS_PER_WINDOW";
 
-    /// The window of `presence_calls_per_window` [default: 10000].
-    #[arg(long, env = "ROSTER_PRESENCE_WINDOW_MS")]
-    pub presence_window_ms: Option<u64>,
+    /// The window of `presence_calls_per_window`.
+    presence_window_ms: u64 = 10_000, env "ROSTER_PRESENCE_WINDOW_MS";
 
-    /// Channel joins per second on this node, all sockets together; 0 = no cap [default: 0].
-    #[arg(long, env = "ROSTER_MAX_JOINS_PER_SECOND")]
-    pub max_joins_per_second: Option<u32>,
+    /// Channel joins per second on this node, all sockets together; 0 = no cap.
+    max_joins_per_second: u32 = 0, env "ROSTER_MAX_JOINS_PER_SECOND";
 
-    /// Presence calls (track, untrack) per second on this node, all channels together; 0 = no cap [default: 0].
-    #[arg(long, env = "ROSTER_MAX_PRESENCE_EVENTS_PER_SECOND")]
-    pub max_presence_events_per_second: Option<u32>,
+    /// Presence calls (track, untrack) per second on this node, all channels together; 0 = no cap.
+    max_presence_events_per_second: u32 = 0, env "ROSTER_MAX_PRESENCE_EVENTS_PER_SECOND";
 
-    /// Broadcasts one socket may send per second; 0 = no cap [default: 200].
-    #[arg(long, env = "ROSTER_MAX_EVENTS_PER_SECOND_PER_SOCKET")]
-    pub max_events_per_second_per_socket: Option<u32>,
+    /// Broadcasts one socket may send per second; 0 = no cap.
+    max_events_per_second_per_socket: u32 = 200, env "ROSTER_MAX_EVENTS_PER_SECOND_PER_SOCKET";
 
-    /// Members one channel may hold; 0 = no cap [default: 0].
-    #[arg(long, env = "ROSTER_MAX_MEMBERS_PER_CHANNEL")]
-    pub max_members_per_channel: Option<usize>,
+    /// Members one channel may hold; 0 = no cap.
+    max_members_per_channel: usize = 0, env "ROSTER_MAX_MEMBERS_PER_CHANNEL";
 
-    /// Open connections in all; 0 = no cap [default: 0].
-    #[arg(long, env = "ROSTER_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+    /// Open connections in all; 0 = no cap.
+    max_connections: usize = 0, env "ROSTER_MAX_CONNECTIONS";
 
-    /// Open connections per client IP address; 0 = no cap [default: 0].
-    #[arg(long, env = "ROSTER_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
+    /// Open connections per client IP address; 0 = no cap.
+    max_connections_per_ip: usize = 0, env "ROSTER_MAX_CONNECTIONS_PER_IP";
 
     /// Redis URL (`redis://host:port`): nodes sharing it share presence and broadcasts. Unset = one node, no Redis.
-    #[arg(long, env = "ROSTER_REDIS")]
-    pub redis: Option<String>,
+    redis: String, env "ROSTER_REDIS", unset "none";
 
-    /// This node's name in a cluster (letters, digits, `-`, `_`, `.`) [default: roster].
-    #[arg(long, env = "ROSTER_NODE_NAME")]
-    pub node_name: Option<String>,
+    /// This node's name in a cluster (letters, digits, `-`, `_`, `.`).
+    node_name: String = "roster".into(), env "ROSTER_NODE_NAME";
 
-    /// How often a node renews its lease in Redis [default: 1000].
-    #[arg(long, env = "ROSTER_CLUSTER_HEARTBEAT_MS")]
-    pub cluster_heartbeat_ms: Option<u64>,
+    /// How often a node renews its lease in Redis.
+    cluster_heartbeat_ms: u64 = 1000, env "ROSTER_CLUSTER_HEARTBEAT_MS";
 
-    /// A node silent this long is dead: its presences leave [default: 6000].
-    #[arg(long, env = "ROSTER_CLUSTER_LEASE_MS")]
-    pub cluster_lease_ms: Option<u64>,
+    /// A node silent this long is dead: its presences leave.
+    cluster_lease_ms: u64 = 6000, env "ROSTER_CLUSTER_LEASE_MS";
 
-    /// Extra wait past an expired lease before reaping [default: 1000].
-    #[arg(long, env = "ROSTER_CLUSTER_REAP_GRACE_MS")]
-    pub cluster_reap_grace_ms: Option<u64>,
+    /// Extra wait past an expired lease before reaping.
+    cluster_reap_grace_ms: u64 = 1000, env "ROSTER_CLUSTER_REAP_GRACE_MS";
 
-    /// After Redis comes back, wait this long for every node to re-assert its presences before reporting leaves [default: 2000].
-    #[arg(long, env = "ROSTER_CLUSTER_SETTLE_MS")]
-    pub cluster_settle_ms: Option<u64>,
+    /// After Redis comes back, wait this long for every node to re-assert its presences before reporting leaves.
+    cluster_settle_ms: u64 = 2000, env "ROSTER_CLUSTER_SETTLE_MS";
 
-    /// A node cut off from Redis this long closes its sockets so clients move to healthy nodes [default: 60000].
-    #[arg(long, env = "ROSTER_CLUSTER_ISLAND_TIMEOUT_MS")]
-    pub cluster_island_timeout_ms: Option<u64>,
+    /// A node cut off from Redis this long closes its sockets so clients move to healthy nodes.
+    cluster_island_timeout_ms: u64 = 60_000, env "ROSTER_CLUSTER_ISLAND_TIMEOUT_MS";
 
-    /// Every this long, compare each replicated channel's `(epoch, seq)` with Redis and resync on a mismatch (a lost message); 0 = never [default: 30000].
-    #[arg(long, env = "ROSTER_CLUSTER_AUDIT_MS")]
-    pub cluster_audit_ms: Option<u64>,
+    /// Every this long, compare each replicated channel's `(epoch, seq)` with Redis and resync on a mismatch (a lost message); 0 = never.
+    cluster_audit_ms: u64 = 30_000, env "ROSTER_CLUSTER_AUDIT_MS";
 
     /// Presence webhooks: POST member_join / member_leave events here
     /// (`https://` or `http://`), batched and signed. Unset = no webhooks.
-    #[arg(long, env = "ROSTER_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
+    webhook_url: String, env "ROSTER_WEBHOOK_URL", unset "none";
 
     /// PEM file of CA certificates that https webhook receivers are verified against, instead of the built-in (webpki) roots.
-    #[arg(long, env = "ROSTER_WEBHOOK_CA_FILE")]
-    pub webhook_ca_file: Option<PathBuf>,
+    webhook_ca_file: PathBuf, env "ROSTER_WEBHOOK_CA_FILE", unset "none";
 
     /// Key of the HMAC-SHA256 signature of each webhook request; required with `webhook_url`.
-    #[arg(long, env = "ROSTER_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    webhook_secret: String, env "ROSTER_WEBHOOK_SECRET", unset "none",
+        [arg(hide_env_values = true)];
 
-    /// Collect webhook events this long before a POST (or until `webhook_max_batch`) [default: 100].
-    #[arg(long, env = "ROSTER_WEBHOOK_BATCH_MS")]
-    pub webhook_batch_ms: Option<u64>,
+    /// Collect webhook events this long before a POST (or until `webhook_max_batch`).
+    webhook_batch_ms: u64 = 100, env "ROSTER_WEBHOOK_BATCH_MS";
 
-    /// Most events in one webhook POST [default: 100].
-    #[arg(long, env = "ROSTER_WEBHOOK_MAX_BATCH")]
-    pub webhook_max_batch: Option<usize>,
+    /// Most events in one webhook POST (at least 1).
+    webhook_max_batch: usize = 100, env "ROSTER_WEBHOOK_MAX_BATCH";
 
-    /// Webhook events held while the receiver is slow or down; beyond that, new events are dropped and counted [default: 10000].
-    #[arg(long, env = "ROSTER_WEBHOOK_QUEUE")]
-    pub webhook_queue: Option<usize>,
+    /// Webhook events held while the receiver is slow or down; beyond that, new events are dropped and counted (at least 1).
+    webhook_queue: usize = 10_000, env "ROSTER_WEBHOOK_QUEUE";
 
-    /// Give up on a webhook batch still failing this long after its first attempt [default: 600000].
-    #[arg(long, env = "ROSTER_WEBHOOK_MAX_RETRY_MS")]
-    pub webhook_max_retry_ms: Option<u64>,
+    /// Give up on a webhook batch still failing this long after its first attempt.
+    webhook_max_retry_ms: u64 = 600_000, env "ROSTER_WEBHOOK_MAX_RETRY_MS";
 
     /// Refuse joins of public channels (`PrivateOnly: …`).
-    #[arg(long, env = "ROSTER_PRIVATE_ONLY")]
-    #[serde(default)]
-    pub private_only: bool,
+    private_only: bool, env "ROSTER_PRIVATE_ONLY", switch;
 
     /// Authorization policies for private channels (config file only).
-    #[arg(skip)]
-    #[serde(default)]
-    pub policies: Vec<Policy>,
+    policies: Vec<Policy>, file_only;
 
-    /// How a member's state change reaches the others when its join does not say (`config.presence.updates`): `classic` = a join under a new ref plus a leave, as Supabase; `replace` = a join under the same ref and no leave [default: classic].
-    #[arg(long, env = "ROSTER_PRESENCE_UPDATES")]
-    pub presence_updates: Option<UpdatesSetting>,
+    /// How a member's state change reaches the others when its join does not say (`config.presence.updates`): `classic` = a join under a new ref plus a leave, as Supabase; `replace` = a join under the same ref and no leave.
+    presence_updates: UpdatesSetting = UpdatesSetting::Classic, env "ROSTER_PRESENCE_UPDATES";
 
-    /// Last seen: most presence keys this node remembers the leaving time of (the oldest are forgotten first); 0 = off [default: 100000].
-    #[arg(long, env = "ROSTER_LAST_SEEN_KEYS")]
-    pub last_seen_keys: Option<usize>,
+    /// Last seen: most presence keys this node remembers the leaving time of (the oldest are forgotten first); 0 = off.
+    last_seen_keys: usize = 100_000, env "ROSTER_LAST_SEEN_KEYS";
 
-    /// Last seen: forget a key's leaving time after this long [default: 86400000, a day].
-    #[arg(long, env = "ROSTER_LAST_SEEN_MAX_AGE_MS")]
-    pub last_seen_max_age_ms: Option<u64>,
+    /// Last seen: forget a key's leaving time after this long (a day).
+    last_seen_max_age_ms: u64 = 86_400_000, env "ROSTER_LAST_SEEN_MAX_AGE_MS";
 
     /// Development mode: fixed, publicly known keys (`sb_publishable_dev`,
     /// `sb_secret_dev`, and a fixed JWT secret) for any key not given
     /// explicitly. Never use it on a reachable address.
-    #[arg(long, env = "ROSTER_DEV")]
-    #[serde(skip)]
-    pub dev: bool,
+    dev: bool, env "ROSTER_DEV", switch, [serde(skip)];
 }
 
 /// `--presence-updates`.
@@ -308,6 +248,20 @@ pub enum UpdatesSetting {
     #[default]
     Classic,
     Replace,
+}
+
+/// As clap spells it, for `--help`'s `[default: …]`.
+impl std::fmt::Display for UpdatesSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        show_value_enum(self, f)
+    }
+}
+
+fn show_value_enum(v: &impl ValueEnum, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match v.to_possible_value() {
+        Some(p) => f.write_str(p.get_name()),
+        None => Ok(()),
+    }
 }
 
 impl From<UpdatesSetting> for roster_presence::Updates {
@@ -336,6 +290,12 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        show_value_enum(self, f)
+    }
 }
 
 /// The credentials the server accepts.
@@ -505,9 +465,8 @@ impl ServeArgs {
             }
             None => ServeArgs::default(),
         };
-        let publishable = self.publishable_key.or(file.publishable_key);
-        let secret = self.secret_key.or(file.secret_key);
-        let jwt_secret = self.jwt_secret.or(file.jwt_secret);
+        let m = self.merged(file);
+        let (publishable, secret, jwt_secret) = (m.publishable_key, m.secret_key, m.jwt_secret);
         // Each key: the one given (flag, env or file), else dev mode's fixed
         // one, else a random one. An explicit key replaces only itself.
         let defaulted_keys = DefaultedKeys {
@@ -516,7 +475,7 @@ impl ServeArgs {
             jwt_secret: jwt_secret.is_none(),
         };
         let all_given = publishable.is_some() && secret.is_some() && jwt_secret.is_some();
-        let dev = self.dev;
+        let dev = m.dev;
         let or_default = |given: Option<String>, fixed: &str, random: fn() -> String| {
             given.unwrap_or_else(|| if dev { fixed.into() } else { random() })
         };
@@ -539,7 +498,7 @@ impl ServeArgs {
         if keys.publishable == keys.secret {
             anyhow::bail!("the publishable and secret keys must differ");
         }
-        let jwks = match self.jwks_file.or(file.jwks_file) {
+        let jwks = match m.jwks_file {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -552,27 +511,22 @@ impl ServeArgs {
         };
         let jwt = JwtOptions {
             jwks,
-            issuer: self.jwt_issuer.or(file.jwt_issuer),
-            audience: self.jwt_audience.or(file.jwt_audience),
+            issuer: m.jwt_issuer,
+            audience: m.jwt_audience,
         };
-        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| {
-            Duration::from_millis(flag.or(file).unwrap_or(default))
-        };
-        let cluster = match self.redis.or(file.redis) {
+        let ms = Duration::from_millis;
+        let cluster = match m.redis {
             None => None,
             Some(redis_url) => {
-                let node_name = self
-                    .node_name
-                    .or(file.node_name)
-                    .unwrap_or_else(|| "roster".into());
+                let node_name = m.node_name;
                 let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
                 if node_name.is_empty() || node_name.len() > 64 || !node_name.chars().all(valid) {
                     anyhow::bail!(
                         "node name {node_name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
                     );
                 }
-                let lease = ms(self.cluster_lease_ms, file.cluster_lease_ms, 6000);
-                let heartbeat = ms(self.cluster_heartbeat_ms, file.cluster_heartbeat_ms, 1000);
+                let lease = ms(m.cluster_lease_ms);
+                let heartbeat = ms(m.cluster_heartbeat_ms);
                 if heartbeat * 2 > lease {
                     anyhow::bail!("the cluster lease must be at least twice the heartbeat");
                 }
@@ -581,31 +535,23 @@ impl ServeArgs {
                     node_name,
                     heartbeat,
                     lease,
-                    reap_grace: ms(self.cluster_reap_grace_ms, file.cluster_reap_grace_ms, 1000),
-                    settle: ms(self.cluster_settle_ms, file.cluster_settle_ms, 2000),
-                    audit: ms(self.cluster_audit_ms, file.cluster_audit_ms, 30_000),
-                    island_timeout: ms(
-                        self.cluster_island_timeout_ms,
-                        file.cluster_island_timeout_ms,
-                        60_000,
-                    ),
+                    reap_grace: ms(m.cluster_reap_grace_ms),
+                    settle: ms(m.cluster_settle_ms),
+                    audit: ms(m.cluster_audit_ms),
+                    island_timeout: ms(m.cluster_island_timeout_ms),
                 })
             }
         };
-        let webhooks = match self.webhook_url.or(file.webhook_url) {
+        let webhooks = match m.webhook_url {
             None => None,
             Some(url) => {
                 check_webhook_url(&url)?;
-                let secret = self
-                    .webhook_secret
-                    .or(file.webhook_secret)
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "a webhook URL needs a signing secret: set --webhook-secret (ROSTER_WEBHOOK_SECRET)"
-                        )
-                    })?;
-                let ca_file = self.webhook_ca_file.or(file.webhook_ca_file);
+                let secret = m.webhook_secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "a webhook URL needs a signing secret: set --webhook-secret (ROSTER_WEBHOOK_SECRET)"
+                    )
+                })?;
+                let ca_file = m.webhook_ca_file;
                 if let Some(path) = &ca_file {
                     trusted_roots(Some(path)).map_err(|e| anyhow::anyhow!("webhook {e}"))?;
                 }
@@ -613,29 +559,14 @@ impl ServeArgs {
                     url,
                     ca_file,
                     secret,
-                    batch: ms(self.webhook_batch_ms, file.webhook_batch_ms, 100),
-                    max_batch: self
-                        .webhook_max_batch
-                        .or(file.webhook_max_batch)
-                        .unwrap_or(100)
-                        .max(1),
-                    queue: self
-                        .webhook_queue
-                        .or(file.webhook_queue)
-                        .unwrap_or(10_000)
-                        .max(1),
-                    max_retry: ms(
-                        self.webhook_max_retry_ms,
-                        file.webhook_max_retry_ms,
-                        600_000,
-                    ),
+                    batch: ms(m.webhook_batch_ms),
+                    max_batch: m.webhook_max_batch.max(1),
+                    queue: m.webhook_queue.max(1),
+                    max_retry: ms(m.webhook_max_retry_ms),
                 })
             }
         };
-        let tls = match (
-            self.tls_cert.or(file.tls_cert),
-            self.tls_key.or(file.tls_key),
-        ) {
+        let tls = match (m.tls_cert, m.tls_key) {
             (Some(cert), Some(key)) => Some(TlsSettings { cert, key }),
             (None, None) => None,
             _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
@@ -644,175 +575,60 @@ impl ServeArgs {
             tls,
             cluster,
             webhooks,
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:4000".into()),
+            listen: m.listen,
             keys,
             key_source,
             jwt,
-            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            idle_timeout: Duration::from_millis(
-                self.idle_timeout_ms
-                    .or(file.idle_timeout_ms)
-                    .unwrap_or(60_000),
-            ),
-            presence_grace: Duration::from_millis(
-                self.presence_grace_ms
-                    .or(file.presence_grace_ms)
-                    .unwrap_or(0),
-            ),
-            presence_coalesce: Duration::from_millis(
-                self.presence_coalesce_ms
-                    .or(file.presence_coalesce_ms)
-                    .unwrap_or(0),
-            ),
-            presence_frame_bytes: self
-                .presence_frame_bytes
-                .or(file.presence_frame_bytes)
-                .unwrap_or(512 * 1024)
-                .max(1024),
-            handshake_timeout: Duration::from_millis(
-                self.handshake_timeout_ms
-                    .or(file.handshake_timeout_ms)
-                    .unwrap_or(10_000),
-            ),
-            outbound_queue: self
-                .outbound_queue
-                .or(file.outbound_queue)
-                .unwrap_or(8192)
-                .max(16),
-            write_coalesce: Duration::from_millis(
-                self.write_coalesce_ms
-                    .or(file.write_coalesce_ms)
-                    .unwrap_or(10),
-            ),
-            write_timeout: Duration::from_millis(
-                self.write_timeout_ms
-                    .or(file.write_timeout_ms)
-                    .unwrap_or(10_000),
-            ),
-            compression: match self
-                .compression_min_bytes
-                .or(file.compression_min_bytes)
-                .unwrap_or(1024)
-            {
+            log: m.log,
+            log_format: m.log_format,
+            idle_timeout: ms(m.idle_timeout_ms),
+            presence_grace: ms(m.presence_grace_ms),
+            presence_coalesce: ms(m.presence_coalesce_ms),
+            presence_frame_bytes: m.presence_frame_bytes.max(1024),
+            handshake_timeout: ms(m.handshake_timeout_ms),
+            outbound_queue: m.outbound_queue.max(16),
+            write_coalesce: ms(m.write_coalesce_ms),
+            write_timeout: ms(m.write_timeout_ms),
+            compression: match m.compression_min_bytes {
                 0 => None,
                 min_bytes => Some(Compression {
                     min_bytes,
                     level: COMPRESSION_LEVEL,
                 }),
             },
-            max_message_bytes: self
-                .max_message_bytes
-                .or(file.max_message_bytes)
-                .unwrap_or(512 * 1024),
-            outbound_buffer_bytes: self
-                .outbound_buffer_bytes
-                .or(file.outbound_buffer_bytes)
-                .unwrap_or(4 << 20)
-                .max(64 * 1024),
-            private_only: self.private_only || file.private_only,
-            policies: file.policies,
+            max_message_bytes: m.max_message_bytes,
+            outbound_buffer_bytes: m.outbound_buffer_bytes.max(64 * 1024),
+            private_only: m.private_only,
+            policies: m.policies,
             limits: Limits {
-                max_channels_per_socket: self
-                    .max_channels_per_socket
-                    .or(file.max_channels_per_socket)
-                    .unwrap_or(100),
-                max_track_bytes: self
-                    .max_track_bytes
-                    .or(file.max_track_bytes)
-                    .unwrap_or(32 * 1024),
-                max_state_bytes_per_channel: self
-                    .max_state_bytes_per_channel
-                    .or(file.max_state_bytes_per_channel)
-                    .unwrap_or(8 * 1024 * 1024),
-                presence_calls_per_window: self
-                    .presence_calls_per_window
-                    .or(file.presence_calls_per_window)
-                    .unwrap_or(100),
-                presence_window: Duration::from_millis(
-                    self.presence_window_ms
-                        .or(file.presence_window_ms)
-                        .unwrap_or(10_000),
-                ),
-                max_members_per_channel: self
-                    .max_members_per_channel
-                    .or(file.max_members_per_channel)
-                    .unwrap_or(0),
-                max_joins_per_second: self
-                    .max_joins_per_second
-                    .or(file.max_joins_per_second)
-                    .unwrap_or(0),
-                max_presence_events_per_second: self
-                    .max_presence_events_per_second
-                    .or(file.max_presence_events_per_second)
-                    .unwrap_or(0),
-                max_events_per_second_per_socket: self
-                    .max_events_per_second_per_socket
-                    .or(file.max_events_per_second_per_socket)
-                    .unwrap_or(200),
-                max_connections: self.max_connections.or(file.max_connections).unwrap_or(0),
-                max_connections_per_ip: self
-                    .max_connections_per_ip
-                    .or(file.max_connections_per_ip)
-                    .unwrap_or(0),
-                max_topic_bytes: self.max_topic_bytes.or(file.max_topic_bytes).unwrap_or(255),
-                max_presence_key_bytes: self
-                    .max_presence_key_bytes
-                    .or(file.max_presence_key_bytes)
-                    .unwrap_or(256),
-                max_event_bytes: self.max_event_bytes.or(file.max_event_bytes).unwrap_or(255),
-                max_broadcast_bytes: self
-                    .max_broadcast_bytes
-                    .or(file.max_broadcast_bytes)
-                    .unwrap_or(256 * 1024),
-                max_frames_per_second: self
-                    .max_frames_per_second
-                    .or(file.max_frames_per_second)
-                    .unwrap_or(1000),
-                channel_broadcasts_per_second: self
-                    .channel_broadcasts_per_second
-                    .or(file.channel_broadcasts_per_second)
-                    .unwrap_or(1000),
-                channel_broadcast_bytes_per_second: self
-                    .channel_broadcast_bytes_per_second
-                    .or(file.channel_broadcast_bytes_per_second)
-                    .unwrap_or(2 << 20),
-                max_broadcasts_per_second_per_ip: self
-                    .max_broadcasts_per_second_per_ip
-                    .or(file.max_broadcasts_per_second_per_ip)
-                    .unwrap_or(2000),
-                max_presence_calls_per_second_per_ip: self
-                    .max_presence_calls_per_second_per_ip
-                    .or(file.max_presence_calls_per_second_per_ip)
-                    .unwrap_or(1000),
-                max_rest_body_bytes: self
-                    .max_rest_body_bytes
-                    .or(file.max_rest_body_bytes)
-                    .unwrap_or(1 << 20),
-                max_rest_messages: self
-                    .max_rest_messages
-                    .or(file.max_rest_messages)
-                    .unwrap_or(100),
+                max_channels_per_socket: m.max_channels_per_socket,
+                max_track_bytes: m.max_track_bytes,
+                max_state_bytes_per_channel: m.max_state_bytes_per_channel,
+                presence_calls_per_window: m.presence_calls_per_window,
+                presence_window: ms(m.presence_window_ms),
+                max_members_per_channel: m.max_members_per_channel,
+                max_joins_per_second: m.max_joins_per_second,
+                max_presence_events_per_second: m.max_presence_events_per_second,
+                max_events_per_second_per_socket: m.max_events_per_second_per_socket,
+                max_connections: m.max_connections,
+                max_connections_per_ip: m.max_connections_per_ip,
+                max_topic_bytes: m.max_topic_bytes,
+                max_presence_key_bytes: m.max_presence_key_bytes,
+                max_event_bytes: m.max_event_bytes,
+                max_broadcast_bytes: m.max_broadcast_bytes,
+                max_frames_per_second: m.max_frames_per_second,
+                channel_broadcasts_per_second: m.channel_broadcasts_per_second,
+                channel_broadcast_bytes_per_second: m.channel_broadcast_bytes_per_second,
+                max_broadcasts_per_second_per_ip: m.max_broadcasts_per_second_per_ip,
+                max_presence_calls_per_second_per_ip: m.max_presence_calls_per_second_per_ip,
+                max_rest_body_bytes: m.max_rest_body_bytes,
+                max_rest_messages: m.max_rest_messages,
             },
             defaulted_keys,
             presence_features: PresenceFeatures {
-                updates: self
-                    .presence_updates
-                    .or(file.presence_updates)
-                    .unwrap_or_default()
-                    .into(),
-                last_seen_keys: self
-                    .last_seen_keys
-                    .or(file.last_seen_keys)
-                    .unwrap_or(100_000),
-                last_seen_max_age: ms(
-                    self.last_seen_max_age_ms,
-                    file.last_seen_max_age_ms,
-                    86_400_000,
-                ),
+                updates: m.presence_updates.into(),
+                last_seen_keys: m.last_seen_keys,
+                last_seen_max_age: ms(m.last_seen_max_age_ms),
             },
         })
     }
