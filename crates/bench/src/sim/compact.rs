@@ -287,14 +287,19 @@ impl CompactView {
             }
             return;
         };
-        // The common case, one meta joining an absent member, without a Vec.
-        if let ([m], false) = (metas, self.slots[k].present()) {
-            let slot = Slot {
-                ref_hash: hash_ref(m.phx_ref),
-                seq: m.seq as u32,
-                extra: 0,
-            };
-            return self.set(k, slot);
+        // The common cases, one meta joining a member absent or present
+        // under the same ref, without a Vec.
+        let slot = self.slots[k];
+        if let [m] = metas {
+            let h = hash_ref(m.phx_ref);
+            if !slot.present() || (slot.extra == 0 && slot.ref_hash == h) {
+                let new = Slot {
+                    ref_hash: h,
+                    seq: m.seq as u32,
+                    extra: 0,
+                };
+                return self.set(k, new);
+            }
         }
         let mut kept = self.take(k);
         for m in joined {
@@ -306,18 +311,29 @@ impl CompactView {
 
     /// phx-js: the leaving refs go; refs the key does not have change nothing.
     fn leave(&mut self, key: &str, metas: &[Meta]) {
-        let left: Vec<u64> = metas.iter().map(|m| hash_ref(m.phx_ref)).collect();
+        let leaving = |h: u64| metas.iter().any(|m| hash_ref(m.phx_ref) == h);
         let Some(k) = self.index(key) else {
             if let Some(kept) = self.foreign.get_mut(key) {
-                kept.retain(|o| !left.contains(&o.0));
+                kept.retain(|o| !leaving(o.0));
                 if kept.is_empty() {
                     self.foreign.remove(key);
                 }
             }
             return;
         };
+        let slot = self.slots[k];
+        if !slot.present() {
+            return;
+        }
+        if slot.extra == 0 {
+            // The common case, a member with one meta, without a Vec.
+            if leaving(slot.ref_hash) {
+                self.set(k, Slot::absent());
+            }
+            return;
+        }
         let mut kept = self.take(k);
-        kept.retain(|o| !left.contains(&o.0));
+        kept.retain(|o| !leaving(o.0));
         self.put(k, kept);
     }
 
