@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use compact::CompactView;
 use roster_presence::ClientPresence;
+use roster_protocol::push::{ClientPush, JoinPayload};
 use roster_protocol::{decode, Vsn};
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
@@ -239,15 +240,9 @@ fn sorted(v: &Mutex<Vec<f64>>) -> Vec<f64> {
     v
 }
 
-fn frame(vsn: Vsn, join_ref: &str, ref_: u64, topic: &str, event: &str, payload: Value) -> Message {
-    let ref_ = ref_.to_string();
-    let v = match vsn {
-        Vsn::V1 => {
-            json!({"topic": topic, "event": event, "payload": payload, "ref": ref_, "join_ref": join_ref})
-        }
-        Vsn::V2 => json!([join_ref, ref_, topic, event, payload]),
-    };
-    Message::Text(v.to_string().into())
+fn frame(vsn: Vsn, join_ref: &str, ref_: u64, topic: &str, push: &ClientPush) -> Message {
+    let text = push.encode(vsn, Some(join_ref), Some(&ref_.to_string()), topic);
+    Message::Text(text.into())
 }
 
 /// Messages `{i, seq, t}` (broadcasts, or Pusher client events) from the
@@ -401,10 +396,10 @@ async fn open(shared: &Shared, i: usize, url: String) -> anyhow::Result<Ws> {
 }
 
 impl Client {
-    async fn send(&mut self, event: &str, payload: Value) -> anyhow::Result<u64> {
+    async fn send(&mut self, push: &ClientPush) -> anyhow::Result<u64> {
         let r = self.next_ref;
         self.next_ref += 1;
-        let msg = frame(self.vsn, &self.join_ref, r, &self.topic, event, payload);
+        let msg = frame(self.vsn, &self.join_ref, r, &self.topic, push);
         self.ws.send(msg).await?;
         Ok(r)
     }
@@ -412,7 +407,7 @@ impl Client {
     async fn join_and_track(&mut self) -> anyhow::Result<()> {
         self.join_ref = self.next_ref.to_string();
         let key = format!("u{}", self.i);
-        self.send("phx_join", json!({"config": {"presence": {"key": key, "enabled": true}, "broadcast": {"self": false, "ack": false}}}))
+        self.send(&ClientPush::Join(JoinPayload::presence(key)))
             .await?;
         self.presence.rejoined();
         self.track().await
@@ -423,16 +418,19 @@ impl Client {
         self.shared.final_seq[self.i].store(self.seq, Ordering::Relaxed);
         let t = self.shared.now_us();
         self.shared.tracks.fetch_add(1, Ordering::Relaxed);
-        self.send("presence", json!({"type": "presence", "event": "track", "payload": {"i": self.i, "seq": self.seq, "t": t}}))
-            .await?;
+        let state = json!({"i": self.i, "seq": self.seq, "t": t});
+        self.send(&ClientPush::Track(state)).await?;
         Ok(())
     }
 
     async fn broadcast(&mut self) -> anyhow::Result<()> {
         let seq = self.shared.sent[self.i].load(Ordering::Relaxed) + 1;
         let t = self.shared.now_us();
-        let payload = json!({"type": "broadcast", "event": "tick", "payload": {"i": self.i, "seq": seq, "t": t}});
-        self.send("broadcast", payload).await?;
+        let push = ClientPush::Broadcast {
+            event: "tick".into(),
+            payload: json!({"i": self.i, "seq": seq, "t": t}),
+        };
+        self.send(&push).await?;
         self.shared.sent[self.i].store(seq, Ordering::Relaxed);
         Ok(())
     }
@@ -587,8 +585,8 @@ impl Sim for Client {
     async fn heartbeat(&mut self) -> anyhow::Result<()> {
         let r = self.next_ref;
         self.next_ref += 1;
-        let msg = frame(self.vsn, "", r, "phoenix", "heartbeat", json!({}));
-        self.ws.send(msg).await?;
+        let text = roster_protocol::push::heartbeat(self.vsn, &r.to_string());
+        self.ws.send(Message::Text(text.into())).await?;
         Ok(())
     }
 

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use roster_protocol::push::ClientPush;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::{Command, PushKind};
@@ -239,13 +239,8 @@ impl RealtimeChannel {
     /// ```
     pub async fn track(&self, state: &impl Serialize) -> Result<(), Error> {
         let state = serde_json::to_value(state).map_err(|e| Error::Serialize(e.to_string()))?;
-        let payload = json!({"type": "presence", "event": "track", "payload": state});
-        self.push(
-            roster_protocol::events::PRESENCE,
-            payload,
-            PushKind::Track(state),
-        )
-        .await
+        self.push(ClientPush::Track(state.clone()), PushKind::Track(state))
+            .await
     }
 
     /// Stop tracking (and stop re-tracking after rejoins).
@@ -256,13 +251,7 @@ impl RealtimeChannel {
     /// # Ok(()) }
     /// ```
     pub async fn untrack(&self) -> Result<(), Error> {
-        let payload = json!({"type": "presence", "event": "untrack"});
-        self.push(
-            roster_protocol::events::PRESENCE,
-            payload,
-            PushKind::Untrack,
-        )
-        .await
+        self.push(ClientPush::Untrack, PushKind::Untrack).await
     }
 
     /// The presences of the channel: key → one [`Presence`] per tracking
@@ -308,14 +297,12 @@ impl RealtimeChannel {
     /// ```
     pub async fn send_broadcast(&self, event: &str, payload: &impl Serialize) -> Result<(), Error> {
         let payload = serde_json::to_value(payload).map_err(|e| Error::Serialize(e.to_string()))?;
-        let payload = json!({"type": "broadcast", "event": event, "payload": payload});
-        let ack = self.inner.options.broadcast_ack;
-        self.push(
-            roster_protocol::events::BROADCAST,
+        let push = ClientPush::Broadcast {
+            event: event.to_owned(),
             payload,
-            PushKind::Broadcast { ack },
-        )
-        .await
+        };
+        let ack = self.inner.options.broadcast_ack;
+        self.push(push, PushKind::Broadcast { ack }).await
     }
 
     /// Leave the channel (`phx_leave`); its presence, if tracked, leaves
@@ -330,12 +317,11 @@ impl RealtimeChannel {
         self.client.leave(&self.inner.topic, false).await
     }
 
-    async fn push(&self, event: &'static str, payload: Value, kind: PushKind) -> Result<(), Error> {
+    async fn push(&self, push: ClientPush, kind: PushKind) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Push {
             topic: self.inner.topic.clone(),
-            event,
-            payload,
+            push: Box::new(push),
             kind,
             reply: tx,
         };

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use roster_protocol::push::ClientPush;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -33,8 +34,8 @@ pub(crate) enum Command {
     Subscribe(Arc<ChannelShared>, oneshot::Sender<ChannelStatus>),
     Push {
         topic: String,
-        event: &'static str,
-        payload: Value,
+        /// Boxed: a join-sized push would make every command large.
+        push: Box<ClientPush>,
         kind: PushKind,
         reply: oneshot::Sender<Result<(), Error>>,
     },

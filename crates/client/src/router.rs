@@ -10,8 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use roster_protocol::{decode, decode_user_broadcast, events, Frame, Outgoing, Vsn, PHOENIX_TOPIC};
-use serde_json::{json, Value};
+use roster_protocol::push::{ClientPush, JoinPayload};
+use roster_protocol::{
+    decode, decode_user_broadcast, events, Frame, PresenceUpdates, Vsn, PHOENIX_TOPIC,
+};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -37,8 +40,7 @@ enum State {
 }
 
 struct Buffered {
-    event: &'static str,
-    payload: Value,
+    push: ClientPush,
     kind: PushKind,
     reply: Option<Reply>,
     deadline: Instant,
@@ -142,26 +144,12 @@ impl Io {
         self.next_ref.to_string()
     }
 
-    fn emit(
-        &mut self,
-        join_ref: Option<&str>,
-        ref_: Option<&str>,
-        topic: &str,
-        event: &str,
-        payload: &Value,
-    ) {
+    fn emit(&mut self, join_ref: Option<&str>, ref_: &str, topic: &str, push: &ClientPush) {
         if !self.connected {
             return;
         }
-        let payload = payload.to_string();
-        let frame = Outgoing {
-            join_ref,
-            ref_,
-            topic,
-            event,
-            payload: &payload,
-        };
-        self.out.push(frame.encode_client(self.vsn));
+        self.out
+            .push(push.encode(self.vsn, join_ref, Some(ref_), topic));
     }
 
     /// Send a push now; register it for its reply unless none is expected.
@@ -173,7 +161,7 @@ impl Io {
         push: Buffered,
     ) {
         let r = self.take_ref();
-        self.emit(join_ref, Some(&r), topic, push.event, &push.payload);
+        self.emit(join_ref, &r, topic, &push.push);
         if let PushKind::Broadcast { ack: false } = push.kind {
             if let Some(reply) = push.reply {
                 let _ = reply.send(Ok(()));
@@ -310,8 +298,11 @@ impl Router {
             return false;
         }
         let r = self.io.take_ref();
-        self.io
-            .emit(None, Some(&r), PHOENIX_TOPIC, events::HEARTBEAT, &json!({}));
+        if self.io.connected {
+            self.io
+                .out
+                .push(roster_protocol::push::heartbeat(self.io.vsn, &r));
+        }
         self.heartbeat_ref = Some(r);
         true
     }
@@ -345,24 +336,22 @@ impl Router {
             Command::Subscribe(shared, reply) => self.subscribe(shared, reply, now),
             Command::Push {
                 topic,
-                event,
-                payload,
+                push,
                 kind,
                 reply,
-            } => self.push(&topic, event, payload, kind, reply, now),
+            } => self.push(&topic, *push, kind, reply, now),
             Command::Leave {
                 topic,
                 remove,
                 reply,
             } => self.leave(&topic, remove, reply, now),
             Command::AccessToken(token) => {
-                let payload = json!({ "access_token": token });
+                let push = ClientPush::AccessToken(token);
                 for (topic, chan) in &self.chans {
                     if chan.state == State::Joined {
                         let r = self.io.take_ref();
                         let jr = chan.join_ref.as_deref();
-                        self.io
-                            .emit(jr, Some(&r), topic, events::ACCESS_TOKEN, &payload);
+                        self.io.emit(jr, &r, topic, &push);
                     }
                 }
             }
@@ -420,21 +409,15 @@ impl Router {
         chan.shared.rejoined();
         chan.shared.set_status(ChannelStatus::Joining);
         let o = &chan.shared.options;
-        let mut presence = json!({"key": o.presence_key, "enabled": true});
-        if o.quiet_updates {
-            presence["updates"] = json!("replace");
-        }
-        let payload = json!({
-            "config": {
-                "broadcast": {"ack": o.broadcast_ack, "self": o.broadcast_self},
-                "presence": presence,
-                "private": o.private,
-                "postgres_changes": [],
-            },
-            "access_token": token,
+        let join = ClientPush::Join(JoinPayload {
+            broadcast_ack: o.broadcast_ack,
+            broadcast_self: o.broadcast_self,
+            presence_updates: o.quiet_updates.then_some(PresenceUpdates::Replace),
+            private: o.private,
+            access_token: Some(token),
+            ..JoinPayload::presence(o.presence_key.clone())
         });
-        self.io
-            .emit(Some(&r), Some(&r), topic, events::JOIN, &payload);
+        self.io.emit(Some(&r), &r, topic, &join);
         self.pending.insert(
             r.clone(),
             Pending::Join {
@@ -445,15 +428,7 @@ impl Router {
         );
     }
 
-    fn push(
-        &mut self,
-        topic: &str,
-        event: &'static str,
-        payload: Value,
-        kind: PushKind,
-        reply: Reply,
-        now: Instant,
-    ) {
+    fn push(&mut self, topic: &str, push: ClientPush, kind: PushKind, reply: Reply, now: Instant) {
         let deadline = now + self.timeout();
         let Some(chan) = self.chans.get_mut(topic).filter(|c| c.wants_join()) else {
             let _ = reply.send(Err(Error::NotSubscribed));
@@ -465,8 +440,7 @@ impl Router {
             PushKind::Broadcast { .. } => {}
         }
         let push = Buffered {
-            event,
-            payload,
+            push,
             kind,
             reply: Some(reply),
             deadline,
@@ -497,8 +471,7 @@ impl Router {
         if live {
             let r = self.io.take_ref();
             let jr = chan.join_ref.clone();
-            self.io
-                .emit(jr.as_deref(), Some(&r), topic, events::LEAVE, &json!({}));
+            self.io.emit(jr.as_deref(), &r, topic, &ClientPush::Leave);
             self.pending.insert(
                 r,
                 Pending::Leave {
@@ -673,8 +646,7 @@ impl Router {
         if let Some(state) = retrack {
             tracing::debug!(%topic, "re-tracking after rejoin");
             let push = Buffered {
-                event: events::PRESENCE,
-                payload: json!({"type": "presence", "event": "track", "payload": state}),
+                push: ClientPush::Track(state.clone()),
                 kind: PushKind::Track(state),
                 reply: None,
                 deadline: now + self.shared.options.timeout,
@@ -744,13 +716,8 @@ impl Router {
                     if current {
                         // phx-js: leave the timed-out join, then rejoin later.
                         let leave_ref = self.io.take_ref();
-                        self.io.emit(
-                            Some(&join_ref),
-                            Some(&leave_ref),
-                            &topic,
-                            events::LEAVE,
-                            &json!({}),
-                        );
+                        self.io
+                            .emit(Some(&join_ref), &leave_ref, &topic, &ClientPush::Leave);
                         self.errored(&topic, ChannelStatus::TimedOut, now);
                     }
                 }
@@ -826,6 +793,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::{ChannelOptions, ClientOptions};
+    use serde_json::json;
 
     const TOPIC: &str = "realtime:a";
 
@@ -911,8 +879,7 @@ mod tests {
         router.command(
             Command::Push {
                 topic: TOPIC.into(),
-                event: events::PRESENCE,
-                payload: json!({"type": "presence", "event": "track", "payload": {"a": 1}}),
+                push: Box::new(ClientPush::Track(json!({"a": 1}))),
                 kind: PushKind::Track(json!({"a": 1})),
                 reply: tx,
             },

@@ -157,6 +157,13 @@ impl PresenceUpdates {
             _ => None,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Replace => "replace",
+        }
+    }
 }
 
 /// `true`/`false`, or the strings in any letter case.

@@ -7,6 +7,8 @@
 //! * [`Outgoing`]: the five fields of a server frame; encoded once per vsn so
 //!   fan-out can share the bytes.
 //!
+//! * [`push`]: what a client sends (join payloads, presence, broadcast,
+//!   heartbeats), typed and encoded for either vsn.
 //! * [`websocket`]: WebSocket frames in and out of bytes, with
 //!   `permessage-deflate`, for the server's reader and the bench's clients.
 //!
@@ -17,6 +19,7 @@ mod decode;
 mod encode;
 mod event;
 mod join;
+pub mod push;
 mod vsn;
 pub mod websocket;
 

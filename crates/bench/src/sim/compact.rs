@@ -4,13 +4,17 @@
 //! hundred bytes per member, so 10,000 clients each viewing 10,000 members
 //! would need tens of GB. This view keeps 16 bytes per member: the latest
 //! meta's `phx_ref` (hashed) and `seq`, and how many other metas the member
-//! has. That is all the exactness check reads (one meta per member, at its
-//! latest seq, no key from outside the room), and it applies the same
-//! semantics: a snapshot replaces the view, a diff's joins go before its
-//! leaves, a join of a known ref replaces it, diffs before the join's
-//! snapshot wait for it. Frames are parsed without building `Value`s.
+//! has; the other metas themselves, and keys from outside the room, go to
+//! side maps that stay empty while the server is right. That is all the
+//! exactness check reads (one meta per member, at its latest seq, no key
+//! from outside the room), and it applies the same semantics: a snapshot
+//! replaces the view, a diff's joins go before its leaves, a join of a known
+//! ref replaces it, a leave of an unknown ref does nothing, diffs before the
+//! join's snapshot wait for it. A property test checks it against
+//! `ClientPresence`. Frames are parsed without building `Value`s.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -19,12 +23,16 @@ use serde_json::value::RawValue;
 
 #[derive(Clone, Copy, Default)]
 struct Slot {
-    /// Hash of the latest meta's `phx_ref`; 0 when that meta is unknown.
+    /// Hash of the latest meta's `phx_ref`.
     ref_hash: u64,
     seq: u32,
-    /// Metas beyond one: 0 for a member that is present once; `u32::MAX` when absent.
+    /// Metas beyond one (kept in `CompactView::others`): 0 for a member
+    /// that is present once; `u32::MAX` when absent.
     extra: u32,
 }
+
+/// A meta as kept: its hashed `phx_ref` and its `seq`.
+type Kept = (u64, u32);
 
 const ABSENT: u32 = u32::MAX;
 
@@ -45,11 +53,13 @@ pub struct CompactView {
     /// Member `first + k` is slot `k`.
     first: usize,
     slots: Vec<Slot>,
-    /// Slots present, and present but not exactly one known meta: convergence in O(1).
+    /// Slots present, and present with more than one meta: convergence in O(1).
     present: usize,
     doubtful: usize,
+    /// The metas before the latest, oldest first, of slots with `extra > 0`.
+    others: HashMap<usize, Vec<Kept>>,
     /// Metas under keys that are not members of the room.
-    foreign: usize,
+    foreign: HashMap<String, Vec<Kept>>,
     synced: bool,
     pending: Vec<String>,
 }
@@ -189,7 +199,8 @@ impl CompactView {
             slots: vec![Slot::absent(); members.len()],
             present: 0,
             doubtful: 0,
-            foreign: 0,
+            others: HashMap::new(),
+            foreign: HashMap::new(),
             synced: false,
             pending: Vec::new(),
         }
@@ -201,20 +212,23 @@ impl CompactView {
     }
 
     pub fn converged(&self) -> bool {
-        self.present == self.slots.len() && self.doubtful == 0 && self.foreign == 0
+        self.present == self.slots.len() && self.doubtful == 0 && self.foreign.is_empty()
     }
 
     /// (missing, ghosts) against each member's latest seq.
     pub fn check(&self, want_seq: impl Fn(usize) -> u64) -> (usize, usize) {
         let mut missing = 0;
-        let mut ghosts = self.foreign;
+        let mut ghosts: usize = self.foreign.values().map(Vec::len).sum();
         for (k, slot) in self.slots.iter().enumerate() {
             if !slot.present() {
                 missing += 1;
                 continue;
             }
             ghosts += slot.extra as usize;
-            if slot.ref_hash == 0 || u64::from(slot.seq) != want_seq(self.first + k) {
+            // As the full view counts: missing unless some meta has the seq.
+            let want = want_seq(self.first + k);
+            let others = self.others.get(&k).map_or(&[][..], Vec::as_slice);
+            if u64::from(slot.seq) != want && !others.iter().any(|m| u64::from(m.1) == want) {
                 missing += 1;
             }
         }
@@ -230,54 +244,117 @@ impl CompactView {
     fn set(&mut self, k: usize, new: Slot) {
         let old = self.slots[k];
         self.present = self.present + new.present() as usize - old.present() as usize;
-        let doubtful = |s: Slot| (s.present() && (s.extra > 0 || s.ref_hash == 0)) as usize;
+        let doubtful = |s: Slot| (s.present() && s.extra > 0) as usize;
         self.doubtful = self.doubtful + doubtful(new) - doubtful(old);
         self.slots[k] = new;
     }
 
-    fn join(&mut self, key: &str, metas: &[Meta]) {
-        let Some(k) = self.index(key) else {
-            self.foreign += metas.len();
-            return;
+    /// Slot `k`'s metas, oldest first (taken out; `put` puts them back).
+    fn take(&mut self, k: usize) -> Vec<Kept> {
+        let slot = self.slots[k];
+        if !slot.present() {
+            return Vec::new();
+        }
+        let mut metas = self.others.remove(&k).unwrap_or_default();
+        metas.push((slot.ref_hash, slot.seq));
+        metas
+    }
+
+    fn put(&mut self, k: usize, mut metas: Vec<Kept>) {
+        let slot = match metas.pop() {
+            None => Slot::absent(),
+            Some((ref_hash, seq)) => Slot {
+                ref_hash,
+                seq,
+                extra: metas.len() as u32,
+            },
         };
-        let mut slot = self.slots[k];
-        for m in metas {
-            let h = hash_ref(m.phx_ref);
-            if !slot.present() {
-                slot.extra = 0;
-            } else if slot.ref_hash != h {
-                // Another meta under the same key: the old latest becomes an extra.
-                slot.extra += 1;
-            }
-            slot.ref_hash = h;
-            slot.seq = m.seq as u32;
+        if !metas.is_empty() {
+            self.others.insert(k, metas);
         }
         self.set(k, slot);
     }
 
-    fn leave(&mut self, key: &str, metas: &[Meta]) {
+    /// phx-js: a joined ref replaces the key's meta of that ref, and the
+    /// joined metas go last (the latest).
+    fn join(&mut self, key: &str, metas: &[Meta]) {
+        let joined = metas.iter().map(|m| (hash_ref(m.phx_ref), m.seq as u32));
         let Some(k) = self.index(key) else {
-            self.foreign = self.foreign.saturating_sub(metas.len());
+            let kept = self.foreign.entry(key.to_owned()).or_default();
+            for m in joined {
+                kept.retain(|o| o.0 != m.0);
+                kept.push(m);
+            }
             return;
         };
-        let mut slot = self.slots[k];
-        for m in metas {
-            if !slot.present() {
-                break;
-            }
-            if slot.ref_hash == hash_ref(m.phx_ref) {
-                if slot.extra == 0 {
-                    slot = Slot::absent();
-                } else {
-                    // The latest left; which other remains is not kept.
-                    slot.extra -= 1;
-                    slot.ref_hash = 0;
-                }
-            } else if slot.extra > 0 {
-                slot.extra -= 1;
+        // The common cases, one meta joining a member absent or present
+        // under the same ref, without a Vec.
+        let slot = self.slots[k];
+        if let [m] = metas {
+            let h = hash_ref(m.phx_ref);
+            if !slot.present() || (slot.extra == 0 && slot.ref_hash == h) {
+                let new = Slot {
+                    ref_hash: h,
+                    seq: m.seq as u32,
+                    extra: 0,
+                };
+                return self.set(k, new);
             }
         }
-        self.set(k, slot);
+        let mut kept = self.take(k);
+        for m in joined {
+            kept.retain(|o| o.0 != m.0);
+            kept.push(m);
+        }
+        self.put(k, kept);
+    }
+
+    /// phx-js: the leaving refs go; refs the key does not have change nothing.
+    fn leave(&mut self, key: &str, metas: &[Meta]) {
+        let leaving = |h: u64| metas.iter().any(|m| hash_ref(m.phx_ref) == h);
+        let Some(k) = self.index(key) else {
+            if let Some(kept) = self.foreign.get_mut(key) {
+                kept.retain(|o| !leaving(o.0));
+                if kept.is_empty() {
+                    self.foreign.remove(key);
+                }
+            }
+            return;
+        };
+        let slot = self.slots[k];
+        if !slot.present() {
+            return;
+        }
+        if slot.extra == 0 {
+            // The common case, a member with one meta, without a Vec.
+            if leaving(slot.ref_hash) {
+                self.set(k, Slot::absent());
+            }
+            return;
+        }
+        let mut kept = self.take(k);
+        kept.retain(|o| !leaving(o.0));
+        self.put(k, kept);
+    }
+
+    #[cfg(test)]
+    fn members(&self) -> std::collections::BTreeMap<String, (usize, Vec<Kept>)> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut add = |key: String, mut metas: Vec<Kept>| {
+            metas.sort_unstable();
+            out.insert(key, (metas.len(), metas));
+        };
+        for (key, metas) in &self.foreign {
+            add(key.clone(), metas.clone());
+        }
+        for (k, slot) in self.slots.iter().enumerate() {
+            if slot.present() {
+                let mut metas = self.others.get(&k).cloned().unwrap_or_default();
+                metas.push((slot.ref_hash, slot.seq));
+                add(format!("u{}", self.first + k), metas);
+            }
+        }
+        out
     }
 
     /// Apply a `presence_state`: it replaces the view.
@@ -285,7 +362,8 @@ impl CompactView {
         for k in 0..self.slots.len() {
             self.set(k, Slot::absent());
         }
-        self.foreign = 0;
+        self.others.clear();
+        self.foreign.clear();
         let mut d = serde_json::Deserializer::from_str(payload.get());
         EachEntry(|key, entry: Entry| self.join(key, &entry.metas)).deserialize(&mut d)?;
         self.synced = true;
@@ -369,9 +447,16 @@ mod tests {
             None,
         )
         .unwrap();
-        // u0's latest left: its remaining meta is not known, so u0 counts as missing.
-        assert_eq!(v.check(|_| 1), (1, 0));
-        assert!(!v.converged());
+        // u0's latest left: the meta before it is the latest again.
+        assert_eq!(v.check(|_| 1), (0, 0));
+        assert!(v.converged());
+        // Leaves of refs u0 does not have change nothing.
+        v.on_diff(
+            &raw(r#"{"joins":{},"leaves":{"u0":{"metas":[{"phx_ref":"x"}]},"zz":{"metas":[{"phx_ref":"z"}]}}}"#),
+            None,
+        )
+        .unwrap();
+        assert!(v.converged());
         v.on_diff(
             &raw(r#"{"joins":{"u0":{"metas":[{"phx_ref":"a2","seq":1}]}},"leaves":{"u0":{"metas":[{"phx_ref":"a"}]}}}"#),
             None,
@@ -391,5 +476,126 @@ mod tests {
         )
         .unwrap();
         assert_eq!((f.event, f.payload.get()), ("presence_state", "{}"));
+    }
+
+    /// The compact view against the phx-js algorithm (`ClientPresence`),
+    /// fed the same random snapshots and diffs.
+    mod against_client_presence {
+        use super::*;
+        use proptest::prelude::*;
+        use roster_presence::ClientPresence;
+        use serde_json::{json, Value};
+        use std::collections::BTreeMap;
+
+        /// Members are u1..=u3; u0, u4 and zz are keys from outside the room.
+        const KEYS: [&str; 6] = ["u0", "u1", "u2", "u3", "u4", "zz"];
+        fn members() -> std::ops::Range<usize> {
+            1..4
+        }
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            State(Value),
+            Diff(Value),
+            Rejoined,
+        }
+
+        /// `{key: {metas: [{phx_ref, seq}]}}` with distinct refs per key
+        /// and no empty lists (the server sends neither).
+        fn presences() -> impl Strategy<Value = Value> {
+            let metas = prop::collection::vec((0..6usize, 0..3u64), 1..4);
+            prop::collection::btree_map(0..KEYS.len(), metas, 0..4).prop_map(|m| {
+                let mut out = serde_json::Map::new();
+                for (k, metas) in m {
+                    let mut seen = Vec::new();
+                    let metas: Vec<Value> = metas
+                        .into_iter()
+                        .filter(|(r, _)| {
+                            let new = !seen.contains(r);
+                            seen.push(*r);
+                            new
+                        })
+                        .map(|(r, seq)| json!({"phx_ref": format!("r{r}"), "seq": seq}))
+                        .collect();
+                    out.insert(KEYS[k].to_owned(), json!({ "metas": metas }));
+                }
+                Value::Object(out)
+            })
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                1 => presences().prop_map(Op::State),
+                6 => (presences(), presences())
+                    .prop_map(|(joins, leaves)| Op::Diff(json!({"joins": joins, "leaves": leaves}))),
+                1 => Just(Op::Rejoined),
+            ]
+        }
+
+        /// key → (metas, seqs of the metas) in the full view.
+        fn full_members(p: &ClientPresence) -> BTreeMap<String, (usize, Vec<(u64, u32)>)> {
+            p.view()
+                .iter()
+                .map(|(key, metas)| {
+                    let mut all: Vec<(u64, u32)> = metas
+                        .iter()
+                        .map(|m| {
+                            let r = m["phx_ref"].as_str().unwrap();
+                            (hash_ref(r), m["seq"].as_u64().unwrap() as u32)
+                        })
+                        .collect();
+                    all.sort_unstable();
+                    (key.clone(), (metas.len(), all))
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn agrees_on_members_after_each_step(ops in prop::collection::vec(op(), 1..12)) {
+                let mut compact = CompactView::new(members());
+                let mut full = ClientPresence::silent();
+                for op in &ops {
+                    match op {
+                        Op::State(p) => {
+                            full.on_state(p).unwrap();
+                            compact.on_state(&raw(&p.to_string())).unwrap();
+                        }
+                        Op::Diff(p) => {
+                            full.on_diff(p).unwrap();
+                            compact.on_diff(&raw(&p.to_string()), None).unwrap();
+                        }
+                        Op::Rejoined => {
+                            full.rejoined();
+                            compact.rejoined();
+                        }
+                    }
+                    prop_assert_eq!(compact.members(), full_members(&full), "after {:?}", op);
+                    let n = members().len();
+                    // Every member once and nothing else (`View::converged` counts
+                    // keys only, so a foreign key can stand in for a missing member).
+                    let converged = full.view().len() == n
+                        && members().all(|k| full.view().get(&format!("u{k}")).is_some_and(|m| m.len() == 1));
+                    prop_assert_eq!(compact.converged(), converged, "after {:?}", op);
+                    for want in 0..3 {
+                        // The exactness check's rule: a member counts as missing
+                        // unless one of its metas has the seq wanted.
+                        let missing = members()
+                            .filter(|k| {
+                                full.view().get(&format!("u{k}")).is_none_or(|metas| {
+                                    !metas.iter().any(|m| m["seq"].as_u64() == Some(want))
+                                })
+                            })
+                            .count();
+                        let ghosts = full.view().values().map(|m| m.len()).sum::<usize>()
+                            - (n - members()
+                                .filter(|k| !full.view().contains_key(&format!("u{k}")))
+                                .count());
+                        prop_assert_eq!(compact.check(|_| want), (missing, ghosts), "after {:?}", op);
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use roster_presence::ClientPresence;
+use roster_protocol::push::{self, ClientPush, JoinPayload};
+use roster_protocol::Vsn;
 use roster_server::settings::DEV_PUBLISHABLE_KEY;
 use roster_server::{Running, Settings};
 use serde_json::{json, Value};
@@ -218,6 +220,14 @@ impl Client {
         self.send_raw(&text.to_string()).await;
     }
 
+    fn protocol_vsn(&self) -> Vsn {
+        if self.vsn == 1 {
+            Vsn::V1
+        } else {
+            Vsn::V2
+        }
+    }
+
     fn take_ref(&mut self) -> String {
         let r = self.next_ref.to_string();
         self.next_ref += 1;
@@ -233,25 +243,45 @@ impl Client {
         payload: Value,
     ) -> String {
         let r = self.take_ref();
-        self.send_frame(json!(join_ref), json!(r), topic, event, payload)
-            .await;
+        let text = push::encode(
+            self.protocol_vsn(),
+            Some(join_ref),
+            Some(&r),
+            topic,
+            event,
+            &payload,
+        );
+        self.send_raw(&text).await;
+        r
+    }
+
+    /// Send a typed push on a channel whose join ref is `join_ref`; returns the ref used.
+    pub async fn send_push(&mut self, join_ref: &str, topic: &str, push: &ClientPush) -> String {
+        let r = self.take_ref();
+        let text = push.encode(self.protocol_vsn(), Some(join_ref), Some(&r), topic);
+        self.send_raw(&text).await;
         r
     }
 
     /// Send `phx_join`; returns its ref (which is also the join ref).
     pub async fn join_raw(&mut self, topic: &str, payload: Value) -> String {
         let r = self.take_ref();
-        self.send_frame(json!(r), json!(r), topic, "phx_join", payload)
-            .await;
+        let text = push::encode(
+            self.protocol_vsn(),
+            Some(&r),
+            Some(&r),
+            topic,
+            roster_protocol::events::JOIN,
+            &payload,
+        );
+        self.send_raw(&text).await;
         r
     }
 
     /// Join with presence enabled and an optional key; waits for the ok reply
     /// and the snapshot. Returns the join ref.
     pub async fn join(&mut self, topic: &str, key: Option<&str>) -> String {
-        let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
-            "presence": {"key": key.unwrap_or(""), "enabled": true},
-            "private": false, "postgres_changes": []}});
+        let payload = JoinPayload::presence(key.unwrap_or("")).to_json();
         let join_ref = self.join_raw(topic, payload).await;
         let reply = self.recv_event("phx_reply").await;
         assert_eq!(
@@ -265,12 +295,7 @@ impl Client {
 
     pub async fn track(&mut self, join_ref: &str, topic: &str, state: Value) -> Got {
         let r = self
-            .push(
-                join_ref,
-                topic,
-                "presence",
-                json!({"type": "presence", "event": "track", "payload": state}),
-            )
+            .send_push(join_ref, topic, &ClientPush::Track(state))
             .await;
         self.recv_reply(&r).await
     }
@@ -434,7 +459,7 @@ impl Client {
             self.stash
         );
         let r = self.take_ref();
-        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({}))
+        self.send_raw(&push::heartbeat(self.protocol_vsn(), &r))
             .await;
         let got = self.recv().await;
         assert!(
@@ -459,7 +484,7 @@ impl Client {
 
     pub async fn heartbeat(&mut self) -> Got {
         let r = self.take_ref();
-        self.send_frame(Value::Null, json!(r), "phoenix", "heartbeat", json!({}))
+        self.send_raw(&push::heartbeat(self.protocol_vsn(), &r))
             .await;
         self.recv_reply(&r).await
     }
