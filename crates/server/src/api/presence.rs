@@ -152,17 +152,18 @@ async fn members(
         Ok(checked) => checked,
         Err(refusal) => return *refusal,
     };
-    match asked_keys(&uri) {
-        Ok(Some(keys)) => return members_of_keys(&server, topic, params.private, keys).await,
-        Ok(None) => {}
-        Err(refusal) => return *refusal,
-    }
+    // Checked even where it does not apply (`keys=`): an invalid request is refused.
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("limit must be 1..={MAX_PAGE}"),
         );
+    }
+    match asked_keys(&uri) {
+        Ok(Some(keys)) => return members_of_keys(&server, topic, params.private, keys).await,
+        Ok(None) => {}
+        Err(refusal) => return *refusal,
     }
     let full = format!("{TOPIC_PREFIX}{topic}");
     let cursor = params.cursor.as_deref();

@@ -243,6 +243,14 @@ async fn a_query_says_when_an_offline_key_was_last_seen() {
     );
     assert_eq!(got["members"][1]["metas"].as_array().unwrap().len(), 1);
     assert_eq!(got["next_cursor"], Value::Null);
+    // An out-of-range limit is refused even where it would not apply (found by schemathesis).
+    let (status, got) = get(
+        s.addr,
+        "/api/presence/seen/members?keys=goes&limit=5000",
+        DEV_SECRET_KEY,
+    )
+    .await;
+    assert_eq!(status, 400, "{got}");
     // A channel nobody has open: everyone offline, last seen still known.
     let (_, got) = get(
         s.addr,
