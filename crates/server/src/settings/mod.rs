@@ -299,11 +299,22 @@ impl std::fmt::Display for LogFormat {
 }
 
 /// The credentials the server accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Keys {
     pub publishable: String,
     pub secret: String,
     pub jwt_secret: String,
+}
+
+/// The publishable key is public; the other two never reach a log.
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("publishable", &self.publishable)
+            .field("secret", &"[redacted]")
+            .field("jwt_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// Where the keys came from, so the banner can say what to copy.
@@ -670,6 +681,19 @@ fn random_token() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_output_of_settings_never_shows_the_secrets() {
+        let keys = Keys {
+            publishable: "sb_publishable_x".into(),
+            secret: "sb_secret_hush".into(),
+            jwt_secret: "jwt-hush".into(),
+        };
+        let shown = format!("{keys:?}");
+        assert!(shown.contains("sb_publishable_x"), "{shown}");
+        assert!(!shown.contains("hush"), "{shown}");
+    }
+
     use super::*;
 
     #[test]
