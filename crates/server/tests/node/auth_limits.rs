@@ -46,7 +46,7 @@ async fn join_with_token(c: &mut Client, key: &str, token: &str) -> String {
 }
 
 #[tokio::test]
-async fn item31_access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
+async fn access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
     let s = start().await;
     let mut canary = canary(s.addr).await;
     let first = token(2);
@@ -105,7 +105,7 @@ async fn item31_access_token_refresh_keeps_the_channel_and_a_bad_one_ends_it() {
 }
 
 #[tokio::test]
-async fn item32_an_expiring_token_shuts_the_channel_down() {
+async fn an_expiring_token_shuts_the_channel_down() {
     let s = start().await;
     let mut canary = canary(s.addr).await;
     let mut c = Client::connect(s.addr, 2).await;
@@ -139,7 +139,7 @@ async fn item32_an_expiring_token_shuts_the_channel_down() {
 }
 
 #[tokio::test]
-async fn item33_presence_rate_and_track_size_limits_shut_down_without_reply() {
+async fn presence_rate_and_track_size_limits_shut_down_without_reply() {
     let s = start_with(|c| {
         c.limits.presence_calls_per_window = 3;
         c.limits.max_track_bytes = 64;

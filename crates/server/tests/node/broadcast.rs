@@ -41,7 +41,7 @@ fn kind3(
 }
 
 #[tokio::test]
-async fn item34_json_broadcast_reaches_others_or_all_with_self_and_ack_replies() {
+async fn json_broadcast_reaches_others_or_all_with_self_and_ack_replies() {
     let s = start().await;
     let mut sender = Client::connect(s.addr, 1).await;
     let js = join_with(&mut sender, false, true).await;
@@ -85,7 +85,7 @@ async fn item34_json_broadcast_reaches_others_or_all_with_self_and_ack_replies()
 }
 
 #[tokio::test]
-async fn item08_item35_kind3_frames_json_and_binary() {
+async fn item35_kind3_frames_json_and_binary() {
     let s = start().await;
     let mut sender = Client::connect(s.addr, 2).await;
     let js = join_with(&mut sender, false, true).await;
@@ -121,7 +121,7 @@ async fn item08_item35_kind3_frames_json_and_binary() {
 /// has no readable ref): that socket is closed with 1007 and a reason, and
 /// only that one.
 #[tokio::test]
-async fn item09_bad_binary_frames_close_that_socket_and_only_kind4_is_sent() {
+async fn bad_binary_frames_close_that_socket_and_only_kind4_is_sent() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let j = join_with(&mut c, true, true).await;
@@ -157,7 +157,7 @@ async fn item09_bad_binary_frames_close_that_socket_and_only_kind4_is_sent() {
 }
 
 #[tokio::test]
-async fn item36_rest_broadcast_batch_and_single() {
+async fn rest_broadcast_batch_and_single() {
     let s = start().await;
     let mut v1 = Client::connect(s.addr, 1).await;
     join_with(&mut v1, false, false).await;

@@ -2,8 +2,7 @@
 //! vsn and credentials, envelopes and heartbeats, malformed frames, joins and
 //! their errors, leaves, and presence (track, untrack, state, diffs, keys,
 //! refs), over real WebSockets against an in-process server on a free port.
-//! Each test's name says the behaviour it checks; the `itemNN_` prefixes are
-//! kept only as stable names.
+//! Each test's name says the behaviour it checks.
 
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ async fn refused(url: &str) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn item01_upgrade_paths_vsn_and_extra_params() {
+async fn upgrade_paths_vsn_and_extra_params() {
     let s = start().await;
     for path in ["/realtime/v1/websocket", "/socket/websocket"] {
         let mut v2 = Client::connect_url(
@@ -68,7 +67,7 @@ async fn item01_upgrade_paths_vsn_and_extra_params() {
 }
 
 #[tokio::test]
-async fn item02_credentials_header_first_then_query() {
+async fn credentials_header_first_then_query() {
     let s = start().await;
     let ws = |q: &str| url(s.addr, "/realtime/v1/websocket", q);
     // Publishable key, secret key and a valid JWT are accepted.
@@ -102,7 +101,7 @@ async fn item02_credentials_header_first_then_query() {
 }
 
 #[tokio::test]
-async fn item03_rejections_fail_the_upgrade_with_401_json() {
+async fn rejections_fail_the_upgrade_with_401_json() {
     let s = start().await;
     let ws = |q: String| url(s.addr, "/realtime/v1/websocket", &q);
     let cases = [
@@ -141,7 +140,7 @@ async fn item03_rejections_fail_the_upgrade_with_401_json() {
 }
 
 #[tokio::test]
-async fn item04_heartbeat_echoes_ref_in_the_connection_format() {
+async fn heartbeat_echoes_ref_in_the_connection_format() {
     let s = start().await;
     let mut v2 = Client::connect(s.addr, 2).await;
     v2.send_raw(r#"[null,"7","phoenix","heartbeat",{}]"#).await;
@@ -164,7 +163,7 @@ async fn item04_heartbeat_echoes_ref_in_the_connection_format() {
 }
 
 #[tokio::test]
-async fn item05_idle_socket_is_closed_and_its_presence_leaves() {
+async fn idle_socket_is_closed_and_its_presence_leaves() {
     let s = start_with(|c| c.idle_timeout = Duration::from_millis(400)).await;
     let mut watcher = Client::connect(s.addr, 2).await;
     let w_ref = watcher.join(ROOM, Some("watcher")).await;
@@ -191,7 +190,7 @@ async fn item05_idle_socket_is_closed_and_its_presence_leaves() {
 }
 
 #[tokio::test]
-async fn item06_v1_frames_have_exactly_topic_event_payload_ref() {
+async fn v1_frames_have_exactly_topic_event_payload_ref() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let join_ref = c
@@ -222,7 +221,7 @@ async fn item06_v1_frames_have_exactly_topic_event_payload_ref() {
 }
 
 #[tokio::test]
-async fn item07_v2_refs_for_replies_pushes_and_fanout() {
+async fn v2_refs_for_replies_pushes_and_fanout() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     c.send_raw(r#"["4","4","realtime:room_01","phx_join",{"config":{"presence":{"enabled":true,"key":"k"}}}]"#).await;
@@ -256,7 +255,7 @@ async fn item07_v2_refs_for_replies_pushes_and_fanout() {
 /// cannot be answered closes that socket with 1007 and a reason, as
 /// Supabase closes a socket whose frame it cannot decode.
 #[tokio::test]
-async fn item10_malformed_frames_get_a_reason_by_reply_or_by_1007() {
+async fn malformed_frames_get_a_reason_by_reply_or_by_1007() {
     let s = start().await;
     for vsn in [1, 2] {
         let unanswerable = [
@@ -302,7 +301,7 @@ async fn item10_malformed_frames_get_a_reason_by_reply_or_by_1007() {
 }
 
 #[tokio::test]
-async fn item11_join_reply_has_empty_postgres_changes() {
+async fn join_reply_has_empty_postgres_changes() {
     let s = start().await;
     for vsn in [1, 2] {
         let mut c = Client::connect(s.addr, vsn).await;
@@ -318,7 +317,7 @@ async fn item11_join_reply_has_empty_postgres_changes() {
 }
 
 #[tokio::test]
-async fn item12_join_payload_tolerance_and_access_tokens() {
+async fn join_payload_tolerance_and_access_tokens() {
     let s = start().await;
     let good = jwt(
         json!({"role": "authenticated", "exp": now() + 60}),
@@ -352,7 +351,7 @@ async fn item12_join_payload_tolerance_and_access_tokens() {
 }
 
 #[tokio::test]
-async fn item13_join_errors_have_a_coded_reason() {
+async fn join_errors_have_a_coded_reason() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let bad_sig = jwt(json!({"role": "anon", "exp": now() + 60}), "nope");
@@ -379,7 +378,7 @@ async fn item13_join_errors_have_a_coded_reason() {
 }
 
 #[tokio::test]
-async fn item14_topic_checks() {
+async fn topic_checks() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let r = c.join_raw("realtime:", json!({})).await;
@@ -403,7 +402,7 @@ async fn item14_topic_checks() {
 }
 
 #[tokio::test]
-async fn item15_second_join_of_a_topic_closes_the_first() {
+async fn second_join_of_a_topic_closes_the_first() {
     let s = start().await;
     let mut watcher = Client::connect(s.addr, 2).await;
     watcher.join(ROOM, Some("w")).await;
@@ -430,7 +429,7 @@ async fn item15_second_join_of_a_topic_closes_the_first() {
 }
 
 #[tokio::test]
-async fn item16_leave_replies_ok_then_closes_with_the_join_ref() {
+async fn leave_replies_ok_then_closes_with_the_join_ref() {
     let s = start().await;
     for vsn in [1, 2] {
         let mut c = Client::connect(s.addr, vsn).await;
@@ -458,7 +457,7 @@ async fn item16_leave_replies_ok_then_closes_with_the_join_ref() {
 }
 
 #[tokio::test]
-async fn item17_pushes_with_stale_null_or_missing_join_ref_are_accepted() {
+async fn pushes_with_stale_null_or_missing_join_ref_are_accepted() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     c.join(ROOM, Some("k")).await;
@@ -483,7 +482,7 @@ async fn item17_pushes_with_stale_null_or_missing_join_ref_are_accepted() {
 }
 
 #[tokio::test]
-async fn item18_exactly_one_presence_state_after_the_join_reply() {
+async fn exactly_one_presence_state_after_the_join_reply() {
     let s = start().await;
     let mut a = Client::connect(s.addr, 2).await;
     let a_ref = a.join(ROOM, Some("a")).await;
@@ -506,7 +505,7 @@ async fn item18_exactly_one_presence_state_after_the_join_reply() {
 }
 
 #[tokio::test]
-async fn item19_presence_disabled_gets_no_state_but_still_gets_diffs() {
+async fn presence_disabled_gets_no_state_but_still_gets_diffs() {
     let s = start().await;
     let mut quiet = Client::connect(s.addr, 2).await;
     let r = quiet
@@ -523,7 +522,7 @@ async fn item19_presence_disabled_gets_no_state_but_still_gets_diffs() {
 }
 
 #[tokio::test]
-async fn item20_presence_event_any_case_and_no_type() {
+async fn presence_event_any_case_and_no_type() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let j = c.join(ROOM, Some("k")).await;
@@ -565,7 +564,7 @@ async fn item20_presence_event_any_case_and_no_type() {
 }
 
 #[tokio::test]
-async fn item21_track_diff_reaches_every_member_including_the_sender() {
+async fn track_diff_reaches_every_member_including_the_sender() {
     let s = start().await;
     let mut a = Client::connect(s.addr, 2).await;
     let a_ref = a.join(ROOM, Some("alice")).await;
@@ -589,7 +588,7 @@ async fn item21_track_diff_reaches_every_member_including_the_sender() {
 }
 
 #[tokio::test]
-async fn item22_track_payload_missing_means_empty_and_non_object_is_refused() {
+async fn track_payload_missing_means_empty_and_non_object_is_refused() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let j = c.join(ROOM, Some("k")).await;
@@ -623,7 +622,7 @@ async fn item22_track_payload_missing_means_empty_and_non_object_is_refused() {
 }
 
 #[tokio::test]
-async fn item23_identical_retrack_is_silent_and_an_update_is_one_diff() {
+async fn identical_retrack_is_silent_and_an_update_is_one_diff() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 2).await;
     let j = c.join(ROOM, Some("u")).await;
@@ -654,7 +653,7 @@ async fn item23_identical_retrack_is_silent_and_an_update_is_one_diff() {
 }
 
 #[tokio::test]
-async fn item24_untrack_with_or_without_payload_and_when_not_tracked() {
+async fn untrack_with_or_without_payload_and_when_not_tracked() {
     let s = start().await;
     let mut c = Client::connect(s.addr, 1).await;
     let j = c.join(ROOM, Some("u")).await;
@@ -682,7 +681,7 @@ async fn item24_untrack_with_or_without_payload_and_when_not_tracked() {
 }
 
 #[tokio::test]
-async fn item25_refs_unique_stable_strings_and_diffs_always_have_both_sides() {
+async fn refs_unique_stable_strings_and_diffs_always_have_both_sides() {
     let s = start().await;
     let mut clients = Vec::new();
     for i in 0..5 {
@@ -713,7 +712,7 @@ async fn item25_refs_unique_stable_strings_and_diffs_always_have_both_sides() {
 }
 
 #[tokio::test]
-async fn item26_keys_generated_uuid_v1_or_configured_and_shared() {
+async fn keys_generated_uuid_v1_or_configured_and_shared() {
     let s = start().await;
     let uuid_v1 = |k: &str| {
         let b = k.as_bytes();
@@ -763,7 +762,7 @@ async fn item26_keys_generated_uuid_v1_or_configured_and_shared() {
 }
 
 #[tokio::test]
-async fn item27_leave_close_and_abrupt_drop_each_send_a_leave() {
+async fn leave_close_and_abrupt_drop_each_send_a_leave() {
     let s = start().await;
     let mut watcher = Client::connect(s.addr, 1).await;
     let w = watcher.join(ROOM, Some("watcher")).await;
@@ -793,7 +792,7 @@ async fn item27_leave_close_and_abrupt_drop_each_send_a_leave() {
 }
 
 #[tokio::test]
-async fn item28_rejoin_after_reconnect_gets_fresh_state_without_old_metas() {
+async fn rejoin_after_reconnect_gets_fresh_state_without_old_metas() {
     let s = start().await;
     let mut other = Client::connect(s.addr, 2).await;
     let jo = other.join(ROOM, Some("other")).await;
