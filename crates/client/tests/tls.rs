@@ -2,6 +2,8 @@
 //! certificates made here; clear errors for a wrong hostname, an untrusted
 //! CA and an unknown host; presence across a certificate reload.
 
+// Test certificates, shared with the server's tests.
+#[path = "../../server/tests/certs/mod.rs"]
 mod certs;
 mod common;
 
