@@ -63,13 +63,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.io.flush().await?;
         Ok(total)
     }
-
-    /// Send a Close frame with `code` and `reason` (at most 123 bytes).
-    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        self.write(&[close_frame(Some((code, reason)))])
-            .await
-            .map(drop)
-    }
 }
 
 /// A Close frame with a code and reason, or an empty one.
