@@ -7,25 +7,26 @@
 //! bytes (no I/O, no per-recipient encoding), so the lock is held briefly.
 //! Unrelated channels never contend.
 //!
-//! With a cluster (Redis), a channel's presence is a replica of Redis's:
-//! a track or untrack becomes an op in the channel's write queue, written
-//! by one writer task per channel in batches; its diff comes back numbered
-//! (from the write's reply or from pub/sub) and is applied and fanned out
-//! in Redis's order, like everyone else's. Acks wait for that, so when
-//! `await track()` resolves the client's own state shows it, as on one node.
+//! Every change to a channel's presence goes through its store
+//! (`crate::store`): at once on one node, through Redis in a cluster. The
+//! store reports what it did as `Effects`, and [`Channel::commit`] is the
+//! one place they become frames, webhook events and gauge moves, whoever
+//! made the change and wherever it was applied.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use roster_presence::{
-    meta_weight, ChannelPresence, Diff, MemberId, Meta, RefGen, SnapshotParts, State, Updates,
+    meta_weight, ChannelPresence, Diff, MemberId, RefGen, SnapshotParts, State, Updates,
 };
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::access::admission::TokenBucket;
-use crate::store::redis::{wire, Cluster, Op, Received, Replica, Replicated, Snapshot, Write};
+use crate::store::local::Local;
+use crate::store::redis::{Cluster, RedisBackend};
+use crate::store::{Backend, ChannelStore, Ctx, Effects, Host, Track};
 pub mod last_seen;
 pub mod outbound;
 
@@ -49,8 +50,7 @@ pub struct Member {
     pub updates: Updates,
 }
 
-/// Sends a deferred reply (a track's `ok` once its diff is out).
-pub type Ack = Box<dyn FnOnce() + Send>;
+pub use crate::store::Ack;
 
 pub struct Channel {
     topic: Arc<str>,
@@ -59,8 +59,8 @@ pub struct Channel {
     private: bool,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
-    /// Set with a cluster: the channel's Redis hash tag and the node.
-    cluster: Option<(Arc<Cluster>, String)>,
+    /// Relays broadcasts to the other nodes (none on a single node).
+    backend: Arc<dyn Backend>,
     webhooks: Option<Arc<Webhooks>>,
     last_seen: Option<Arc<LastSeen>>,
     /// Window over which diffs are coalesced; zero = off.
@@ -73,14 +73,13 @@ pub struct Channel {
     me: std::sync::Weak<Channel>,
 }
 
-#[derive(Default)]
 struct Inner {
     presence: ChannelPresence,
+    /// Where changes to `presence` are applied.
+    store: Box<dyn ChannelStore>,
     members: IndexMap<MemberId, Member>,
     /// Set once the last member left and the channel was dropped from the registry.
     closed: bool,
-    /// Cluster mode only.
-    sync: Option<Sync>,
     /// With coalescing: the open window's net diff and the acks behind it.
     window: Option<Window>,
     /// A `presence_count` send is scheduled.
@@ -203,159 +202,9 @@ impl StateFrames {
     }
 }
 
-/// A channel's side of the cluster: what this node owns, the write queue,
-/// the replica, and the acks waiting for their diffs.
-#[derive(Default)]
-struct Sync {
-    replica: Replica,
-    /// This node's entries: the truth it re-asserts when Redis lost it.
-    owned: HashMap<MemberId, Owned>,
-    /// Owned entries of departed sockets, kept for the grace period.
-    orphans: HashSet<MemberId>,
-    /// Ops not yet sent, and whether the writer task is running.
-    queue: Vec<Op>,
-    writing: bool,
-    /// Id of the batch that `queue` will become.
-    next_batch: u64,
-    /// Where sent batches landed (`None`: failed, retried later).
-    landed: BTreeMap<u64, Option<(Arc<str>, u64)>>,
-    acks: VecDeque<(u64, Ack)>,
-    /// Acks whose writes are visible, to be sent by the channel.
-    ready: Vec<Ack>,
-    /// Members that joined before the first snapshot: their state is owed.
-    waiting: Vec<MemberId>,
-    /// The node id under which this channel is in the node's channel set.
-    registered_as: Option<Arc<str>>,
-    resyncing: bool,
-    /// Another resync was asked for while one ran.
-    resync_again: bool,
-    hole_timer: bool,
-}
-
-struct Owned {
-    key: Arc<str>,
-    meta: Meta,
-    entry: String,
-}
-
-impl Sync {
-    /// The batch an ack must wait for: the queued one, else the one in
-    /// flight, else the last ack's; `None` = nothing pending, ack now.
-    fn ack_batch(&self) -> Option<u64> {
-        if !self.queue.is_empty() {
-            Some(self.next_batch)
-        } else if self.writing {
-            Some(self.next_batch - 1)
-        } else {
-            self.acks.back().map(|a| a.0)
-        }
-    }
-
-    fn add_ack(&mut self, ack: Ack) {
-        match self.ack_batch() {
-            Some(batch) => self.acks.push_back((batch, ack)),
-            None => self.ready.push(ack),
-        }
-    }
-
-    /// Send the acks whose writes are visible in the replica.
-    fn release_acks(&mut self) {
-        while let Some((batch, _)) = self.acks.front() {
-            let ready = match self.landed.get(batch) {
-                None => false,
-                Some(None) => true,
-                Some(Some((epoch, seq))) => match self.replica.position() {
-                    Some((e, s)) if e == &**epoch => s >= *seq,
-                    // Another epoch: that write's life is over unless a resync is coming.
-                    Some(_) => !self.resyncing,
-                    None => false,
-                },
-            };
-            if !ready {
-                break;
-            }
-            let (_, ack) = self.acks.pop_front().expect("front exists");
-            self.ready.push(ack);
-        }
-        let keep_from = self.acks.front().map_or(self.next_batch, |a| a.0);
-        self.landed.retain(|b, _| *b >= keep_from);
-    }
-
-    fn put(&mut self, member: MemberId, key: Arc<str>, meta: Meta) {
-        let entry = wire::encode_entry(&key, &meta);
-        self.queue.push((member, Write::Put(entry.clone())));
-        self.owned.insert(member, Owned { key, meta, entry });
-    }
-
-    /// A first track: Redis decides whether it takes over an orphan (of
-    /// any node) or puts `meta`; `owned` is corrected from the reply.
-    fn take_over(&mut self, member: MemberId, key: Arc<str>, meta: Meta) {
-        let entry = wire::encode_entry(&key, &meta);
-        self.queue.push((
-            member,
-            Write::TakeOver {
-                fallback: entry.clone(),
-                key: key.to_string(),
-                state: meta.state.as_json().to_owned(),
-            },
-        ));
-        self.owned.insert(member, Owned { key, meta, entry });
-    }
-
-    fn delete(&mut self, member: MemberId) {
-        self.orphans.remove(&member);
-        if self.owned.remove(&member).is_some() {
-            self.queue.push((member, Write::Delete));
-        }
-    }
-
-    /// After our write landed: where a take-over found an orphan, our entry
-    /// is the orphan's meta, not the one we proposed.
-    fn adopt_results(&mut self, ops: &[Op], update: &wire::Update, nid: &str) {
-        for (member, write) in ops {
-            let Write::TakeOver { fallback, .. } = write else {
-                continue;
-            };
-            let mid = format!("{nid}|{member}");
-            let landed = update.changes.iter().find(|c| c.join && *c.mid == *mid);
-            let (Some(landed), Some(owned)) = (landed, self.owned.get_mut(member)) else {
-                continue;
-            };
-            if owned.entry == *fallback && landed.meta != owned.meta {
-                owned.meta = landed.meta.clone();
-                owned.entry = wire::encode_entry(&owned.key, &owned.meta);
-            }
-        }
-    }
-
-    /// Another node took over one of our orphans: it is no longer ours.
-    fn forget_adopted(&mut self, update: &wire::Update, nid: &str) {
-        if self.orphans.is_empty() || *update.origin == *nid {
-            return;
-        }
-        for change in update.changes.iter().filter(|c| !c.join) {
-            let member = change
-                .mid
-                .strip_prefix(nid)
-                .and_then(|m| m.strip_prefix('|'))
-                .and_then(|m| m.parse().ok());
-            if let Some(member) = member {
-                if self.orphans.remove(&member) {
-                    self.owned.remove(&member);
-                }
-            }
-        }
-    }
-}
-
 impl Channel {
     pub fn topic(&self) -> &str {
         &self.topic
-    }
-
-    /// The channel's Redis hash tag (empty without a cluster).
-    pub fn tag(&self) -> &str {
-        self.cluster.as_ref().map_or("", |(_, tag)| tag)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -379,399 +228,86 @@ impl Channel {
             ack();
             return Ok(());
         };
-        let old = match &inner.sync {
-            Some(sync) => sync
-                .owned
-                .get(&member)
-                .map(|o| meta_weight(&o.key, &o.meta.state)),
-            None => inner
-                .presence
-                .meta_of(member)
-                .map(|m| meta_weight(key, &m.state)),
-        }
-        .unwrap_or(0);
+        let old = inner.store.weight_of(&inner.presence, member, key);
         let others = inner.presence.state_bytes().saturating_sub(old);
         if !fair_share(others, meta_weight(key, &state), max_state_bytes) {
             return Err(StateFull);
         }
-        let Some(sync) = inner.sync.as_mut() else {
-            self.change(&mut inner, |p| p.track(member, key, state, refs, updates));
-            self.deliver_ack(&mut inner, ack);
-            return Ok(());
+        let track = Track {
+            member,
+            key,
+            state,
+            refs,
+            updates,
         };
-        match sync.owned.get(&member) {
-            Some(o) if &*o.key == key && o.meta.state == state => {}
-            Some(o) if &*o.key == key && updates == Updates::Replace => {
-                let meta = Meta {
-                    phx_ref: o.meta.phx_ref.clone(),
-                    phx_ref_prev: Some(o.meta.phx_ref.clone()),
-                    state,
-                };
-                sync.put(member, Arc::from(key), meta);
-            }
-            Some(o) => {
-                let meta = Meta {
-                    phx_ref: refs.next_ref(),
-                    phx_ref_prev: (&*o.key == key).then(|| o.meta.phx_ref.clone()),
-                    state,
-                };
-                sync.put(member, Arc::from(key), meta);
-            }
-            None => {
-                // Within the grace period, the same state under the same
-                // key takes a departed socket's meta over, ref and all.
-                let orphan = sync.orphans.iter().copied().find(|o| {
-                    sync.owned
-                        .get(o)
-                        .is_some_and(|x| &*x.key == key && x.meta.state == state)
-                });
-                match orphan {
-                    Some(o) => {
-                        let meta = sync.owned[&o].meta.clone();
-                        sync.delete(o);
-                        sync.put(member, Arc::from(key), meta);
-                    }
-                    // Maybe an orphan of another node (the client came
-                    // back through another one): Redis decides.
-                    None => {
-                        let meta = Meta {
-                            phx_ref: refs.next_ref(),
-                            phx_ref_prev: None,
-                            state,
-                        };
-                        sync.take_over(member, Arc::from(key), meta);
-                    }
-                }
-            }
-        }
-        sync.add_ack(ack);
-        self.write(&mut inner);
-        self.settle_acks(&mut inner);
+        self.apply(&mut inner, |store, cx| store.track(cx, track, ack));
         Ok(())
     }
 
     pub fn untrack(self: &Arc<Self>, member: MemberId, ack: Ack) {
         let mut inner = self.inner.lock();
-        match inner.sync.as_mut() {
-            Some(sync) => {
-                sync.delete(member);
-                sync.add_ack(ack);
-                self.write(&mut inner);
-                self.settle_acks(&mut inner);
-            }
-            None => {
-                self.change(&mut inner, |p| p.untrack(member));
-                self.deliver_ack(&mut inner, ack);
-            }
-        }
+        self.apply(&mut inner, |store, cx| store.untrack(cx, member, Some(ack)));
     }
 
-    /// Remove `member`'s presence (it left): locally, or as a cluster op.
-    fn remove(self: &Arc<Self>, inner: &mut Inner, member: MemberId) {
-        match inner.sync.as_mut() {
-            Some(sync) => {
-                sync.delete(member);
-                self.write(inner);
-            }
-            None => self.change(inner, |p| p.untrack(member)),
-        }
-    }
-
-    /// Start the writer task if there is something to write.
-    fn write(self: &Arc<Self>, inner: &mut Inner) {
-        let Some(sync) = inner.sync.as_mut() else {
-            return;
-        };
-        if sync.writing || sync.queue.is_empty() {
-            return;
-        }
-        sync.writing = true;
-        let channel = self.clone();
-        if let Some((cluster, _)) = &self.cluster {
-            cluster.writer_running(true);
-        }
-        tokio::spawn(async move { channel.write_loop().await });
-    }
-
-    /// Write the queue in batches, one in flight at a time, so this node's
-    /// changes to the channel land in the order they were made.
-    async fn write_loop(self: Arc<Self>) {
-        let (cluster, tag) = self.cluster.clone().expect("cluster mode");
-        loop {
-            let nid = cluster.nid();
-            let (batch, ops, register) = {
-                let mut inner = self.inner.lock();
-                let sync = inner.sync.as_mut().expect("cluster mode");
-                if sync.queue.is_empty() {
-                    sync.writing = false;
-                    cluster.writer_running(false);
-                    return;
-                }
-                let batch = sync.next_batch;
-                sync.next_batch += 1;
-                // Puts and deletes are absolute: of a member's run of them,
-                // the last one wins. Other ops keep their place.
-                let absolute = |w: &Write| matches!(w, Write::Put(_) | Write::Delete);
-                let mut ops: Vec<Op> = Vec::with_capacity(sync.queue.len());
-                for op in sync.queue.drain(..).rev() {
-                    let superseded =
-                        absolute(&op.1) && ops.iter().any(|o| o.0 == op.0 && absolute(&o.1));
-                    if !superseded {
-                        ops.push(op);
-                    }
-                }
-                ops.reverse();
-                let register = sync.registered_as.as_deref() != Some(&*nid);
-                (batch, ops, register)
-            };
-            let result = cluster
-                .apply(&tag, &self.topic, self.private, &ops, register)
-                .await;
-            let failed = {
-                let mut inner = self.inner.lock();
-                let sync = inner.sync.as_mut().expect("cluster mode");
-                let failed = match result {
-                    Ok(applied) => {
-                        if register {
-                            sync.registered_as = Some(nid.clone());
-                        }
-                        sync.landed
-                            .insert(batch, Some((applied.epoch, applied.seq)));
-                        match applied.update {
-                            Some(update) => {
-                                sync.adopt_results(&ops, &update, &nid);
-                                self.receive_locked(&mut inner, update)
-                            }
-                            None => sync.release_acks(),
-                        }
-                        false
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, topic = %self.topic, "presence write failed; will retry");
-                        // Keep the ops (they are idempotent) ahead of newer
-                        // ones; the acks go now: the change is accepted and
-                        // lands when the node is back in touch with Redis.
-                        let newer = std::mem::replace(&mut sync.queue, ops);
-                        sync.queue.extend(newer);
-                        sync.landed.insert(batch, None);
-                        sync.release_acks();
-                        true
-                    }
-                };
-                self.settle_acks(&mut inner);
-                failed
-            };
-            if failed {
-                tokio::time::sleep(cluster.settings.heartbeat / 2).await;
-                cluster.until_healthy().await;
-            }
-        }
-    }
-
-    /// A numbered update from Redis (pub/sub).
-    pub fn receive(self: &Arc<Self>, update: wire::Update) {
-        let mut inner = self.inner.lock();
-        self.receive_locked(&mut inner, update);
-    }
-
-    fn receive_locked(self: &Arc<Self>, inner: &mut Inner, update: wire::Update) {
-        let Some(sync) = inner.sync.as_mut() else {
-            return;
-        };
+    /// Run one store operation under the lock, then tell everyone what it did.
+    fn apply<R>(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        op: impl FnOnce(&mut dyn ChannelStore, &mut Ctx<'_>) -> R,
+    ) -> R {
         let keys_before = inner.presence.key_count();
-        if let Some((cluster, _)) = &self.cluster {
-            let nid = cluster.nid();
-            sync.replica.set_own(&nid);
-            sync.forget_adopted(&update, &nid);
-        }
-        match sync.replica.receive(update, &mut inner.presence) {
-            Received::Applied(diff) => {
-                let diff = diff.net();
-                self.remember_leaves(inner, &diff);
-                self.count(inner, &diff, keys_before);
-                if !diff.is_empty() {
-                    self.send_diff(inner, &diff);
-                }
-            }
-            Received::Stale => {}
-            Received::Parked => self.watch_hole(inner),
-            Received::Resync => self.request_resync(inner),
-        }
-        if let Some(sync) = inner.sync.as_mut() {
-            sync.release_acks();
-        }
-        self.settle_acks(inner);
-        self.emit_own_key_changes(inner);
-    }
-
-    /// Webhook events for the changes this node made (each node reports
-    /// only its own, so each event is sent once in the cluster).
-    fn emit_own_key_changes(&self, inner: &mut Inner) {
-        let Some(sync) = inner.sync.as_mut() else {
-            return;
+        let mut effects = Effects::default();
+        let mut cx = Ctx {
+            presence: &mut inner.presence,
+            effects: &mut effects,
         };
-        let changes = std::mem::take(&mut sync.replica.own_key_changes);
-        let Some(w) = &self.webhooks else {
-            return;
-        };
-        for (joined, left) in changes {
-            w.emit(webhooks::key_events(
-                &self.topic,
-                self.private,
-                &joined,
-                &left,
-            ));
-        }
+        let out = op(&mut *inner.store, &mut cx);
+        self.commit(inner, keys_before, effects);
+        out
     }
 
-    /// An update is missing: if it has not come within a second, resync.
-    fn watch_hole(self: &Arc<Self>, inner: &mut Inner) {
-        let sync = inner.sync.as_mut().expect("cluster mode");
-        if !sync.replica.is_synced() || sync.hole_timer {
-            return;
-        }
-        sync.hole_timer = true;
-        let seen = sync.replica.position().map(|(_, s)| s);
-        let channel = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let mut inner = channel.inner.lock();
-            let sync = inner.sync.as_mut().expect("cluster mode");
-            sync.hole_timer = false;
-            if sync.replica.has_gap() && sync.replica.position().map(|(_, s)| s) == seen {
-                tracing::debug!(topic = %channel.topic, "presence update missing; resyncing");
-                channel.request_resync(&mut inner);
-            } else if sync.replica.has_gap() {
-                channel.watch_hole(&mut inner);
-            }
-        });
-    }
-
-    fn request_resync(self: &Arc<Self>, inner: &mut Inner) {
-        let sync = inner.sync.as_mut().expect("cluster mode");
-        if sync.resyncing {
-            sync.resync_again = true;
-            return;
-        }
-        sync.resyncing = true;
-        let (cluster, _) = self.cluster.clone().expect("cluster mode");
-        tokio::spawn(cluster.resync(self.clone() as Arc<dyn Replicated>));
-    }
-
-    /// Install a snapshot: members waiting for their first state get it;
-    /// members that had a state get the difference. False when another
-    /// resync was asked for meanwhile (the caller goes round again).
-    pub fn install(self: &Arc<Self>, snapshot: Snapshot) -> bool {
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        let Some(sync) = inner.sync.as_mut() else {
-            return true;
-        };
-        if std::mem::take(&mut sync.resync_again) {
-            return false;
-        }
-        sync.resyncing = false;
-        let keys_before = inner.presence.key_count();
-        let first = !sync.replica.is_synced();
-        if let Some((cluster, _)) = &self.cluster {
-            sync.replica.set_own(&cluster.nid());
-        }
-        let cluster = self.cluster.as_ref().map(|(c, _)| c.clone());
-        let is_live = |nid: &str| cluster.as_ref().is_none_or(|c| c.is_live(nid));
-        let diff = sync
-            .replica
-            .install(snapshot, &mut inner.presence, &is_live);
-        let waiting = std::mem::take(&mut sync.waiting);
-        sync.release_acks();
+    /// The one path from a change of presence to the outside world, for
+    /// local and Redis changes alike: last seen, the gauges, the diff to
+    /// every member (or into the coalescing window), the acks behind it,
+    /// webhook events for this node's own changes, owed snapshots.
+    fn commit(self: &Arc<Self>, inner: &mut Inner, keys_before: usize, effects: Effects) {
+        let Effects {
+            diff,
+            silent,
+            key_changes,
+            acks,
+            owed_states,
+        } = effects;
+        self.remember_leaves(inner, &diff);
         self.count(inner, &diff, keys_before);
-        if !first && !diff.is_empty() {
-            self.send_diff(inner, &diff);
-        }
-        self.settle_acks(inner);
-        self.emit_own_key_changes(inner);
-        self.counts_changed(inner);
-        if first {
+        if silent {
             // The state changed without a diff: frames built before are stale.
             if let Some(window) = inner.window.as_mut() {
                 window.state = StateFrames::default();
             }
+            self.counts_changed(inner);
+        } else if !diff.is_empty() {
+            self.send_diff(inner, &diff);
         }
-        // Without a window, these frames serve every waiting member.
+        for ack in acks {
+            self.deliver_ack(inner, ack);
+        }
+        if let Some(w) = &self.webhooks {
+            for (joined, left) in key_changes {
+                w.emit(webhooks::key_events(
+                    &self.topic,
+                    self.private,
+                    &joined,
+                    &left,
+                ));
+            }
+        }
+        // Without a window, these frames serve every owed member.
         let mut scratch = StateFrames::default();
-        for id in waiting {
+        for id in owed_states {
             if let Some(m) = inner.members.get(&id) {
                 let (out, join_ref) = (m.out.clone(), m.join_ref.clone());
                 self.send_state(inner, &mut scratch, &out, join_ref.as_ref());
-            }
-        }
-        true
-    }
-
-    /// Whether a settled replica (no gap, no resync under way) is not at
-    /// Redis's `(epoch, seq)`: it missed a message.
-    pub fn lags(&self, epoch: &str, seq: u64) -> bool {
-        let inner = self.inner.lock();
-        let Some(sync) = &inner.sync else {
-            return false;
-        };
-        if sync.resyncing || sync.replica.has_gap() || sync.writing {
-            return false;
-        }
-        sync.replica
-            .position()
-            .is_some_and(|(e, s)| e != epoch || s != seq)
-    }
-
-    /// Park updates until the next snapshot (see `Replica::hold`).
-    pub fn hold(&self) {
-        let mut inner = self.inner.lock();
-        if let Some(sync) = inner.sync.as_mut() {
-            sync.replica.hold();
-            sync.resyncing = true;
-        }
-    }
-
-    /// Queue every owned entry again (Redis may have lost them); entries
-    /// Redis still has are left alone by the script.
-    pub fn reassert(self: &Arc<Self>) {
-        let mut inner = self.inner.lock();
-        let Some(sync) = inner.sync.as_mut() else {
-            return;
-        };
-        let ops: Vec<Op> = sync
-            .owned
-            .iter()
-            .map(|(m, o)| (*m, Write::Put(o.entry.clone())))
-            .collect();
-        let mut ops = ops;
-        ops.extend(sync.orphans.iter().map(|m| (*m, Write::Orphan)));
-        // Ahead of newer ops, which must win.
-        let newer = std::mem::replace(&mut sync.queue, ops);
-        sync.queue.extend(newer);
-        sync.registered_as = None;
-        self.write(&mut inner);
-    }
-
-    /// Apply one presence change and queue its `presence_diff` (if any) to
-    /// every member; the one place presence changes on a single node, so
-    /// gauges stay right.
-    fn change(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        apply: impl FnOnce(&mut ChannelPresence) -> Option<Diff>,
-    ) {
-        let keys_before = inner.presence.key_count();
-        if let Some(diff) = apply(&mut inner.presence) {
-            self.remember_leaves(inner, &diff);
-            self.count(inner, &diff, keys_before);
-            self.send_diff(inner, &diff);
-            if let Some(w) = &self.webhooks {
-                w.emit(webhooks::events_for(
-                    &self.topic,
-                    self.private,
-                    &diff,
-                    &inner.presence,
-                ));
             }
         }
     }
@@ -862,17 +398,6 @@ impl Channel {
         match inner.window.as_mut() {
             Some(window) => window.acks.push(ack),
             None => ack(),
-        }
-    }
-
-    /// Send the cluster acks that became ready.
-    fn settle_acks(&self, inner: &mut Inner) {
-        let ready = match inner.sync.as_mut() {
-            Some(sync) if !sync.ready.is_empty() => std::mem::take(&mut sync.ready),
-            _ => return,
-        };
-        for ack in ready {
-            self.deliver_ack(inner, ack);
         }
     }
 
@@ -995,9 +520,7 @@ impl Channel {
 
     /// [`Self::broadcast`] for a message whose budget was taken already.
     pub fn broadcast_prepaid(&self, msg: &UserBroadcast, sender: Option<MemberId>) -> usize {
-        if let Some((cluster, tag)) = &self.cluster {
-            relay_broadcast(cluster, tag.clone(), msg);
-        }
+        self.backend.relay_broadcast(&self.topic, self.private, msg);
         self.deliver(msg, sender)
     }
 
@@ -1125,11 +648,6 @@ pub fn key_values(
         .collect()
 }
 
-/// Publish a broadcast for the other nodes, without waiting for Redis.
-pub fn relay_broadcast(cluster: &Arc<Cluster>, tag: String, msg: &UserBroadcast) {
-    cluster.publish_broadcast(&tag, msg);
-}
-
 /// Whether a meta of `weight` fits a channel whose other metas weigh
 /// `others`, under a budget of `max`. A large meta (over 1/256 of the
 /// budget: 3 KiB by default) must leave the last quarter free: that quarter
@@ -1153,6 +671,9 @@ pub struct ChannelFull;
 pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
     metrics: Arc<Metrics>,
+    /// Where channels' presence lives: this node, or Redis.
+    backend: Arc<dyn Backend>,
+    /// The Redis cluster, for reads of channels not open here.
     cluster: Option<Arc<Cluster>>,
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
@@ -1199,9 +720,15 @@ impl Registry {
         cluster: Option<Arc<Cluster>>,
         webhooks: Option<Arc<Webhooks>>,
     ) -> Self {
+        // The one place that decides between one node and a cluster.
+        let backend: Arc<dyn Backend> = match &cluster {
+            Some(cluster) => Arc::new(RedisBackend(cluster.clone())),
+            None => Arc::new(Local),
+        };
         Registry {
             channels: Mutex::default(),
             metrics,
+            backend,
             cluster,
             webhooks,
             coalesce: std::time::Duration::ZERO,
@@ -1218,9 +745,7 @@ impl Registry {
     /// A broadcast for a channel with no member on this node: the other
     /// nodes may have some (on a single node, nobody gets it).
     pub fn relay_to_other_nodes(&self, topic: &str, private: bool, msg: &UserBroadcast) {
-        if let Some(cluster) = &self.cluster {
-            relay_broadcast(cluster, crate::store::redis::wire::tag(topic, private), msg);
-        }
+        self.backend.relay_broadcast(topic, private, msg);
     }
 
     /// Add a member to `topic`, creating the channel if needed. Under the
@@ -1254,14 +779,20 @@ impl Registry {
                         key: registry_key(topic, private),
                         private,
                         inner: Mutex::new(Inner {
-                            sync: self.cluster.as_ref().map(|_| Sync::default()),
-                            ..Inner::default()
+                            presence: ChannelPresence::default(),
+                            store: self.backend.channel_store(
+                                topic,
+                                private,
+                                me.clone() as std::sync::Weak<dyn Host>,
+                            ),
+                            members: IndexMap::new(),
+                            closed: false,
+                            window: None,
+                            counting: std::sync::atomic::AtomicBool::new(false),
+                            count_only: 0,
                         }),
                         metrics: self.metrics.clone(),
-                        cluster: self
-                            .cluster
-                            .as_ref()
-                            .map(|c| (c.clone(), wire::tag(topic, private))),
+                        backend: self.backend.clone(),
                         webhooks: self.webhooks.clone(),
                         last_seen: self.last_seen.clone(),
                         coalesce: self.coalesce,
@@ -1270,12 +801,10 @@ impl Registry {
                     })
                 })
                 .clone();
-            if created {
-                if let Some(cluster) = &self.cluster {
-                    cluster.open(&(channel.clone() as Arc<dyn Replicated>));
-                }
-            }
             let mut inner = channel.inner.lock();
+            if created {
+                inner.store.opened();
+            }
             if inner.closed {
                 // Lost a race with the last member leaving; the registry has
                 // dropped this one, so look again.
@@ -1289,12 +818,7 @@ impl Registry {
                 channel.send_count(&member, &count_payload(&inner.presence));
             }
             let owed_state = send_state && member.presence_read && !member.count_only;
-            if let Some(sync) = inner.sync.as_mut().filter(|s| !s.replica.is_synced()) {
-                // Sent when the first snapshot is in.
-                if owed_state {
-                    sync.waiting.push(id);
-                }
-            } else if owed_state {
+            if owed_state && !inner.store.defer_state(id) {
                 let scratch = &mut StateFrames::default();
                 channel.send_state(&mut inner, scratch, &member.out, member.join_ref.as_ref());
             }
@@ -1315,7 +839,7 @@ impl Registry {
         };
         inner.count_only -= usize::from(gone.count_only);
         self.metrics.channel_leaves.increment(1);
-        channel.remove(&mut inner, member);
+        channel.apply(&mut inner, |store, cx| store.untrack(cx, member, None));
         self.close_if_empty(channel, &mut inner);
     }
 
@@ -1334,18 +858,7 @@ impl Registry {
         };
         inner.count_only -= usize::from(gone.count_only);
         self.metrics.channel_leaves.increment(1);
-        let kept = match inner.sync.as_mut() {
-            Some(sync) => {
-                let kept = sync.owned.contains_key(&member) && sync.orphans.insert(member);
-                if kept {
-                    // Visible in Redis, so a rejoin on another node can adopt it.
-                    sync.queue.push((member, Write::Orphan));
-                    channel.write(&mut inner);
-                }
-                kept
-            }
-            None => inner.presence.orphan(member),
-        };
+        let kept = channel.apply(&mut inner, |store, cx| store.orphan(cx, member));
         self.close_if_empty(channel, &mut inner);
         kept
     }
@@ -1354,34 +867,24 @@ impl Registry {
     /// it was adopted meanwhile (then there is nothing left to remove).
     pub fn expire(&self, channel: &Arc<Channel>, member: MemberId) {
         let mut inner = channel.inner.lock();
-        let orphan = match &inner.sync {
-            Some(sync) => sync.orphans.contains(&member),
-            None => inner.presence.is_orphan(member),
-        };
-        if !orphan {
+        if !inner.store.is_orphan(&inner.presence, member) {
             return;
         }
-        channel.remove(&mut inner, member);
+        channel.apply(&mut inner, |store, cx| store.untrack(cx, member, None));
         self.close_if_empty(channel, &mut inner);
     }
 
     /// Drop a channel with no members and no kept metas from the registry.
     fn close_if_empty(&self, channel: &Arc<Channel>, inner: &mut Inner) {
-        // With a cluster, other nodes' entries do not keep a channel here;
-        // the writer task still flushes this node's last deletes.
-        let holds = match &inner.sync {
-            Some(sync) => !sync.owned.is_empty(),
-            None => !inner.presence.is_empty(),
-        };
-        if !inner.members.is_empty() || holds {
+        if !inner.members.is_empty() || inner.store.holds(&inner.presence) {
             return;
         }
-        if let Some(cluster) = &self.cluster {
-            let m = &self.metrics;
-            m.presences.decrement(inner.presence.meta_count() as f64);
-            m.presence_keys.decrement(inner.presence.key_count() as f64);
-            cluster.close(&(channel.clone() as Arc<dyn Replicated>));
-        }
+        // What is left are other nodes' presences (in a cluster): off the
+        // gauges with the channel.
+        let m = &self.metrics;
+        m.presences.decrement(inner.presence.meta_count() as f64);
+        m.presence_keys.decrement(inner.presence.key_count() as f64);
+        inner.store.closed();
         // Lock order: channel, then registry. `join` never holds the
         // registry lock while taking a channel lock, so this cannot deadlock.
         inner.closed = true;
@@ -1413,43 +916,27 @@ impl Registry {
     }
 }
 
-/// The Redis store's view of a channel: it calls back through this, so the
-/// store never names the channel layer.
-impl Replicated for Channel {
-    fn tag(&self) -> &str {
-        Channel::tag(self)
-    }
-
+/// What a store's own tasks (Redis: the writer, pub/sub, resyncs) may do
+/// with the channel: run under its lock, with their effects committed.
+impl Host for Channel {
     fn topic(&self) -> &str {
-        Channel::topic(self)
+        &self.topic
     }
 
     fn is_private(&self) -> bool {
-        Channel::is_private(self)
+        self.private
     }
 
     fn is_closed(&self) -> bool {
         Channel::is_closed(self)
     }
 
-    fn install(self: Arc<Self>, snapshot: Snapshot) -> bool {
-        Channel::install(&self, snapshot)
-    }
-
-    fn receive(self: Arc<Self>, update: wire::Update) {
-        Channel::receive(&self, update)
-    }
-
-    fn hold(&self) {
-        Channel::hold(self)
-    }
-
-    fn reassert(self: Arc<Self>) {
-        Channel::reassert(&self)
-    }
-
-    fn lags(&self, epoch: &str, seq: u64) -> bool {
-        Channel::lags(self, epoch, seq)
+    fn with_store(&self, f: &mut dyn FnMut(&mut dyn ChannelStore, &mut Ctx<'_>)) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let mut inner = self.inner.lock();
+        me.apply(&mut inner, |store, cx| f(store, cx));
     }
 
     fn deliver_broadcast(&self, msg: &UserBroadcast) -> usize {

@@ -10,9 +10,12 @@
 //! * `scripts` — the Lua scripts: every change is one atomic script that
 //!   also publishes the numbered diff.
 //! * `replica` — a node's copy of one channel, applied in Redis's order.
+//! * `channel_store` — a channel's store on Redis (the `ChannelStore` of
+//!   `store`): its owned entries, write queue and writer task, acks.
 //! * this file — the node: its lease (heartbeat), reaping dead nodes,
 //!   the pub/sub connection, recovery after Redis comes back.
 
+mod channel_store;
 mod replica;
 mod scripts;
 pub mod wire;
@@ -30,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use channel_store::RedisBackend;
 pub use replica::{Received, Replica, Snapshot};
 use scripts::Scripts;
 
