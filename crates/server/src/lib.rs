@@ -8,7 +8,8 @@
 //! * [`session`]: what each client message does on its socket;
 //! * [`access`]: keys and JWTs, private-channel policies, caps and rates;
 //! * [`channel`]: the channel registry, presence, fan-out, last seen;
-//! * [`store`]: presence shared by several nodes through Redis;
+//! * [`store`]: where a channel's presence changes are applied: here, or in
+//!   Redis for several nodes;
 //! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving;
 //! * [`settings`]: flags, environment and the TOML file, resolved once.
 //!
