@@ -9,7 +9,8 @@
 //! A session knows its node only through a [`SessionContext`] (`context.rs`):
 //! limits, access, shared rates, the registry, refs and keys, metrics and
 //! the shutdown signal. It speaks `roster_protocol` frames in and the
-//! queue's own frames out.
+//! queue's own frames out, so the tests (`tests.rs`) drive it with text
+//! and read what it queued, without a socket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +31,8 @@ use crate::channel::{Channel, Member};
 use crate::settings::Limits;
 
 mod context;
+#[cfg(test)]
+mod tests;
 
 pub use context::{Access, KeyGen, PresenceDefaults, SessionContext};
 
