@@ -14,8 +14,8 @@ const SERVER_LAYERS: &[&str] = &[
     "node",
     "transport",
     "api",
-    "session",
     "server",
+    "session",
     "channel",
     "store",
     "access",
@@ -208,6 +208,40 @@ fn the_server_layers_import_only_downwards() {
         }
     }
     assert!(upward.is_empty(), "imports against the layers: {upward:#?}");
+}
+
+/// Where HTTP framework types may appear: the layers that speak HTTP.
+/// Below them the domain has Roster's own frames and queues.
+const HTTP_LAYERS: &[&str] = &["transport", "api"];
+
+#[test]
+fn axum_stays_in_the_http_layers() {
+    let src = crate_src("server");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut outside = Vec::new();
+    for file in &files {
+        let module = module_of(&src, file);
+        let top = module.split("::").next().unwrap();
+        // The root (`lib.rs`, `main.rs`) names no axum types, only a log
+        // target; this file names the pattern.
+        if module.is_empty() || module == "import_graph" || HTTP_LAYERS.contains(&top) {
+            continue;
+        }
+        let code = std::fs::read_to_string(file).unwrap();
+        let uses = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .any(|l| l.contains("axum::") || l.contains("use axum"));
+        if uses {
+            outside.push(module);
+        }
+    }
+    assert!(files.len() > 5, "read {} files", files.len());
+    assert!(
+        outside.is_empty(),
+        "axum outside {HTTP_LAYERS:?}: {outside:?}"
+    );
 }
 
 #[test]

@@ -5,17 +5,20 @@
 //! * [`transport`]: HTTP routes, the WebSocket upgrade, TLS, one task per
 //!   socket ([`transport::connection`]) and its queue of shared frames;
 //! * [`api`]: REST broadcast, the presence API, the demo page;
-//! * [`session`]: what each client message does on its socket;
-//! * [`access`]: keys and JWTs, private-channel policies, caps and rates;
+//! * [`server`]: the state one node's sockets share, and the narrow
+//!   handles each session is built from;
+//! * [`session`]: what each client message does on its socket, knowing its
+//!   node only through a [`session::SessionContext`];
 //! * [`channel`]: the channel registry, presence, fan-out, last seen;
 //! * [`store`]: where a channel's presence changes are applied: here, or in
 //!   Redis for several nodes;
+//! * [`access`]: keys and JWTs, private-channel policies, caps and rates;
 //! * [`webhooks`]: batched, signed POSTs of presence keys joining and leaving;
 //! * [`settings`]: flags, environment and the TOML file, resolved once.
 //!
-//! [`server`] is the state one node's sockets share; [`node`] starts it and
-//! stops it. The protocol
-//! lives in `roster-protocol`, presence logic in `roster-presence`.
+//! [`node`] starts a server and stops it; [`metrics`] sits between
+//! webhooks and settings. The protocol lives in `roster-protocol`,
+//! presence logic in `roster-presence`.
 
 pub mod access;
 pub mod api;

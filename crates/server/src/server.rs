@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use roster_presence::RefGen;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::admission::Admission;
-use crate::access::auth::Auth;
 use crate::channel::Registry;
 use crate::metrics::Metrics;
+use crate::session::{Access, SessionContext};
 use crate::settings::Settings;
 use crate::store::redis::Cluster;
 use crate::webhooks::{self, Webhooks};
@@ -18,11 +17,14 @@ use crate::webhooks::{self, Webhooks};
 /// Everything the sockets of one node share.
 pub struct Server {
     pub settings: Settings,
-    pub auth: Auth,
-    pub registry: Registry,
+    /// Keys, JWT checks and private-channel policies (connect, REST, sessions).
+    pub access: Arc<Access>,
+    pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
-    pub refs: RefGen,
+    /// What each socket's session is built from: the narrow handles above
+    /// (shared, not copied), the limits, refs and presence keys.
+    pub sessions: Arc<SessionContext>,
     /// Presence webhooks' sink, when configured (the registry and the
     /// cluster emit into it; shutdown flushes it).
     pub webhooks: Option<Arc<Webhooks>>,
@@ -30,7 +32,6 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Socket tasks, so shutdown can wait for their cleanup.
     pub tasks: TaskTracker,
-    uuid_node: [u8; 6],
 }
 
 impl Server {
@@ -47,12 +48,6 @@ impl Server {
             per_second: settings.limits.channel_broadcasts_per_second,
             bytes_per_second: settings.limits.channel_broadcast_bytes_per_second,
         };
-        let random = uuid::Uuid::new_v4();
-        let bytes = random.as_bytes();
-        let mut uuid_node = [0u8; 6];
-        uuid_node.copy_from_slice(&bytes[..6]);
-        // Multicast bit set: a random node id, not a MAC address (RFC 4122 §4.5).
-        uuid_node[0] |= 0x01;
         let metrics = Arc::new(Metrics::new());
         let features = &settings.presence_features;
         // In a cluster last seen lives in Redis, so every node answers the same.
@@ -73,26 +68,34 @@ impl Server {
         if let Some(cluster) = &cluster {
             cluster.set_webhooks(webhooks.clone());
         }
-        Arc::new(Server {
-            auth: Auth::with_options(settings.keys.clone(), settings.jwt.clone()),
-            settings,
-            registry: Registry::new(metrics.clone(), cluster, webhooks.clone())
+        let registry = Arc::new(
+            Registry::new(metrics.clone(), cluster, webhooks.clone())
                 .with_coalesce(coalesce)
                 .with_frame_limit(frame_limit)
                 .with_last_seen(last_seen)
                 .with_broadcast_rates(broadcast_rates),
-            webhooks,
+        );
+        let access = Arc::new(Access::from_settings(&settings));
+        let admission = Arc::<Admission>::default();
+        let shutdown = CancellationToken::new();
+        let sessions = Arc::new(SessionContext::new(
+            &settings,
+            access.clone(),
+            registry.clone(),
+            admission.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        Arc::new(Server {
+            settings,
+            access,
+            registry,
             metrics,
-            admission: Arc::default(),
-            refs: RefGen::new(u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]])),
-            shutdown: CancellationToken::new(),
+            admission,
+            sessions,
+            webhooks,
+            shutdown,
             tasks: TaskTracker::new(),
-            uuid_node,
         })
-    }
-
-    /// A presence key for a join that named none: a UUID v1, like rt.
-    pub fn generate_key(&self) -> String {
-        uuid::Uuid::now_v1(&self.uuid_node).to_string()
     }
 }

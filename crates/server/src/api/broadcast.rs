@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::access::auth::Credential;
-use crate::access::authz;
 use crate::channel::Channel;
 use crate::server::Server;
 
@@ -52,11 +51,15 @@ pub(crate) fn authorize(server: &Server, headers: &HeaderMap) -> Result<Credenti
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
-    server.auth.verify_socket(bearer.or(apikey)).map_err(|e| {
-        tracing::info!(reason = %e, "REST call refused");
-        server.metrics.auth_failure(e.label());
-        Box::new(error(StatusCode::UNAUTHORIZED, e.to_string()))
-    })
+    server
+        .access
+        .auth
+        .verify_socket(bearer.or(apikey))
+        .map_err(|e| {
+            tracing::info!(reason = %e, "REST call refused");
+            server.metrics.auth_failure(e.label());
+            Box::new(error(StatusCode::UNAUTHORIZED, e.to_string()))
+        })
 }
 
 /// The body, read up to the REST body budget: 413 past it, before more
@@ -119,9 +122,7 @@ fn deliver_all(
     // silently, as rt does.
     let batch: Vec<Outgoing> = batch
         .into_iter()
-        .filter(|m| {
-            !m.private || authz::rights(&server.settings.policies, &m.topic, cred).broadcast_write
-        })
+        .filter(|m| !m.private || server.access.rights(&m.topic, cred).broadcast_write)
         .collect();
     // Each channel's share of the batch, taken from its budget at once.
     let mut channels: Vec<(Arc<Channel>, u32, usize)> = Vec::new();

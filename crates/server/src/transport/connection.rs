@@ -170,7 +170,7 @@ pub async fn run(
     // Pongs go out through the queue, between whole frames.
     let replies = out.clone();
     let shutdown = server.shutdown.clone();
-    let mut session = Session::new(server.clone(), out, credential, peer.ip());
+    let mut session = Session::new(server.sessions.clone(), out, credential, peer.ip());
     let metrics = server.metrics.clone();
     metrics.connections.increment(1);
     metrics.connections_total.increment(1);

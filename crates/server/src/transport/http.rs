@@ -281,7 +281,7 @@ async fn websocket(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or_else(|| params.get("apikey").map(String::as_str));
-    let credential = match server.auth.verify_socket(presented) {
+    let credential = match server.access.auth.verify_socket(presented) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "connection refused");

@@ -5,6 +5,12 @@
 //! client in the order they were made. Dropping a session (socket closed,
 //! timed out, overflowed, task cancelled or panicked) removes all of its
 //! memberships, and with them its presences.
+//!
+//! A session knows its node only through a [`SessionContext`] (`context.rs`):
+//! limits, access, shared rates, the registry, refs and keys, metrics and
+//! the shutdown signal. It speaks `roster_protocol` frames in and the
+//! queue's own frames out, so the tests (`tests.rs`) drive it with text
+//! and read what it queued, without a socket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,10 +25,16 @@ use roster_protocol::{
 
 use crate::access::admission::RateWindow;
 use crate::access::auth::{unix_now, AuthError, Credential};
-use crate::access::authz::{self, Rights};
+use crate::access::authz::Rights;
 use crate::channel::outbound::Outbound;
 use crate::channel::{Channel, Member};
-use crate::server::Server;
+use crate::settings::Limits;
+
+mod context;
+#[cfg(test)]
+mod tests;
+
+pub use context::{Access, KeyGen, PresenceDefaults, SessionContext};
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
@@ -46,7 +58,7 @@ struct Joined {
 }
 
 pub struct Session {
-    server: Arc<Server>,
+    ctx: Arc<SessionContext>,
     out: Outbound,
     credential: Credential,
     /// The client's address: some rates are counted per address, so that
@@ -65,9 +77,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(server: Arc<Server>, out: Outbound, credential: Credential, ip: IpAddr) -> Self {
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        out: Outbound,
+        credential: Credential,
+        ip: IpAddr,
+    ) -> Self {
         Session {
-            server,
+            ctx,
             out,
             credential,
             ip,
@@ -97,11 +114,11 @@ impl Session {
         if self.close.is_some() {
             return false;
         }
-        let max = self.server.settings.limits.max_frames_per_second;
+        let max = self.ctx.limits.max_frames_per_second;
         if self.frames.allow(max, std::time::Duration::from_secs(1)) {
             return true;
         }
-        self.server.metrics.refused("frame_rate");
+        self.ctx.metrics.refused("frame_rate");
         self.close_socket(1008, "Too many messages per second");
         false
     }
@@ -122,7 +139,7 @@ impl Session {
             Ok(frame) => self.handle(frame),
             Err(e) => {
                 tracing::debug!(error = %e, "malformed frame");
-                self.server.metrics.refused("malformed");
+                self.ctx.metrics.refused("malformed");
                 match reply_address(self.vsn(), text) {
                     Some(at) => self.reply(&at, Reply::error(&format!("MalformedMessage: {e}"))),
                     None => self.close_socket(1007, format!("malformed frame: {e}")),
@@ -138,7 +155,7 @@ impl Session {
             return;
         }
         if self.vsn() != Vsn::V2 {
-            self.server.metrics.refused("malformed");
+            self.ctx.metrics.refused("malformed");
             return self.close_socket(1007, "binary frames need vsn 2.0.0");
         }
         match decode_binary(bytes) {
@@ -148,7 +165,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "malformed binary frame");
-                self.server.metrics.refused("malformed");
+                self.ctx.metrics.refused("malformed");
                 self.close_socket(1007, format!("malformed binary frame: {e}"));
             }
         }
@@ -177,7 +194,7 @@ impl Session {
     /// Refuse a join; the reason's code prefix is counted.
     fn refuse_join(&self, frame: &Frame, reason: &str) {
         let code = reason.split_once(':').map_or(reason, |(code, _)| code);
-        self.server.metrics.join_refused(code);
+        self.ctx.metrics.join_refused(code);
         self.reply(frame, Reply::error(reason));
     }
 
@@ -218,7 +235,7 @@ impl Session {
         .to_string();
         if self.close_channel(topic, Some(&payload)) {
             tracing::debug!(topic, message, "channel shut down");
-            self.server.metrics.channel_shutdown(label);
+            self.ctx.metrics.channel_shutdown(label);
         }
     }
 
@@ -229,7 +246,7 @@ impl Session {
         let Some(joined) = self.joined.remove(topic) else {
             return false;
         };
-        self.server.registry.leave(&joined.channel, joined.member);
+        self.ctx.registry.leave(&joined.channel, joined.member);
         let join_ref = joined.join_ref.as_deref();
         if let Some(payload) = system {
             self.out
@@ -261,7 +278,7 @@ impl Session {
 
     fn join(&mut self, frame: &Frame, config: JoinConfig) {
         let topic = frame.topic.as_str();
-        let limits = &self.server.settings.limits;
+        let limits = &self.ctx.limits;
         // Budgets first: nothing of the join is kept before they pass.
         if topic.len() > limits.max_topic_bytes {
             let max = limits.max_topic_bytes;
@@ -298,16 +315,12 @@ impl Session {
                 "Unsupported: postgres_changes are not available on this server",
             );
         }
-        let server = Arc::clone(&self.server);
-        let limits = &server.settings.limits;
+        let ctx = Arc::clone(&self.ctx);
+        let limits = &ctx.limits;
         if !self.joined.contains_key(topic) && self.joined.len() >= limits.max_channels_per_socket {
             return self.refuse_join(frame, "ChannelRateLimitReached: Too many channels");
         }
-        if !self
-            .server
-            .admission
-            .allow_join(limits.max_joins_per_second)
-        {
+        if !ctx.admission.allow_join(limits.max_joins_per_second) {
             // rt refuses the join and then disconnects the whole socket.
             self.close_socket(1008, "join rate limit");
             return self.refuse_join(
@@ -315,7 +328,7 @@ impl Session {
                 "ClientJoinRateLimitReached: Too many joins per second",
             );
         }
-        if server.registry.cluster().is_some_and(|c| !c.is_healthy()) {
+        if ctx.registry.cluster().is_some_and(|c| !c.is_healthy()) {
             // realtime-js retries a refused join with backoff; meanwhile a
             // load balancer sees /ready fail and moves new sockets away.
             return self.refuse_join(
@@ -323,9 +336,8 @@ impl Session {
                 "NodeUnavailable: This node lost its cluster link; try again",
             );
         }
-        let settings = &server.settings;
         let private = config.private;
-        if settings.private_only && !private {
+        if ctx.access.private_only && !private {
             return self.refuse_join(
                 frame,
                 "PrivateOnly: This project only allows private channels",
@@ -334,7 +346,7 @@ impl Session {
         // `sb_…` or no token: the socket credential stands. Otherwise the
         // token must verify, as at connect.
         let (token, cred) = match config.access_token.as_deref() {
-            Some(t) if !t.starts_with("sb_") => match self.server.auth.verify_jwt(t) {
+            Some(t) if !t.starts_with("sb_") => match self.ctx.access.verify_jwt(t) {
                 Ok(cred) => (Some(t.to_owned()), cred),
                 Err(e) => return self.refuse_join(frame, &e.join_reason()),
             },
@@ -342,7 +354,7 @@ impl Session {
         };
         let expires_at = cred.expires_at();
         let rights = if private {
-            authz::rights(&settings.policies, name, &cred)
+            ctx.access.rights(name, &cred)
         } else {
             Rights::ALL
         };
@@ -364,13 +376,13 @@ impl Session {
         self.close_channel(topic, None);
         let key: Arc<str> = match config.presence_key {
             Some(k) => k.into(),
-            None => self.server.generate_key().into(),
+            None => self.ctx.keys.next().into(),
         };
         let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
         let join_ref: Option<Arc<str>> = frame.join_ref.as_deref().map(Arc::from);
         let ok = Reply::ok_with(r#"{"postgres_changes":[]}"#).payload();
         let reply = Outgoing::reply(frame.join_ref.as_deref(), frame.ref_.as_deref(), topic, &ok);
-        let joined = self.server.registry.join(
+        let joined = self.ctx.registry.join(
             topic,
             private,
             member,
@@ -383,7 +395,7 @@ impl Session {
                 updates: match config.presence_updates {
                     Some(PresenceUpdates::Classic) => Updates::Classic,
                     Some(PresenceUpdates::Replace) => Updates::Replace,
-                    None => settings.presence_features.updates,
+                    None => ctx.presence.updates,
                 },
             },
             &reply,
@@ -423,7 +435,7 @@ impl Session {
         if joined.token.as_deref() == Some(token.as_str()) {
             return;
         }
-        let cred = match self.server.auth.verify_jwt(&token) {
+        let cred = match self.ctx.access.verify_jwt(&token) {
             Ok(cred) => cred,
             Err(e) => return self.shut_down(&frame.topic, e.label(), &e.system_message()),
         };
@@ -435,7 +447,7 @@ impl Session {
                 .topic
                 .strip_prefix(TOPIC_PREFIX)
                 .unwrap_or(&frame.topic);
-            let rights = authz::rights(&self.server.settings.policies, name, &cred);
+            let rights = self.ctx.access.rights(name, &cred);
             if !rights.can_join() {
                 let message = format!(
                     "You no longer have permission to read from this Channel topic: {name}"
@@ -457,7 +469,7 @@ impl Session {
             return self.reply(frame, Reply::error("unmatched topic"));
         }
         // Every broadcast push counts against the socket's rate, as in rt.
-        let max = self.server.settings.limits.max_events_per_second_per_socket;
+        let max = self.ctx.limits.max_events_per_second_per_socket;
         if !self.events.allow(max, std::time::Duration::from_secs(1)) {
             return self.shut_down(&frame.topic, "event_rate", "Too many messages per second");
         }
@@ -480,18 +492,14 @@ impl Session {
             }
             return;
         }
-        let limits = &self.server.settings.limits;
+        let limits = &self.ctx.limits;
         if let Err(reason) = check_broadcast(&msg, limits) {
-            self.server.metrics.refused(reason.budget);
+            self.ctx.metrics.refused(reason.budget);
             return self.reply(frame, Reply::error(&reason.message));
         }
         let max_per_ip = limits.max_broadcasts_per_second_per_ip;
-        if !self
-            .server
-            .admission
-            .allow_broadcast_from(self.ip, max_per_ip)
-        {
-            self.server.metrics.refused("ip_broadcast_rate");
+        if !self.ctx.admission.allow_broadcast_from(self.ip, max_per_ip) {
+            self.ctx.metrics.refused("ip_broadcast_rate");
             return self.reply(
                 frame,
                 Reply::error("RateLimited: Too many broadcasts from this address"),
@@ -506,7 +514,7 @@ impl Session {
     }
 
     fn presence(&mut self, frame: &Frame, action: PresenceAction) {
-        let limits = &self.server.settings.limits;
+        let limits = &self.ctx.limits;
         // Matched by topic: a stale, null or missing join_ref is fine (rt's REAL-981).
         if !self.joined.contains_key(&frame.topic) {
             return self.reply(frame, Reply::error("unmatched topic"));
@@ -533,7 +541,7 @@ impl Session {
         let writes = matches!(action, PresenceAction::Track(_) | PresenceAction::Untrack);
         if writes
             && !self
-                .server
+                .ctx
                 .admission
                 .allow_presence_event(limits.max_presence_events_per_second)
         {
@@ -546,11 +554,11 @@ impl Session {
         let max_per_ip = limits.max_presence_calls_per_second_per_ip;
         if writes
             && !self
-                .server
+                .ctx
                 .admission
                 .allow_presence_call_from(self.ip, max_per_ip)
         {
-            self.server.metrics.refused("ip_presence_rate");
+            self.ctx.metrics.refused("ip_presence_rate");
             return self.reply(
                 frame,
                 Reply::error("RateLimited: Too many presence calls from this address"),
@@ -578,7 +586,7 @@ impl Session {
                         joined.member,
                         &joined.key,
                         state,
-                        &self.server.refs,
+                        &self.ctx.refs,
                         limits.max_state_bytes_per_channel,
                         ack,
                     );
@@ -621,10 +629,7 @@ pub struct Refused {
 /// The byte budgets of a broadcast, whether it came by WebSocket or REST:
 /// an event name binary frames can carry, a payload well under the
 /// official clients' frame limit.
-pub fn check_broadcast(
-    msg: &UserBroadcast,
-    limits: &crate::settings::Limits,
-) -> Result<(), Refused> {
+pub fn check_broadcast(msg: &UserBroadcast, limits: &Limits) -> Result<(), Refused> {
     if msg.event.len() > limits.max_event_bytes {
         return Err(Refused {
             budget: "event_bytes",
@@ -652,16 +657,16 @@ impl Drop for Session {
     /// the presences stay a while (a quick reconnect takes them over with no
     /// churn); without one they leave now.
     fn drop(&mut self) {
-        let grace = self.server.settings.presence_grace;
-        let shutting_down = self.server.shutdown.is_cancelled();
+        let grace = self.ctx.presence.grace;
+        let shutting_down = self.ctx.shutdown.is_cancelled();
         for (_, joined) in self.joined.drain() {
             let keep = !grace.is_zero() && !shutting_down;
-            let registry = &self.server.registry;
+            let registry = &self.ctx.registry;
             if registry.depart(&joined.channel, joined.member, keep) {
-                let server = self.server.clone();
+                let registry = registry.clone();
                 let expire = async move {
                     tokio::time::sleep(grace).await;
-                    server.registry.expire(&joined.channel, joined.member);
+                    registry.expire(&joined.channel, joined.member);
                 };
                 // Without a runtime the process is ending: nobody to tell.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
