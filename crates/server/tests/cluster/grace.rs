@@ -1,6 +1,7 @@
-//! The leave grace period across nodes: a client that drops and comes back
-//! through *another* node, tracking the same state under the same key,
-//! takes its old meta over (same `phx_ref`); nobody sees a leave or a join.
+//! The leave grace period in a cluster: a client that drops and comes back
+//! through *another* node or the same one, tracking the same state under
+//! the same key, takes its old meta over (same `phx_ref`); nobody sees a
+//! leave or a join.
 
 use std::time::Duration;
 
@@ -25,11 +26,20 @@ fn refs_of(client: &Client, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_through_another_node_takes_the_meta_over() {
-    let redis = Redis::start("grace_x").await;
+    rejoin_takes_the_meta_over("grace_x", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_through_the_same_node_takes_the_meta_over() {
+    rejoin_takes_the_meta_over("grace_s", true).await;
+}
+
+async fn rejoin_takes_the_meta_over(name: &str, same_node: bool) {
+    let redis = Redis::start(name).await;
     let grace = ["--presence-grace-ms", "1500"];
-    let a = Node::start("grace_x", &redis.url(), "a", &grace).await;
-    let b = Node::start("grace_x", &redis.url(), "b", &grace).await;
-    let c = Node::start("grace_x", &redis.url(), "c", &grace).await;
+    let a = Node::start(name, &redis.url(), "a", &grace).await;
+    let b = Node::start(name, &redis.url(), "b", &grace).await;
+    let c = Node::start(name, &redis.url(), "c", &grace).await;
 
     let mut observer = Client::connect(c.addr, 2).await;
     let oref = observer.join(TOPIC, Some("observer")).await;
@@ -47,10 +57,11 @@ async fn rejoin_through_another_node_takes_the_meta_over() {
     assert_eq!(original.len(), 1);
 
     // A network blip: the socket on node a dies; the client comes back
-    // through node b with the same key and state.
+    // through node b (or a again) with the same key and state.
     first.drop_abruptly();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut second = Client::connect(b.addr, 1).await;
+    let back = if same_node { a.addr } else { b.addr };
+    let mut second = Client::connect(back, 1).await;
     let jref = second.join(TOPIC, Some("mobile")).await;
     let reply = second
         .track(&jref, TOPIC, json!({"status": "online"}))

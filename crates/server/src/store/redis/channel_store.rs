@@ -236,9 +236,10 @@ impl Sync {
         }
     }
 
-    /// Another node took over one of our orphans: it is no longer ours.
+    /// A track (here or on another node) took over one of our orphans: it
+    /// is no longer ours. (Our own deletes leave `orphans` as they are queued.)
     fn forget_adopted(&mut self, update: &wire::Update, nid: &str) {
-        if self.orphans.is_empty() || *update.origin == *nid {
+        if self.orphans.is_empty() {
             return;
         }
         for change in update.changes.iter().filter(|c| !c.join) {
@@ -305,31 +306,18 @@ impl ChannelStore for RedisChannel {
                 };
                 sync.put(member, Arc::from(key), meta);
             }
+            // A first track: within the grace period, the same state under
+            // the same key takes a departed socket's meta over, ref and
+            // all, whichever node it was on. Redis decides (the `T` op: the
+            // tracker's rule, in Lua), so the rule lives in one place per
+            // store; `owned` is corrected from the reply.
             None => {
-                // Within the grace period, the same state under the same
-                // key takes a departed socket's meta over, ref and all.
-                let orphan = sync.orphans.iter().copied().find(|o| {
-                    sync.owned
-                        .get(o)
-                        .is_some_and(|x| &*x.key == key && x.meta.state == state)
-                });
-                match orphan {
-                    Some(o) => {
-                        let meta = sync.owned[&o].meta.clone();
-                        sync.delete(o);
-                        sync.put(member, Arc::from(key), meta);
-                    }
-                    // Maybe an orphan of another node (the client came
-                    // back through another one): Redis decides.
-                    None => {
-                        let meta = Meta {
-                            phx_ref: t.refs.next_ref(),
-                            phx_ref_prev: None,
-                            state,
-                        };
-                        sync.take_over(member, Arc::from(key), meta);
-                    }
-                }
+                let meta = Meta {
+                    phx_ref: t.refs.next_ref(),
+                    phx_ref_prev: None,
+                    state,
+                };
+                sync.take_over(member, Arc::from(key), meta);
             }
         }
         sync.add_ack(ack, cx.effects);
