@@ -140,6 +140,20 @@ impl Client {
     }
 }
 
+/// A room with a watcher and a member "me" that tracks `{}`, both drained:
+/// (context, watcher, member, the member's join ref).
+fn watched_member() -> (Arc<SessionContext>, Client, Client, String) {
+    let ctx = context(|_| {});
+    let mut watcher = Client::new(&ctx, Vsn::V2);
+    watcher.joined(ROOM, "watcher");
+    let mut c = Client::new(&ctx, Vsn::V2);
+    let j = c.joined(ROOM, "me");
+    c.track(&j, ROOM, json!({}));
+    c.drain();
+    watcher.drain();
+    (ctx, watcher, c, j)
+}
+
 fn events(got: &[Got]) -> Vec<&str> {
     got.iter().map(|g| g.event.as_str()).collect()
 }
@@ -290,14 +304,7 @@ fn frames_over_the_rate_close_the_socket_unanswered() {
 
 #[test]
 fn a_refresh_with_an_invalid_or_expired_token_shuts_the_channel_down() {
-    let ctx = context(|_| {});
-    let mut watcher = Client::new(&ctx, Vsn::V2);
-    watcher.joined(ROOM, "watcher");
-    let mut c = Client::new(&ctx, Vsn::V2);
-    let j = c.joined(ROOM, "me");
-    c.track(&j, ROOM, json!({}));
-    c.drain();
-    watcher.drain();
+    let (_, mut watcher, mut c, j) = watched_member();
 
     // A token signed with another secret: `system` error, then `phx_close`,
     // never a reply; the presence leaves.
@@ -392,14 +399,7 @@ fn a_join_with_an_expired_token_is_refused() {
 
 #[test]
 fn leave_replies_ok_closes_and_its_presence_leaves() {
-    let ctx = context(|_| {});
-    let mut watcher = Client::new(&ctx, Vsn::V2);
-    watcher.joined(ROOM, "watcher");
-    let mut c = Client::new(&ctx, Vsn::V2);
-    let j = c.joined(ROOM, "me");
-    c.track(&j, ROOM, json!({}));
-    c.drain();
-    watcher.drain();
+    let (_, mut watcher, mut c, j) = watched_member();
 
     let r = c.push(Some(&j), ROOM, "phx_leave", json!({}));
     let got = c.drain();
