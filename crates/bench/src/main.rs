@@ -356,6 +356,10 @@ async fn main() -> anyhow::Result<()> {
         "verified",
     )
     .await;
+    if kill {
+        // The end of the measured part; the clients' goodbyes follow.
+        result["kill"]["verified_unix_ms"] = json!(sim::unix_us() / 1000);
+    }
     shared.set_phase(Phase::Stop);
     let mut exact = 0;
     let mut ghosts = 0;
