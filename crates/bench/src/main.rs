@@ -433,11 +433,15 @@ async fn run_kill(
         Some(dir) => {
             std::fs::write(dir.join(format!("ready.{}", std::process::id())), "")?;
             let file = dir.join("killed");
+            let deadline = Instant::now() + Duration::from_secs(args.timeout);
             loop {
                 if let Ok(ms) = std::fs::read_to_string(&file) {
                     if let Ok(ms) = ms.trim().parse::<u64>() {
                         break ms * 1000;
                     }
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("nobody wrote {} within --timeout", file.display());
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
