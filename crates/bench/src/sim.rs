@@ -27,6 +27,9 @@ pub enum Phase {
     Broadcast,
     /// Share of clients that drop abruptly and rejoin, over and over.
     Churn(f64),
+    /// A node is about to be (or was) killed: count the leaves each view
+    /// sees, and time how long its ghosts stay (see `Shared::kill`).
+    Ghost,
     Settle,
     Verify,
     Stop,
@@ -75,14 +78,38 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsConnector>,
     /// Tracks sent, all clients and phases together.
     pub tracks: AtomicU64,
-    join_ms: Mutex<Vec<f64>>,
+    /// The node (index into the URLs) the kill scenario kills; its clients'
+    /// connections are expected to break in the ghost phase.
+    kill_node: Option<usize>,
+    /// When it was killed, in µs since `epoch` (`u64::MAX`: not yet). From
+    /// then on the truth is the members on the other nodes.
+    kill_at_us: AtomicU64,
+    /// `epoch` in µs since the Unix epoch, to place a kill timed by another process.
+    epoch_unix_us: u64,
+    /// Surviving views that no longer show any member of the killed node.
+    pub clean: AtomicUsize,
+    /// Clients whose node was killed.
+    pub gone: AtomicUsize,
+    /// (node, ms) of each client's connect + join.
+    join_ms: Mutex<Vec<(usize, f64)>>,
     update_ms: Mutex<Vec<f64>>,
+    /// ms from the kill until each surviving view was exact again.
+    clean_ms: Mutex<Vec<f64>>,
 }
 
+#[derive(Default)]
 pub struct Report {
     pub exact: bool,
     pub ghosts: usize,
     pub missing: usize,
+    /// Kill scenario: leaves of a dead member seen more than once (the extra ones),
+    pub duplicate_leaves: usize,
+    /// leaves of a live member (or of a key from outside the room),
+    pub spurious_leaves: usize,
+    /// and dead members whose leave never came.
+    pub missed_leaves: usize,
+    /// This client's node was killed: not a view to check.
+    pub gone: bool,
 }
 
 type Ws = socket::Ws;
@@ -151,8 +178,14 @@ impl Shared {
             compression: false,
             tls: None,
             tracks: AtomicU64::new(0),
+            kill_node: None,
+            kill_at_us: AtomicU64::new(u64::MAX),
+            epoch_unix_us: unix_us(),
+            clean: AtomicUsize::new(0),
+            gone: AtomicUsize::new(0),
             join_ms: Mutex::new(Vec::new()),
             update_ms: Mutex::new(Vec::new()),
+            clean_ms: Mutex::new(Vec::new()),
         })
     }
 
@@ -174,6 +207,49 @@ impl Shared {
     pub fn with_compression(mut self, on: bool) -> Self {
         self.compression = on;
         self
+    }
+
+    /// The kill scenario will kill node `node` (an index into the URLs).
+    pub fn with_kill_node(mut self, node: Option<usize>) -> Self {
+        self.kill_node = node;
+        self
+    }
+
+    /// The node was killed at `unix_us` (µs since the Unix epoch): from now
+    /// on the truth is the members on the other nodes.
+    pub fn kill(&self, unix_us: u64) {
+        let at = unix_us.saturating_sub(self.epoch_unix_us);
+        self.kill_at_us.store(at, Ordering::Relaxed);
+    }
+
+    fn killed(&self) -> bool {
+        self.kill_at_us.load(Ordering::Relaxed) != u64::MAX
+    }
+
+    /// The node client `k` connects to.
+    pub fn node_of(&self, k: usize) -> usize {
+        k % self.targets.len()
+    }
+
+    /// Client `k`'s node is the one the kill scenario kills.
+    pub fn on_kill_node(&self, k: usize) -> bool {
+        self.kill_node == Some(self.node_of(k))
+    }
+
+    /// Client `k`'s node has been killed: it must not be in any view.
+    fn dead(&self, k: usize) -> bool {
+        self.killed() && self.on_kill_node(k)
+    }
+
+    /// How many of `members` are not dead (in O(1): this runs per frame).
+    fn alive_in(&self, members: std::ops::Range<usize>) -> usize {
+        let (Some(j), true) = (self.kill_node, self.killed()) else {
+            return members.len();
+        };
+        let m = self.targets.len();
+        // Clients k < x with k % m == j.
+        let on_j = |x: usize| if x <= j { 0 } else { (x - j - 1) / m + 1 };
+        members.len() - (on_j(members.end) - on_j(members.start))
     }
 
     /// Compact views for very large rooms (see `compact`).
@@ -214,7 +290,28 @@ impl Shared {
     }
 
     pub fn join_latencies(&self) -> Vec<f64> {
-        sorted(&self.join_ms)
+        self.join_latencies_of(None)
+    }
+
+    /// Connect + join latencies of one node's clients (all with `None`).
+    pub fn join_latencies_of(&self, node: Option<usize>) -> Vec<f64> {
+        let all = self.join_ms.lock().unwrap();
+        let mut v: Vec<f64> = all
+            .iter()
+            .filter(|(n, _)| node.is_none_or(|node| *n == node))
+            .map(|(_, ms)| *ms)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// ms from the kill until each surviving view was exact, sorted.
+    pub fn clean_latencies(&self) -> Vec<f64> {
+        sorted(&self.clean_ms)
     }
 
     pub fn update_latencies(&self) -> Vec<f64> {
@@ -232,6 +329,22 @@ impl Shared {
     fn now_us(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
     }
+
+    /// A surviving view is exact again: how long after the kill.
+    fn mark_clean(&self) {
+        let since = self
+            .now_us()
+            .saturating_sub(self.kill_at_us.load(Ordering::Relaxed));
+        self.clean_ms.lock().unwrap().push(since as f64 / 1000.0);
+        self.clean.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Now, in µs since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn sorted(v: &Mutex<Vec<f64>>) -> Vec<f64> {
@@ -302,20 +415,24 @@ impl View {
         }
     }
 
-    /// Every member once, with one meta (a cheap test, run per frame).
+    /// `members` members, each once, with one meta (a cheap test, run per frame).
     fn converged(&self, members: usize) -> bool {
         match self {
             View::Full(p) => {
                 let view = p.view();
                 view.len() == members && view.values().all(|m| m.len() == 1)
             }
-            View::Compact(p) => p.converged(),
+            View::Compact(p) => p.converged(members),
         }
     }
 
-    /// Compare with the truth: every member's key, one meta, its last seq.
-    fn check(&self, members: std::ops::Range<usize>, final_seq: &[AtomicU64]) -> Report {
-        let want = |k: usize| final_seq[k].load(Ordering::Relaxed);
+    /// Compare with the truth: every member's key, one meta, its last seq
+    /// (`want`); a member `want` says `None` of must not be there.
+    fn check(
+        &self,
+        members: std::ops::Range<usize>,
+        want: impl Fn(usize) -> Option<u64>,
+    ) -> Report {
         let view = match self {
             View::Full(p) => p.view(),
             View::Compact(p) => {
@@ -324,28 +441,40 @@ impl View {
                     exact: missing == 0 && ghosts == 0,
                     ghosts,
                     missing,
+                    ..Report::default()
                 };
             }
         };
         let mut missing = 0;
         let mut ghosts = 0;
-        let n = members.len();
+        let mut expected = 0;
+        let mut found = 0;
         for k in members {
-            match view.get(&format!("u{k}")) {
-                None => missing += 1,
-                Some(metas) => {
+            let want = want(k);
+            expected += want.is_some() as usize;
+            match (view.get(&format!("u{k}")), want) {
+                (None, None) => {}
+                (None, Some(_)) => missing += 1,
+                (Some(metas), None) => {
+                    found += 1;
+                    ghosts += metas.len();
+                }
+                (Some(metas), Some(want)) => {
+                    found += 1;
                     ghosts += metas.len().saturating_sub(1);
-                    if !metas.iter().any(|m| m["seq"].as_u64() == Some(want(k))) {
+                    if !metas.iter().any(|m| m["seq"].as_u64() == Some(want)) {
                         missing += 1;
                     }
                 }
             }
         }
-        ghosts += view.len().saturating_sub(n - missing.min(n));
+        // Keys from outside the room.
+        ghosts += view.len() - found;
         Report {
-            exact: missing == 0 && ghosts == 0 && view.len() == n,
+            exact: missing == 0 && ghosts == 0 && view.len() == expected,
             ghosts,
             missing,
+            ..Report::default()
         }
     }
 }
@@ -363,6 +492,32 @@ struct Client {
     seq: u64,
     /// The broadcasts received, checked for order.
     received: Received,
+    /// Ghost phase: the leaves seen.
+    leaves: Leaves,
+}
+
+/// Leaves seen per member (slot `k - members.start`), and leaves of keys
+/// from outside the room.
+#[derive(Default)]
+struct Leaves {
+    seen: Vec<u32>,
+    foreign: usize,
+}
+
+impl Leaves {
+    /// Count a diff's leaves, by key.
+    fn count<'a>(&mut self, members: std::ops::Range<usize>, keys: impl Iterator<Item = &'a str>) {
+        if self.seen.is_empty() {
+            self.seen = vec![0; members.len()];
+        }
+        for key in keys {
+            let k = key.strip_prefix('u').and_then(|k| k.parse::<usize>().ok());
+            match k.filter(|k| members.contains(k)) {
+                Some(k) => self.seen[k - members.start] += 1,
+                None => self.foreign += 1,
+            }
+        }
+    }
 }
 
 async fn connect(shared: &Shared, i: usize) -> anyhow::Result<Ws> {
@@ -436,7 +591,9 @@ impl Client {
     }
 
     /// Apply one inbound frame; returns true for our join's `ok` reply.
-    fn handle(&mut self, msg: Message, measure: bool) -> bool {
+    fn handle(&mut self, msg: Message, phase: Phase) -> bool {
+        let measure = matches!(phase, Phase::Update | Phase::Settle);
+        let ghost = phase == Phase::Ghost;
         let Message::Text(text) = msg else {
             return false;
         };
@@ -453,6 +610,11 @@ impl Client {
                     return false;
                 }
                 Some(f) if f.event == "presence_diff" => {
+                    if ghost {
+                        if let Ok(keys) = compact::leave_keys(f.payload) {
+                            self.leaves.count(self.members.clone(), keys.into_iter());
+                        }
+                    }
                     if measure {
                         let now = self.shared.now_us();
                         let mut lat = Vec::new();
@@ -483,6 +645,11 @@ impl Client {
                 }
             }
             "presence_diff" => {
+                if ghost {
+                    let leaves = f.payload["leaves"].as_object();
+                    let keys = leaves.into_iter().flatten().map(|(k, _)| k.as_str());
+                    self.leaves.count(self.members.clone(), keys);
+                }
                 if measure {
                     let now = self.shared.now_us();
                     if let Some(joins) = f.payload["joins"].as_object() {
@@ -530,12 +697,14 @@ impl Report {
     /// A client that could not finish: every member counts as missing.
     fn failed(n: usize) -> Report {
         Report {
-            exact: false,
-            ghosts: 0,
             missing: n,
+            ..Report::default()
         }
     }
 }
+
+/// How long one connection attempt (TCP, WebSocket handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Open client `i`'s connection under the connect semaphore, retrying a few
 /// times (counted in `errors`); `None` when it never succeeds.
@@ -547,7 +716,13 @@ async fn connect_retrying<T, F: std::future::Future<Output = anyhow::Result<T>>>
     let _permit = sem.acquire().await.expect("semaphore open");
     let mut tries = 0;
     loop {
-        match attempt().await {
+        // A server out of file descriptors leaves a connection in its
+        // backlog unanswered: give up on an attempt after a while.
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, attempt());
+        match attempt
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        {
             Ok(ok) => break Some(ok),
             Err(_) if tries < 5 => {
                 tries += 1;
@@ -565,7 +740,7 @@ impl Sim for Client {
     }
 
     async fn on_frame(&mut self, msg: Message, phase: Phase) -> anyhow::Result<bool> {
-        Ok(self.handle(msg, matches!(phase, Phase::Update | Phase::Settle)))
+        Ok(self.handle(msg, phase))
     }
 
     async fn tick(&mut self, phase: Phase) -> anyhow::Result<()> {
@@ -591,16 +766,33 @@ impl Sim for Client {
     }
 
     fn converged(&self) -> bool {
-        self.presence.converged(self.members.len())
+        self.presence
+            .converged(self.shared.alive_in(self.members.clone()))
     }
 
     fn check(&self) -> Report {
-        let mut report = self
-            .presence
-            .check(self.members.clone(), &self.shared.final_seq);
+        let s = &self.shared;
+        let want = |k: usize| (!s.dead(k)).then(|| s.final_seq[k].load(Ordering::Relaxed));
+        let mut report = self.presence.check(self.members.clone(), want);
         report.exact &= self
             .received
             .complete(&self.shared, self.members.clone(), self.i);
+        if s.killed() {
+            // Each dead member's leave once; no leave of anyone else.
+            report.spurious_leaves = self.leaves.foreign;
+            for k in self.members.clone() {
+                let seen = self.leaves.seen.get(k - self.members.start).copied();
+                let seen = seen.unwrap_or(0) as usize;
+                match (s.dead(k), seen) {
+                    (true, 0) => report.missed_leaves += 1,
+                    (true, seen) => report.duplicate_leaves += seen - 1,
+                    (false, seen) => report.spurious_leaves += seen,
+                }
+            }
+            report.exact &= report.missed_leaves == 0
+                && report.duplicate_leaves == 0
+                && report.spurious_leaves == 0;
+        }
         report
     }
 }
@@ -624,6 +816,7 @@ pub async fn run(shared: Arc<Shared>, i: usize, sem: Arc<Semaphore>) -> Report {
         presence: shared.view_for(i),
         seq: 0,
         received: Received::default(),
+        leaves: Leaves::default(),
     };
     if c.join_and_track().await.is_err() {
         return Report::failed(shared.n);
@@ -640,6 +833,7 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
     let mut converged = false;
     let mut settled = false;
     let mut verified = false;
+    let mut clean = false;
     let mut report = None;
     let period = Duration::from_secs_f64(1.0 / shared.rate.max(0.001));
     // Spread the clients' ticks over the period.
@@ -660,6 +854,11 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
         tokio::select! {
             msg = c.ws().next() => {
                 let Some(Ok(m)) = msg else {
+                    if phase == Phase::Ghost && shared.on_kill_node(i) {
+                        // Its node was killed, as planned.
+                        shared.gone.fetch_add(1, Ordering::Relaxed);
+                        return Report { gone: true, ..Report::default() };
+                    }
                     // Closed by the server (or broken): this view is lost.
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                     return failed;
@@ -668,7 +867,8 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
                     Ok(true) if !joined => {
                         joined = true;
                         shared.joined.fetch_add(1, Ordering::Relaxed);
-                        shared.join_ms.lock().unwrap().push(started.elapsed().as_secs_f64() * 1000.0);
+                        let ms = started.elapsed().as_secs_f64() * 1000.0;
+                        shared.join_ms.lock().unwrap().push((shared.node_of(i), ms));
                     }
                     Ok(_) => {}
                     Err(_) => return failed,
@@ -676,6 +876,10 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
                 if !converged && c.converged() {
                     converged = true;
                     shared.converged.fetch_add(1, Ordering::Relaxed);
+                }
+                if phase == Phase::Ghost && !clean && shared.killed() && c.converged() && c.check().exact {
+                    clean = true;
+                    shared.mark_clean();
                 }
             }
             changed = phase_rx.changed() => {
@@ -709,6 +913,12 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
         if !quiet {
             continue;
         }
+        // At the kill (`main` announces it as a phase change): a room without
+        // members on the killed node is clean at once.
+        if phase == Phase::Ghost && !clean && shared.killed() && c.converged() && c.check().exact {
+            clean = true;
+            shared.mark_clean();
+        }
         let settling = matches!(phase, Phase::Settle | Phase::Verify);
         if !settled && settling && c.check().exact {
             settled = true;
@@ -721,6 +931,28 @@ async fn drive(shared: &Shared, i: usize, mut c: impl Sim, started: Instant) -> 
                 shared.verified.fetch_add(1, Ordering::Relaxed);
             }
             report = Some(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_kill_the_truth_is_the_members_on_the_other_nodes() {
+        let urls = "ws://127.0.0.1:1/w,ws://127.0.0.1:2/w,ws://127.0.0.1:3/w";
+        let shared = Shared::new(urls, "k", "r", 40, "2", 1, 1.0, None)
+            .unwrap()
+            .with_kill_node(Some(1));
+        assert!(shared.on_kill_node(4) && !shared.on_kill_node(5));
+        assert_eq!(shared.alive_in(0..10), 10, "nobody is dead before the kill");
+        shared.kill(unix_us());
+        for start in 0..12 {
+            for end in start..25 {
+                let brute = (start..end).filter(|&k| !shared.dead(k)).count();
+                assert_eq!(shared.alive_in(start..end), brute, "{start}..{end}");
+            }
         }
     }
 }

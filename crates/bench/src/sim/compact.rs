@@ -113,6 +113,17 @@ pub fn parse_frame(text: &str) -> Option<Frame<'_>> {
     }
 }
 
+/// The keys a `presence_diff` payload's `leaves` name.
+pub fn leave_keys(payload: &RawValue) -> serde_json::Result<Vec<&str>> {
+    #[derive(Deserialize)]
+    struct Leaves<'a> {
+        #[serde(borrow, default)]
+        leaves: HashMap<&'a str, IgnoredAny>,
+    }
+    let diff: Leaves = serde_json::from_str(payload.get())?;
+    Ok(diff.leaves.into_keys().collect())
+}
+
 fn hash_ref(phx_ref: &str) -> u64 {
     let mut h = DefaultHasher::new();
     phx_ref.hash(&mut h);
@@ -211,22 +222,31 @@ impl CompactView {
         self.pending.clear();
     }
 
-    pub fn converged(&self) -> bool {
-        self.present == self.slots.len() && self.doubtful == 0 && self.foreign.is_empty()
+    /// `members` members present, each with one meta, and nothing else.
+    pub fn converged(&self, members: usize) -> bool {
+        self.present == members && self.doubtful == 0 && self.foreign.is_empty()
     }
 
-    /// (missing, ghosts) against each member's latest seq.
-    pub fn check(&self, want_seq: impl Fn(usize) -> u64) -> (usize, usize) {
+    /// (missing, ghosts) against each member's latest seq; a member whose
+    /// `want_seq` is `None` must be absent (all its metas are ghosts).
+    pub fn check(&self, want_seq: impl Fn(usize) -> Option<u64>) -> (usize, usize) {
         let mut missing = 0;
         let mut ghosts: usize = self.foreign.values().map(Vec::len).sum();
         for (k, slot) in self.slots.iter().enumerate() {
-            if !slot.present() {
-                missing += 1;
-                continue;
-            }
+            let want = match (slot.present(), want_seq(self.first + k)) {
+                (false, None) => continue,
+                (false, Some(_)) => {
+                    missing += 1;
+                    continue;
+                }
+                (true, None) => {
+                    ghosts += 1 + slot.extra as usize;
+                    continue;
+                }
+                (true, Some(want)) => want,
+            };
             ghosts += slot.extra as usize;
             // As the full view counts: missing unless some meta has the seq.
-            let want = want_seq(self.first + k);
             let others = self.others.get(&k).map_or(&[][..], Vec::as_slice);
             if u64::from(slot.seq) != want && !others.iter().any(|m| u64::from(m.1) == want) {
                 missing += 1;
@@ -422,16 +442,20 @@ mod tests {
             r#"{"u10":{"metas":[{"phx_ref":"a","seq":1}]},"u11":{"metas":[{"phx_ref":"b","seq":1}]}}"#,
         ))
         .unwrap();
-        assert!(v.converged());
-        assert_eq!(v.check(|_| 1), (0, 0));
+        assert!(v.converged(3));
+        assert_eq!(v.check(|_| Some(1)), (0, 0));
         // A re-track: the new ref joins, the old leaves.
         v.on_diff(
             &raw(r#"{"joins":{"u11":{"metas":[{"phx_ref":"b2","seq":2}]}},"leaves":{"u11":{"metas":[{"phx_ref":"b","seq":1}]}}}"#),
             None,
         )
         .unwrap();
-        assert_eq!(v.check(|i| if i == 11 { 2 } else { 1 }), (0, 0));
-        assert_eq!(v.check(|_| 1), (1, 0), "a stale seq counts as missing");
+        assert_eq!(v.check(|i| Some(if i == 11 { 2 } else { 1 })), (0, 0));
+        assert_eq!(
+            v.check(|_| Some(1)),
+            (1, 0),
+            "a stale seq counts as missing"
+        );
     }
 
     #[test]
@@ -439,31 +463,49 @@ mod tests {
         let mut v = CompactView::new(0..2);
         v.on_state(&raw(r#"{"u0":{"metas":[{"phx_ref":"a","seq":1},{"phx_ref":"x","seq":1}]},"zz":{"metas":[{"phx_ref":"z"}]}}"#))
             .unwrap();
-        assert!(!v.converged());
+        assert!(!v.converged(2));
         // u0 has a second meta (ghost), zz is foreign, u1 is missing.
-        assert_eq!(v.check(|_| 1), (1, 2));
+        assert_eq!(v.check(|_| Some(1)), (1, 2));
         v.on_diff(
             &raw(r#"{"joins":{"u1":{"metas":[{"phx_ref":"b","seq":1}]}},"leaves":{"u0":{"metas":[{"phx_ref":"x"}]},"zz":{"metas":[{"phx_ref":"z"}]}}}"#),
             None,
         )
         .unwrap();
         // u0's latest left: the meta before it is the latest again.
-        assert_eq!(v.check(|_| 1), (0, 0));
-        assert!(v.converged());
+        assert_eq!(v.check(|_| Some(1)), (0, 0));
+        assert!(v.converged(2));
         // Leaves of refs u0 does not have change nothing.
         v.on_diff(
             &raw(r#"{"joins":{},"leaves":{"u0":{"metas":[{"phx_ref":"x"}]},"zz":{"metas":[{"phx_ref":"z"}]}}}"#),
             None,
         )
         .unwrap();
-        assert!(v.converged());
+        assert!(v.converged(2));
         v.on_diff(
             &raw(r#"{"joins":{"u0":{"metas":[{"phx_ref":"a2","seq":1}]}},"leaves":{"u0":{"metas":[{"phx_ref":"a"}]}}}"#),
             None,
         )
         .unwrap();
-        assert!(v.converged());
-        assert_eq!(v.check(|_| 1), (0, 0));
+        assert!(v.converged(2));
+        assert_eq!(v.check(|_| Some(1)), (0, 0));
+    }
+
+    #[test]
+    fn members_that_must_be_gone_count_as_ghosts_until_they_leave() {
+        let mut v = CompactView::new(0..3);
+        v.on_state(&raw(
+            r#"{"u0":{"metas":[{"phx_ref":"a","seq":1}]},"u1":{"metas":[{"phx_ref":"b","seq":1}]},"u2":{"metas":[{"phx_ref":"c","seq":1}]}}"#,
+        ))
+        .unwrap();
+        // u1's node died: it must go, the others stay.
+        let alive = |k: usize| (k != 1).then_some(1);
+        assert_eq!(v.check(alive), (0, 1));
+        assert!(!v.converged(2));
+        let diff = raw(r#"{"joins":{},"leaves":{"u1":{"metas":[{"phx_ref":"b","seq":1}]}}}"#);
+        assert_eq!(leave_keys(&diff).unwrap(), ["u1"]);
+        v.on_diff(&diff, None).unwrap();
+        assert!(v.converged(2));
+        assert_eq!(v.check(alive), (0, 0));
     }
 
     #[test]
@@ -577,7 +619,7 @@ mod tests {
                     // keys only, so a foreign key can stand in for a missing member).
                     let converged = full.view().len() == n
                         && members().all(|k| full.view().get(&format!("u{k}")).is_some_and(|m| m.len() == 1));
-                    prop_assert_eq!(compact.converged(), converged, "after {:?}", op);
+                    prop_assert_eq!(compact.converged(n), converged, "after {:?}", op);
                     for want in 0..3 {
                         // The exactness check's rule: a member counts as missing
                         // unless one of its metas has the seq wanted.
@@ -592,7 +634,7 @@ mod tests {
                             - (n - members()
                                 .filter(|k| !full.view().contains_key(&format!("u{k}")))
                                 .count());
-                        prop_assert_eq!(compact.check(|_| want), (missing, ghosts), "after {:?}", op);
+                        prop_assert_eq!(compact.check(|_| Some(want)), (missing, ghosts), "after {:?}", op);
                     }
                 }
             }

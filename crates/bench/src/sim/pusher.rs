@@ -234,6 +234,7 @@ impl Client {
             exact: missing == 0 && ghosts == 0,
             ghosts,
             missing,
+            ..Report::default()
         }
     }
 }
