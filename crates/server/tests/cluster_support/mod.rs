@@ -456,6 +456,13 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub async fn start(label: &str) -> RedisCluster {
         require_redis();
+        let cli = Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(cli, "the Redis Cluster tests need redis-cli on PATH (apt-get install redis-tools)");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("cluster-redis")
             .join(format!("{label}-cluster"));
