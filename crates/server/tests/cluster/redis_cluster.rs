@@ -205,6 +205,27 @@ async fn channels_on_three_shards_converge_in_one_order_each() {
             assert_eq!(got.len(), want, "{} got {got:?}", p.key);
         }
     }
+
+    // The presence API's key query finds every channel, on every master.
+    let keys: Vec<String> = (0..topics.len()).map(|t| format!("t{t}-n0-p0")).collect();
+    let query = json!({"keys": keys});
+    let (status, body) = crate::common::http_request(
+        c.addr(2),
+        "POST",
+        "/api/presence/query",
+        &[
+            ("Authorization", "Bearer sb_secret_dev"),
+            ("Content-Type", "application/json"),
+        ],
+        query.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for (t, key) in keys.iter().enumerate() {
+        let topic = topics[t].strip_prefix("realtime:").unwrap();
+        assert_eq!(v["online"][key], json!([topic]), "{key}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
