@@ -432,3 +432,84 @@ async fn slot_of_a_tracked_channel_moved_to_another_master_stays_exact() {
         assert_eq!(p.diffs_since(m[i]).len(), 1, "{}: one diff", p.key);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaped_node_whose_claim_was_lost_rejoins_through_its_fence() {
+    // n2 is paused past its lease and reaped. Then the lease keys lose the
+    // claim (as when their shard fails over to a replica that missed it):
+    // n2 looks merely late, not dead. The fence the reaper left on n2's own
+    // keys must still make it rejoin as a new incarnation.
+    let c = ShardedCluster::start("rc_lost_claim", 3).await;
+    let topics = three_shards(&c, "claim").await;
+    let peers = populate(&c, &topics, 1).await;
+    let (victims, mut survivors): (Vec<Peer>, Vec<Peer>) =
+        peers.into_iter().partition(|p| p.node == 2);
+    let victim_refs: Vec<String> = victims.iter().map(|v| v.own_ref().unwrap()).collect();
+
+    let t0 = Instant::now();
+    c.nodes[2].sigstop();
+    converge_topics(
+        &mut survivors,
+        GHOST_BOUND,
+        "the paused node's presences reaped",
+    )
+    .await;
+    let min_pause = ms(LEASE_MS + REAP_GRACE_MS + HEARTBEAT_MS);
+    if t0.elapsed() < min_pause {
+        tokio::time::sleep(min_pause - t0.elapsed()).await;
+    }
+    let lease_master = &c.redis.nodes[c.redis.master_of(c.redis.slot("rp:{rp}:nodes").await).await];
+    let dead = lease_master
+        .cmd(&["ZRANGE", "rp:{rp}:dead", "0", "-1"])
+        .await
+        .strings();
+    let old: Vec<&String> = dead.iter().filter(|n| n.starts_with("n2-")).collect();
+    assert_eq!(old.len(), 1, "n2 declared dead: {dead:?}");
+    let old = old[0].clone();
+
+    // Nobody may claim meanwhile: pause the survivors (shorter than a lease).
+    c.nodes[0].sigstop();
+    c.nodes[1].sigstop();
+    lease_master.cmd(&["ZREM", "rp:{rp}:dead", &old]).await;
+    lease_master.cmd(&["HDEL", "rp:{rp}:reaping", &old]).await;
+    lease_master
+        .cmd(&["ZADD", "rp:{rp}:nodes", "1", &old])
+        .await;
+    c.nodes[2].sigcont();
+    // n2: 'late' → its fence mark → a new incarnation → re-assert.
+    let deadline = Instant::now() + ms(700);
+    let mut back = false;
+    while Instant::now() < deadline {
+        let refs = c.redis.entry_refs().await;
+        if victim_refs.iter().all(|r| refs.contains(r)) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(ms(25)).await;
+    }
+    c.nodes[0].sigcont();
+    c.nodes[1].sigcont();
+    assert!(
+        back,
+        "n2 re-asserted its presences while nobody could reap it again"
+    );
+    let nodes = lease_master
+        .cmd(&["ZRANGE", "rp:{rp}:nodes", "0", "-1"])
+        .await
+        .strings();
+    assert!(
+        nodes.iter().any(|n| n.starts_with("n2-") && *n != old),
+        "n2 holds a lease under a new id: {nodes:?}"
+    );
+
+    let mut all: Vec<Peer> = survivors.into_iter().chain(victims).collect();
+    converge_topics(&mut all, WAIT, "the rejoined node's presences back").await;
+    pump_all(&mut all, ms(LEASE_MS + 1000)).await;
+    converge_topics(&mut all, ms(100), "and staying").await;
+    assert_exactly_once(all.iter().filter(|p| p.node != 2));
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_of_views(&all),
+        "no entry of the old incarnation left"
+    );
+}

@@ -462,7 +462,10 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        assert!(cli, "the Redis Cluster tests need redis-cli on PATH (apt-get install redis-tools)");
+        assert!(
+            cli,
+            "the Redis Cluster tests need redis-cli on PATH (apt-get install redis-tools)"
+        );
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("cluster-redis")
             .join(format!("{label}-cluster"));

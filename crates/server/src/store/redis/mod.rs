@@ -537,7 +537,9 @@ impl Cluster {
         result: redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         if let Err(e) = &result {
-            if e.to_string().contains("FENCED reaped") && *self.nid() == **nid {
+            let reaped =
+                e.code() == Some("FENCED") && e.detail().is_some_and(|d| d.starts_with("reaped"));
+            if reaped && *self.nid() == **nid {
                 *self.fenced.lock() = Some(nid.clone());
             }
         }
@@ -864,7 +866,16 @@ impl Cluster {
                     last_ok = now;
                     match status {
                         "ok" => {}
-                        "late" => no_claim_until = now + s.lease,
+                        "late" => {
+                            no_claim_until = now + s.lease;
+                            // Our lease ran out: a reaper may have swept us
+                            // although the lease keys do not say so (their
+                            // shard failed over and lost the claim). Its
+                            // mark on our own keys tells.
+                            if self.was_reaped().await {
+                                *self.fenced.lock() = Some(self.nid());
+                            }
+                        }
                         "registered" => {
                             no_claim_until = now + s.lease;
                             if !first {
@@ -985,6 +996,16 @@ impl Cluster {
         let status = reply.remove(0);
         *self.live.write() = reply.into_iter().collect();
         Ok(status)
+    }
+
+    /// Whether a reaper has begun sweeping this incarnation (its fenced
+    /// mark, next to its channel set). False when Redis does not answer.
+    async fn was_reaped(&self) -> bool {
+        let mut conn = self.link.clone();
+        self.count(1);
+        let marked: redis::RedisResult<bool> =
+            conn.exists(wire::node_fenced_key(&self.nid())).await;
+        marked.unwrap_or(false)
     }
 
     /// Whether node `nid` held a live lease at the last heartbeat.
