@@ -513,3 +513,71 @@ async fn a_reaped_node_whose_claim_was_lost_rejoins_through_its_fence() {
         "no entry of the old incarnation left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_the_last_writes_gets_them_back_without_ghosts() {
+    // The replica is paused and its link cut, so the last writes reach its
+    // master only; then the master dies and the replica takes over without them:
+    // a removal comes back from the dead (a would-be ghost), a new track
+    // and an update are gone. Clients saw all three already, and must see
+    // nothing more: the writers re-assert, the removal is removed again.
+    let mut c = ShardedCluster::start("rc_lost_writes", 3).await;
+    let topics = three_shards(&c, "lost").await;
+    let topic = topics[0].clone();
+    let master = c.redis.master_of(c.redis.slot_of_topic(&topic).await).await;
+    let replica = c.redis.replica_of(master).await;
+    let mut peers = populate(&c, &topics[..2], 1).await;
+    let mut fresh = Peer::join_topic(c.addr(2), 2, &topic, "fresh", 1).await;
+    pump_all(&mut peers, ms(300)).await;
+
+    c.redis.nodes[replica].stop();
+    // Paused, it cannot reconnect: what the master writes now, it never gets.
+    let killed = c.redis.nodes[master]
+        .cmd(&["CLIENT", "KILL", "TYPE", "replica"])
+        .await;
+    assert_eq!(killed, Resp::Int(1), "the replication link cut");
+    let at = |k: &str, peers: &[Peer]| peers.iter().position(|p| p.key == k).unwrap();
+    let gone = at("t0-n0-p0", &peers);
+    peers[gone].untrack().await;
+    let updated = at("t0-n1-p0", &peers);
+    peers[updated].track(json!({"v": 2})).await;
+    fresh.track(json!({"fresh": true})).await;
+    peers.push(fresh);
+    converge_topics(&mut peers, WAIT, "the last writes, seen by every client").await;
+    let before: Vec<_> = peers.iter().map(|p| view_pairs(&p.view())).collect();
+    let m = marks(&peers);
+
+    let t0 = Instant::now();
+    c.redis.nodes[master].kill9();
+    c.redis.nodes[replica].cont();
+    c.redis
+        .wait_ok(Duration::from_secs(20))
+        .await
+        .expect("the paused replica takes over");
+    eprintln!("lost writes: replica promoted after {:?}", t0.elapsed());
+    pump_all(&mut peers, ms(SETTLE_MS + LEASE_MS + 2000)).await;
+    for (i, p) in peers.iter().enumerate() {
+        assert_eq!(view_pairs(&p.view()), before[i], "{}: view changed", p.key);
+    }
+    assert_changes(
+        peers.iter().zip(m.iter().copied()),
+        &[],
+        &[],
+        "a failover that lost writes: no event at any client",
+    );
+    assert_exactly_once(&peers);
+    for node in &c.nodes {
+        node.wait_ready(200, WAIT).await.unwrap();
+    }
+    assert_eq!(
+        c.redis.entry_refs().await,
+        refs_of_views(&peers),
+        "Redis after the failover: the lost writes back, the removed entry gone"
+    );
+    // A late joiner on any node sees exactly that.
+    let mut late = Peer::join_topic(c.addr(0), 0, &topic, "late-joiner", 2).await;
+    late.pump(ms(300)).await;
+    let mut want = before[peers.iter().position(|p| p.topic == topic).unwrap()].clone();
+    want.retain(|(k, _)| k != "late-joiner");
+    assert_eq!(view_pairs(&late.view()), want, "a late joiner's snapshot");
+}

@@ -424,6 +424,15 @@ impl ClusterRedis {
         }
     }
 
+    /// SIGSTOP: it stops answering (and replicating).
+    pub fn stop(&self) {
+        signal(self.child.as_ref().expect("redis is running").id(), "STOP");
+    }
+
+    pub fn cont(&self) {
+        signal(self.child.as_ref().expect("redis is running").id(), "CONT");
+    }
+
     pub async fn cmd(&self, args: &[&str]) -> Resp {
         tokio::time::timeout(Duration::from_secs(5), resp_command(self.addr(), args))
             .await
@@ -513,9 +522,16 @@ impl RedisCluster {
                 log,
             });
         }
-        for n in &nodes {
-            let deadline = Instant::now() + Duration::from_secs(5);
+        for n in &mut nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
             while !ping(n.port).await {
+                if let Some(Ok(Some(status))) = n.child.as_mut().map(Child::try_wait) {
+                    return Err(format!(
+                        "redis {} exited ({status}):\n{}",
+                        n.port,
+                        tail(&n.log, 10)
+                    ));
+                }
                 if Instant::now() >= deadline {
                     return Err(format!(
                         "redis {} never answered PING:\n{}",
@@ -674,6 +690,22 @@ impl RedisCluster {
             .find(|(a, b, _)| (*a..=*b).contains(&slot))
             .map(|(_, _, p)| *p)
             .unwrap_or_else(|| panic!("no owner of slot {slot}: {owners:?}"));
+        self.nodes.iter().position(|n| n.port == port).unwrap()
+    }
+
+    /// Index of a replica of master `master` (from its `INFO replication`:
+    /// `slave0:ip=...,port=P,...`).
+    pub async fn replica_of(&self, master: usize) -> usize {
+        let info = match self.nodes[master].cmd(&["INFO", "replication"]).await {
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("INFO replication: {other:?}"),
+        };
+        let port: u16 = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("port=")))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no replica of {master}: {info}"));
         self.nodes.iter().position(|n| n.port == port).unwrap()
     }
 

@@ -113,6 +113,9 @@ pub struct Cluster {
     no_claim_before: Mutex<Instant>,
     /// Bumped by each recovery; an older one's probe gives way.
     recoveries: std::sync::atomic::AtomicU64,
+    /// Entries this node removed lately (its writes and reaps), to remove
+    /// again if a failover or an old dump brings them back.
+    removed: Mutex<Removed>,
     /// Replicated channels by tag.
     channels: Mutex<HashMap<String, Weak<dyn Replicated>>>,
     subscribe_tx: mpsc::UnboundedSender<SubCommand>,
@@ -135,6 +138,45 @@ pub struct Cluster {
     /// Last seen in Redis: most keys per channel (0 = off) and age limit, ms.
     last_seen_cap: std::sync::atomic::AtomicU64,
     last_seen_max_age_ms: std::sync::atomic::AtomicU64,
+}
+
+/// How long a removal is remembered ([`Removed`]): far longer than
+/// replication lags, the window an asynchronous failover can lose.
+const REMEMBER_REMOVALS: Duration = Duration::from_secs(10);
+
+/// Entries this node removed lately: `(when, tag, member id, ref)`. While
+/// a recovery waits for Redis, none is forgotten.
+#[derive(Default)]
+struct Removed {
+    recent: std::collections::VecDeque<(Instant, String, String, Arc<str>)>,
+    recovering: bool,
+}
+
+impl Removed {
+    /// Note the entries `update` removed outright (not replaced).
+    fn note(&mut self, tag: &str, update: &wire::Update) {
+        let now = Instant::now();
+        for change in update.changes.iter().filter(|c| !c.join) {
+            let replaced = update.changes.iter().any(|c| c.join && c.mid == change.mid);
+            if !replaced {
+                self.recent.push_back((
+                    now,
+                    tag.to_owned(),
+                    change.mid.to_string(),
+                    change.meta.phx_ref.clone(),
+                ));
+            }
+        }
+        if !self.recovering {
+            while self
+                .recent
+                .front()
+                .is_some_and(|(at, ..)| now.duration_since(*at) > REMEMBER_REMOVALS)
+            {
+                self.recent.pop_front();
+            }
+        }
+    }
 }
 
 /// Counters for `/metrics` and the closing numbers.
@@ -175,6 +217,7 @@ impl Cluster {
             fenced: Mutex::default(),
             no_claim_before: Mutex::new(Instant::now()),
             recoveries: Default::default(),
+            removed: Mutex::default(),
             channels: Mutex::default(),
             subscribe_tx,
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
@@ -522,10 +565,14 @@ impl Cluster {
         self.count(1);
         let (epoch, seq, message): (String, u64, Option<String>) =
             self.note_fenced(&nid, invocation.invoke_async(&mut conn).await)?;
+        let update = message.as_deref().and_then(wire::decode_update);
+        if let Some(update) = &update {
+            self.removed.lock().note(tag, update);
+        }
         Ok(Applied {
             epoch: Arc::from(epoch),
             seq,
-            update: message.as_deref().and_then(wire::decode_update),
+            update,
         })
     }
 
@@ -789,6 +836,7 @@ impl Cluster {
     fn recover(self: &Arc<Self>) {
         use std::sync::atomic::Ordering::SeqCst;
         let generation = self.recoveries.fetch_add(1, SeqCst) + 1;
+        self.removed.lock().recovering = true;
         // Resyncs wait until the probe below opens the settle window.
         *self.settle_until.lock() = Instant::now() + Duration::from_secs(3600);
         let channels = self.all_channels();
@@ -820,11 +868,57 @@ impl Cluster {
             if me.recoveries.load(SeqCst) != generation {
                 return;
             }
+            me.remove_again().await;
             *me.settle_until.lock() = Instant::now() + me.settings.settle;
             for channel in channels {
                 tokio::spawn(me.clone().resync(channel));
             }
         });
+    }
+
+    /// After Redis may have lost writes: remove again the entries this node
+    /// removed lately, where they are back with the same ref (a failover's
+    /// replica, or an old dump, still had them). Clients see none of it:
+    /// the channels are holding until their snapshot by contents.
+    async fn remove_again(&self) {
+        let mut by_tag: HashMap<String, Vec<(String, Arc<str>)>> = HashMap::new();
+        {
+            let mut removed = self.removed.lock();
+            removed.recovering = false;
+            for (_, tag, mid, phx_ref) in &removed.recent {
+                by_tag
+                    .entry(tag.clone())
+                    .or_default()
+                    .push((mid.clone(), phx_ref.clone()));
+            }
+        }
+        let origin = format!("{}/reap", self.nid());
+        let runs = by_tag.into_iter().map(|(tag, gone)| {
+            let mut conn = self.link.clone();
+            let origin = origin.clone();
+            async move {
+                let mut invocation = self.scripts.unwrite.key(wire::data_key(&tag));
+                invocation
+                    .key(wire::meta_key(&tag))
+                    .key(wire::orphans_key(&tag))
+                    .arg(wire::pubsub_channel(&tag))
+                    .arg(origin)
+                    .arg(fresh_epoch());
+                for (mid, phx_ref) in &gone {
+                    invocation.arg(mid).arg(&**phx_ref);
+                }
+                self.count(1);
+                let back: redis::RedisResult<u64> = invocation.invoke_async(&mut conn).await;
+                match back {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(n, "recovery: removed again entries Redis had brought back")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "recovery: removing again failed"),
+                }
+            }
+        });
+        futures_util::future::join_all(runs).await;
     }
 
     // ---- lease and reaping ----------------------------------------------
@@ -1089,12 +1183,27 @@ impl Cluster {
                     )));
                 }
                 cursor = reply.remove(0);
-                removed += reply.len() as u64;
-                left_keys.extend(
-                    reply
-                        .iter()
-                        .filter_map(|e| wire::decode_entry(e))
-                        .map(|(key, _)| key),
+                let mut changes = Vec::new();
+                for pair in reply.chunks_exact(2) {
+                    if let Some((key, meta)) = wire::decode_entry(&pair[1]) {
+                        left_keys.insert(key.clone());
+                        changes.push(wire::Change {
+                            join: false,
+                            mid: Arc::from(pair[0].as_str()),
+                            key,
+                            meta,
+                        });
+                    }
+                }
+                removed += (reply.len() / 2) as u64;
+                self.removed.lock().note(
+                    &tag,
+                    &wire::Update {
+                        epoch: Arc::from(""),
+                        seq: 0,
+                        origin: Arc::from(""),
+                        changes,
+                    },
                 );
                 if cursor == "0" {
                     break;

@@ -22,6 +22,7 @@ pub struct Scripts {
     pub claim: Script,
     pub register: Script,
     pub reap_begin: Script,
+    pub unwrite: Script,
 }
 
 impl Scripts {
@@ -43,6 +44,7 @@ impl Scripts {
             claim: script(&[NOW, CLAIM_BODY]),
             register: script(&[REGISTER_BODY]),
             reap_begin: script(&[REAP_BEGIN_BODY]),
+            unwrite: script(&[KEEP_META, UNWRITE_BODY]),
         }
     }
 }
@@ -194,7 +196,8 @@ return {redis.call('HGET', meta, 'e'), tonumber(redis.call('HGET', meta, 's') or
 /// exactly once however many reapers overlap.
 /// KEYS: data, meta, orphans, last seen, fence. ARGV: pub/sub channel,
 /// reaper nid, fresh epoch, last-seen age limit ms and cap, dead nid, HSCAN
-/// cursor. Returns `{next cursor, entries this call removed...}`. The
+/// cursor. Returns `{next cursor, mid, entry, mid, entry...}`: the fields
+/// this call removed. The
 /// origin it publishes is `<reaper>/reap`: no node's replica takes a reap
 /// for its own write, so its webhook events come from the reaper's
 /// `report_reaped` only.
@@ -216,6 +219,7 @@ for i = 1, #fields, 2 do
   redis.call('HDEL', orphans, mid)
   redis.call('HDEL', data, mid)
   out[#out + 1] = '-' .. mid .. '\30' .. old
+  removed[#removed + 1] = mid
   removed[#removed + 1] = old
   left[#left + 1] = key_of(old)
 end
@@ -226,6 +230,31 @@ local seq = redis.call('HINCRBY', meta, 's', 1)
 settle_meta(data, meta)
 redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '/reap\n' .. table.concat(out, '\n'))
 return removed
+";
+
+/// Remove again entries this node removed lately, should they be back
+/// (a failover to a replica that missed the removal, a restart from an old
+/// dump): each listed field goes if it still holds the listed ref, with one
+/// leave diff. KEYS: data, meta, orphans. ARGV: pub/sub channel, origin,
+/// fresh epoch, then `mid ref` pairs. Returns how many went.
+const UNWRITE_BODY: &str = r"
+local data, meta, orphans = KEYS[1], KEYS[2], KEYS[3]
+local out = {}
+for i = 4, #ARGV, 2 do
+  local mid, ref = ARGV[i], ARGV[i + 1]
+  local v = redis.call('HGET', data, mid)
+  if v and string.match(v, '^[^\31]*\31([^\31]*)') == ref then
+    redis.call('HDEL', data, mid)
+    redis.call('HDEL', orphans, mid)
+    out[#out + 1] = '-' .. mid .. '\30' .. v
+  end
+end
+if #out == 0 then return 0 end
+redis.call('HSETNX', meta, 'e', ARGV[3])
+local seq = redis.call('HINCRBY', meta, 's', 1)
+settle_meta(data, meta)
+redis.call('PUBLISH', ARGV[1], 'P\n' .. redis.call('HGET', meta, 'e') .. '\n' .. seq .. '\n' .. ARGV[2] .. '\n' .. table.concat(out, '\n'))
+return #out
 ";
 
 /// A node notes a channel it is about to write in (so a reaper finds it),
