@@ -1312,3 +1312,45 @@ fn topic_label(topic: &str, private: bool) -> String {
         topic.to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(join: bool, mid: &str, phx_ref: &str) -> wire::Change {
+        wire::Change {
+            join,
+            mid: Arc::from(mid),
+            key: "k".into(),
+            meta: roster_presence::Meta {
+                phx_ref: Arc::from(phx_ref),
+                phx_ref_prev: None,
+                state: roster_presence::State::empty(),
+            },
+        }
+    }
+
+    /// Only entries removed outright are remembered, not replaced ones.
+    #[test]
+    fn removals_are_remembered_and_replacements_are_not() {
+        let mut removed = Removed::default();
+        let update = wire::Update {
+            epoch: Arc::from("e"),
+            seq: 1,
+            origin: Arc::from("n"),
+            changes: vec![
+                change(false, "n|1", "r1"),
+                change(true, "n|1", "r2"),
+                change(false, "n|2", "r3"),
+                change(true, "n|3", "r4"),
+            ],
+        };
+        removed.note("t", &update);
+        let seen: Vec<(&str, &str, &str)> = removed
+            .recent
+            .iter()
+            .map(|(_, tag, mid, r)| (tag.as_str(), mid.as_str(), &**r))
+            .collect();
+        assert_eq!(seen, [("t", "n|2", "r3")]);
+    }
+}
