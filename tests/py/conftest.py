@@ -12,6 +12,10 @@ attributes (``url``, ``port``, ``realtime_url``, ``proc`` are node 1's) and adds
 with ``make_client`` (and node peers given ``node_url_for(roster.url)``) are
 spread over the nodes round-robin, starting again at node 1 in every test, so
 the clients of one test sit on different nodes without the tests knowing.
+
+With ``ROSTER_TEST_CLUSTER=redis-cluster`` every cluster runs on a Redis
+Cluster instead: 3 masters (no replicas) on free ports, made with
+``redis-cli --cluster create``, the nodes started with ``--redis-cluster``.
 """
 
 from __future__ import annotations
@@ -47,10 +51,14 @@ JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 UUID_V1 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 LISTEN_RE = re.compile(r"roster listening on (https?://127\.0\.0\.1:(\d+))")
 
-CLUSTER = os.environ.get("ROSTER_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
-"""True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1)."""
+_CLUSTER_MODE = os.environ.get("ROSTER_TEST_CLUSTER", "").lower()
+REDIS_CLUSTER = _CLUSTER_MODE == "redis-cluster"
+"""Clusters run on a Redis Cluster (ROSTER_TEST_CLUSTER=redis-cluster), not one redis-server."""
+CLUSTER = _CLUSTER_MODE in ("1", "true", "yes") or REDIS_CLUSTER
+"""True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1 or redis-cluster)."""
 CLUSTER_NODES = 3
 REDIS_SERVER_BIN = os.environ.get("REDIS_SERVER_BIN") or "redis-server"
+REDIS_CLI_BIN = os.environ.get("REDIS_CLI_BIN") or "redis-cli"
 # Faster cluster timings than the defaults, so dead nodes are noticed within the test timeouts.
 CLUSTER_TIMING_ARGS = [
     "--cluster-heartbeat-ms", "200",
@@ -191,11 +199,11 @@ def redis_ping(port: int) -> bool:
 class RedisServer:
     """A throwaway redis-server (no persistence) on a free port; `url` is its redis:// URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
         last_err: Exception | None = None
         for _ in range(3):  # the free port may be taken meanwhile
             try:
-                self._start(free_port())
+                self._start(free_port(), extra_args or [])
                 return
             except FileNotFoundError as err:
                 raise RuntimeError(
@@ -207,12 +215,13 @@ class RedisServer:
         assert last_err is not None
         raise last_err
 
-    def _start(self, port: int) -> None:
+    def _start(self, port: int, extra_args: list[str]) -> None:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}"
         self._output: list[str] = []
+        cluster_args = [a.replace("{port}", str(port)) for a in extra_args]
         self.proc = subprocess.Popen(
-            [REDIS_SERVER_BIN, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+            [REDIS_SERVER_BIN, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", *cluster_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -243,6 +252,61 @@ class RedisServer:
         _stop_process(self.proc)
 
 
+class RedisCluster:
+    """A throwaway Redis Cluster: `masters` redis-servers with `--cluster-enabled yes` (no
+    replicas, no persistence), joined with `redis-cli --cluster create`; `seeds` is the
+    `--redis-cluster` value."""
+
+    cluster = True
+
+    def __init__(self, masters: int = 3) -> None:
+        self._dir = tempfile.mkdtemp(prefix="roster-redis-cluster-")
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(masters):
+                self.servers.append(
+                    RedisServer(
+                        [
+                            "--cluster-enabled", "yes",
+                            "--cluster-config-file", os.path.join(self._dir, "nodes-{port}.conf"),
+                            "--cluster-node-timeout", "1000",
+                            "--dir", self._dir,
+                        ]
+                    )
+                )
+            addrs = [f"127.0.0.1:{r.port}" for r in self.servers]
+            subprocess.run(
+                [REDIS_CLI_BIN, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            deadline = time.monotonic() + 20
+            for r in self.servers:
+                while True:
+                    info = subprocess.run(
+                        [REDIS_CLI_BIN, "-p", str(r.port), "cluster", "info"], capture_output=True, text=True, timeout=5
+                    ).stdout
+                    if "cluster_state:ok" in info:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"redis cluster node {r.port} not ok within 20 s:\n{info}")
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        self.seeds = ",".join(r.url for r in self.servers)
+        self.url = self.seeds
+
+    def logs(self) -> str:
+        return "\n".join(f"--- redis {r.port} ---\n{r.logs()}" for r in self.servers)
+
+    def stop(self) -> None:
+        for r in self.servers:
+            r.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 # Running clusters by their primary (node 1) URL, for node_url_for().
 _clusters: dict[str, "RosterCluster"] = {}
 
@@ -260,11 +324,12 @@ class RosterCluster:
         config: str | None = None,
         nodes: int = CLUSTER_NODES,
     ) -> None:
-        self.redis = RedisServer()
+        self.redis: RedisServer | RedisCluster = RedisCluster() if REDIS_CLUSTER else RedisServer()
+        redis_args = ["--redis-cluster", self.redis.seeds] if REDIS_CLUSTER else ["--redis", self.redis.url]
         self.nodes: list[RosterServer] = []
         try:
             for i in range(nodes):
-                node_args = [*(args or []), "--redis", self.redis.url, "--node-name", f"node{i + 1}", *CLUSTER_TIMING_ARGS]
+                node_args = [*(args or []), *redis_args, "--node-name", f"node{i + 1}", *CLUSTER_TIMING_ARGS]
                 self.nodes.append(RosterServer(env=env, args=node_args, config=config))
         except BaseException:
             for node in self.nodes:
@@ -331,6 +396,8 @@ def _node_round_robin():
 
 
 def pytest_report_header(config):
+    if REDIS_CLUSTER:
+        return f"roster: {CLUSTER_NODES}-node cluster on a 3-master Redis Cluster (ROSTER_TEST_CLUSTER=redis-cluster)"
     if CLUSTER:
         return f"roster: {CLUSTER_NODES}-node cluster sharing one {REDIS_SERVER_BIN} (ROSTER_TEST_CLUSTER=1)"
     return "roster: single server"

@@ -11,7 +11,12 @@
 // made with newClient(handle.url) and proxies made with startProxy(handle.port)
 // are spread over the nodes round-robin (see nodeUrlFor / nodePortFor), so the
 // clients of one test sit on different nodes without the tests knowing.
-import { spawn } from 'node:child_process'
+//
+// With ROSTER_TEST_CLUSTER=redis-cluster, every cluster runs on a Redis
+// Cluster instead of one redis-server: 3 masters (no replicas) on free
+// ports, made with `redis-cli --cluster create`, the nodes started with
+// `--redis-cluster <seeds>`; `redis` is then that Redis Cluster's handle.
+import { execFile, spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -28,10 +33,14 @@ export const JWT_SECRET = 'test-jwt-secret-0123456789abcdef0123'
 
 const LISTEN_RE = /roster listening on (https?:\/\/127\.0\.0\.1:(\d+))/
 
-/** True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1). */
-export const CLUSTER = ['1', 'true', 'yes'].includes((process.env.ROSTER_TEST_CLUSTER || '').toLowerCase())
+const CLUSTER_MODE = (process.env.ROSTER_TEST_CLUSTER || '').toLowerCase()
+/** Clusters run on a Redis Cluster (ROSTER_TEST_CLUSTER=redis-cluster), not one redis-server. */
+export const REDIS_CLUSTER = CLUSTER_MODE === 'redis-cluster'
+/** True when the suite runs against a cluster (ROSTER_TEST_CLUSTER=1 or redis-cluster). */
+export const CLUSTER = ['1', 'true', 'yes'].includes(CLUSTER_MODE) || REDIS_CLUSTER
 export const CLUSTER_NODES = 3
 export const REDIS_SERVER_BIN = process.env.REDIS_SERVER_BIN || 'redis-server'
+export const REDIS_CLI_BIN = process.env.REDIS_CLI_BIN || 'redis-cli'
 /** Faster cluster timings than the defaults, so dead nodes are noticed within the test timeouts. */
 const CLUSTER_TIMING_ARGS = [
   '--cluster-heartbeat-ms', '200',
@@ -257,11 +266,11 @@ export async function startRedis() {
   throw lastErr
 }
 
-async function startRedisOnce(port) {
+async function startRedisOnce(port, extraArgs = []) {
   let output = ''
   const child = spawn(
     REDIS_SERVER_BIN,
-    ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'],
+    ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'pipe'] }
   )
   let spawnError
@@ -301,6 +310,77 @@ async function startRedisOnce(port) {
   }
 }
 
+/** Run redis-cli with `args`; resolves to its stdout, rejects on failure. */
+function redisCli(args) {
+  return new Promise((resolve, reject) => {
+    execFile(REDIS_CLI_BIN, args, { timeout: 20_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${REDIS_CLI_BIN} ${args.join(' ')}: ${err.message}\n${stdout}${stderr}`))
+      else resolve(stdout)
+    })
+  })
+}
+
+/**
+ * Start a throwaway Redis Cluster: `masters` redis-servers with
+ * `--cluster-enabled yes` (no replicas, no persistence) on free ports, joined
+ * with `redis-cli --cluster create`, ready once every node says
+ * `cluster_state:ok`. Resolves to `{ cluster: true, seeds, url, ports, logs(), stop() }`
+ * (`seeds` is the `--redis-cluster` value).
+ */
+export async function startRedisCluster({ masters = 3 } = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'roster-redis-cluster-'))
+  tempDirs.add(dir)
+  const servers = []
+  const stopAll = () => Promise.all(servers.map((s) => s.stop()))
+  try {
+    for (let i = 0; i < masters; i++) {
+      let lastErr
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const port = await freePort()
+        try {
+          servers.push(
+            await startRedisOnce(port, [
+              '--cluster-enabled', 'yes',
+              '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+              '--cluster-node-timeout', '1000',
+              '--dir', dir,
+            ])
+          )
+          lastErr = undefined
+          break
+        } catch (err) {
+          if (err.fatal) throw err
+          lastErr = err
+        }
+      }
+      if (lastErr) throw lastErr
+    }
+    const addrs = servers.map((s) => `127.0.0.1:${s.port}`)
+    await redisCli(['--cluster', 'create', ...addrs, '--cluster-replicas', '0', '--cluster-yes'])
+    const deadline = Date.now() + 20_000
+    for (const s of servers) {
+      for (;;) {
+        const info = await redisCli(['-p', String(s.port), 'cluster', 'info']).catch(() => '')
+        if (info.includes('cluster_state:ok')) break
+        if (Date.now() > deadline) throw new Error(`redis cluster node ${s.port} not ok within 20 s:\n${info}`)
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+  } catch (err) {
+    await stopAll()
+    throw err
+  }
+  const seeds = servers.map((s) => s.url).join(',')
+  return {
+    cluster: true,
+    seeds,
+    url: seeds,
+    ports: servers.map((s) => s.port),
+    logs: () => servers.map((s) => `--- redis ${s.port} ---\n${s.logs()}`).join('\n'),
+    stop: stopAll,
+  }
+}
+
 /**
  * Start a cluster: a fresh redis-server (or `redis`, whose ownership passes to
  * the new cluster) and `nodes` roster nodes, node N on `ports[N-1]` (0 = any).
@@ -309,10 +389,11 @@ async function startCluster({ env = {}, args = [], config, nodes: count = CLUSTE
   if (config !== undefined && !args.includes('--config')) {
     args = [...args, '--config', writeConfigFile(config)]
   }
-  redis ??= await startRedis()
+  redis ??= REDIS_CLUSTER ? await startRedisCluster() : await startRedis()
+  const redisArgs = redis.cluster ? ['--redis-cluster', redis.seeds] : ['--redis', redis.url]
   const nodeOpts = (i) => ({
     env,
-    args: [...args, '--redis', redis.url, '--node-name', `node${i + 1}`, ...CLUSTER_TIMING_ARGS],
+    args: [...args, ...redisArgs, '--node-name', `node${i + 1}`, ...CLUSTER_TIMING_ARGS],
   })
   const results = await Promise.allSettled(
     Array.from({ length: count }, (_, i) => (ports[i] ? startOnPort(ports[i], nodeOpts(i)) : startNode(nodeOpts(i))))

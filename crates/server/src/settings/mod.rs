@@ -176,6 +176,9 @@ settings! {
     /// Redis URL (`redis://host:port`): nodes sharing it share presence and broadcasts. Unset = one node, no Redis.
     redis: String, env "ROSTER_REDIS", unset "none";
 
+    /// Redis Cluster seed nodes, comma-separated (`redis://host:port,redis://host:port`): nodes sharing the cluster share presence and broadcasts, each channel on its slot's shard. Not with `--redis`.
+    redis_cluster: String, env "ROSTER_REDIS_CLUSTER", unset "none";
+
     /// This node's name in a cluster (letters, digits, `-`, `_`, `.`).
     node_name: String = "roster".into(), env "ROSTER_NODE_NAME";
 
@@ -443,10 +446,28 @@ impl std::fmt::Debug for WebhookSettings {
     }
 }
 
-/// The Redis backplane's settings (see `cluster/`).
+/// Where the nodes of a cluster meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis (`--redis`).
+    One(String),
+    /// A Redis Cluster, by its seed nodes (`--redis-cluster`).
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::One(url) => f.write_str(url),
+            RedisTarget::Cluster(seeds) => write!(f, "cluster {}", seeds.join(",")),
+        }
+    }
+}
+
+/// The Redis backplane's settings (see `store/redis/`).
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    pub redis_url: String,
+    pub redis: RedisTarget,
     pub node_name: String,
     pub heartbeat: Duration,
     pub lease: Duration,
@@ -526,9 +547,35 @@ impl ServeArgs {
             audience: m.jwt_audience,
         };
         let ms = Duration::from_millis;
-        let cluster = match m.redis {
+        let target = match (m.redis, m.redis_cluster) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--redis and --redis-cluster (ROSTER_REDIS, ROSTER_REDIS_CLUSTER) exclude each other: \
+                 give one Redis or one Redis Cluster"
+            ),
+            (Some(url), None) => Some(RedisTarget::One(url)),
+            (None, Some(seeds)) => {
+                let seeds: Vec<String> = seeds
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if seeds.is_empty() {
+                    anyhow::bail!("--redis-cluster needs at least one seed node URL");
+                }
+                if let Some(bad) = seeds
+                    .iter()
+                    .find(|s| !s.starts_with("redis://") && !s.starts_with("rediss://"))
+                {
+                    anyhow::bail!("--redis-cluster seed {bad:?}: use redis://host:port");
+                }
+                Some(RedisTarget::Cluster(seeds))
+            }
+            (None, None) => None,
+        };
+        let cluster = match target {
             None => None,
-            Some(redis_url) => {
+            Some(redis) => {
                 let node_name = m.node_name;
                 let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
                 if node_name.is_empty() || node_name.len() > 64 || !node_name.chars().all(valid) {
@@ -542,7 +589,7 @@ impl ServeArgs {
                     anyhow::bail!("the cluster lease must be at least twice the heartbeat");
                 }
                 Some(ClusterSettings {
-                    redis_url,
+                    redis,
                     node_name,
                     heartbeat,
                     lease,
@@ -726,6 +773,40 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("nonsense_setting"), "{err}");
+    }
+
+    #[test]
+    fn redis_cluster_seeds_parse_and_exclude_redis() {
+        let s = ServeArgs {
+            redis_cluster: Some(" redis://127.0.0.1:7000, redis://127.0.0.1:7001 ,".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.cluster.unwrap().redis,
+            RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        let both = ServeArgs {
+            redis: Some("redis://127.0.0.1:6379".into()),
+            redis_cluster: Some("redis://127.0.0.1:7000".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(both.to_string().contains("exclude each other"), "{both}");
+        for bad in [",", "127.0.0.1:7000"] {
+            let err = ServeArgs {
+                redis_cluster: Some(bad.into()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("--redis-cluster"), "{bad}: {err}");
+        }
     }
 
     #[test]

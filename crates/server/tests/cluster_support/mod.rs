@@ -387,6 +387,502 @@ fn parse_resp(b: &[u8]) -> Option<(Resp, usize)> {
     }
 }
 
+// ---------------------------------------------------------- redis cluster
+
+/// The hash tag Roster gives a public channel (`store::redis::wire::tag`):
+/// FNV-1a 64 over `0:` + topic, 16 hex digits.
+pub fn channel_tag(topic: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"0:".iter().chain(topic.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One `redis-server --cluster-enabled yes` of a [`RedisCluster`].
+pub struct ClusterRedis {
+    pub port: u16,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ClusterRedis {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: it stops answering (and replicating).
+    pub fn stop(&self) {
+        signal(self.child.as_ref().expect("redis is running").id(), "STOP");
+    }
+
+    pub fn cont(&self) {
+        signal(self.child.as_ref().expect("redis is running").id(), "CONT");
+    }
+
+    pub async fn cmd(&self, args: &[&str]) -> Resp {
+        tokio::time::timeout(Duration::from_secs(5), resp_command(self.addr(), args))
+            .await
+            .unwrap_or_else(|_| panic!("redis {} command {args:?} timed out", self.port))
+    }
+
+    /// This node's cluster id (`CLUSTER MYID`).
+    pub async fn id(&self) -> String {
+        match self.cmd(&["CLUSTER", "MYID"]).await {
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("CLUSTER MYID on {}: {other:?}", self.port),
+        }
+    }
+}
+
+impl Drop for ClusterRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A Redis Cluster of 3 masters and 3 replicas on free loopback ports
+/// (`--cluster-node-timeout 1000`, no persistence), made with
+/// `redis-cli --cluster create`; every node is killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterRedis>,
+    pub dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start(label: &str) -> RedisCluster {
+        require_redis();
+        let cli = Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            cli,
+            "the Redis Cluster tests need redis-cli on PATH (apt-get install redis-tools)"
+        );
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("cluster-redis")
+            .join(format!("{label}-cluster"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match RedisCluster::try_start(label, &dir).await {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis cluster would not start: {last}");
+    }
+
+    async fn try_start(label: &str, dir: &std::path::Path) -> Result<RedisCluster, String> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let log = log_dir().join(format!("{label}-redis-{port}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let err = out.try_clone().unwrap();
+            let p = port.to_string();
+            let child = Command::new("redis-server")
+                .args(["--port", &p, "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .args(["--cluster-node-timeout", "1000"])
+                // Replicas sync at once (not after the default 5 s), and
+                // one may always take over, however long it was cut off.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("spawn redis-server: {e}"))?;
+            nodes.push(ClusterRedis {
+                port,
+                child: Some(child),
+                log,
+            });
+        }
+        for n in &mut nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ping(n.port).await {
+                if let Some(Ok(Some(status))) = n.child.as_mut().map(Child::try_wait) {
+                    return Err(format!(
+                        "redis {} exited ({status}):\n{}",
+                        n.port,
+                        tail(&n.log, 10)
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "redis {} never answered PING:\n{}",
+                        n.port,
+                        tail(&n.log, 10)
+                    ));
+                }
+                tokio::time::sleep(ms(20)).await;
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let c = RedisCluster {
+            nodes,
+            dir: dir.to_owned(),
+        };
+        c.wait_ok(Duration::from_secs(15)).await?;
+        // Every replica in sync with its master, so a failover loses
+        // only what a real one would (the last writes in flight).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for n in &c.nodes {
+            loop {
+                let info = match n.cmd(&["INFO", "replication"]).await {
+                    Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("replica {} never synced: {info}", n.port));
+                }
+                tokio::time::sleep(ms(50)).await;
+            }
+        }
+        Ok(c)
+    }
+
+    /// `--redis-cluster` seeds: every node's URL.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn live(&self) -> impl Iterator<Item = &ClusterRedis> {
+        self.nodes.iter().filter(|n| n.alive())
+    }
+
+    /// Until every live node says `cluster_state:ok` and agrees on the
+    /// slot owners (all 16384 slots served by a live master).
+    pub async fn wait_ok(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ok = true;
+            let mut owners = None;
+            for n in self.live() {
+                let info = match n.cmd(&["CLUSTER", "INFO"]).await {
+                    Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                if !info.contains("cluster_state:ok") {
+                    ok = false;
+                    break;
+                }
+                let slots = self.slot_owners_seen_by(n).await;
+                let covered: usize = slots.iter().map(|(a, b, _)| (b - a + 1) as usize).sum();
+                let all_live = slots
+                    .iter()
+                    .all(|(_, _, port)| self.nodes.iter().any(|m| m.port == *port && m.alive()));
+                if covered != 16384 || !all_live {
+                    ok = false;
+                    break;
+                }
+                match &owners {
+                    None => owners = Some(slots),
+                    Some(o) if *o != slots => {
+                        ok = false;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("redis cluster not ok after {within:?}"));
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    }
+
+    /// `(first slot, last slot, master port)` from `CLUSTER SLOTS` on `n`, sorted.
+    async fn slot_owners_seen_by(&self, n: &ClusterRedis) -> Vec<(u16, u16, u16)> {
+        let mut out = Vec::new();
+        if let Resp::Array(Some(ranges)) = n.cmd(&["CLUSTER", "SLOTS"]).await {
+            for r in ranges {
+                let Resp::Array(Some(parts)) = r else {
+                    continue;
+                };
+                let (Some(Resp::Int(a)), Some(Resp::Int(b)), Some(Resp::Array(Some(m)))) =
+                    (parts.first(), parts.get(1), parts.get(2))
+                else {
+                    continue;
+                };
+                if let Some(Resp::Int(port)) = m.get(1) {
+                    out.push((*a as u16, *b as u16, *port as u16));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn any(&self) -> &ClusterRedis {
+        self.live().next().expect("a live redis node")
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub async fn slot(&self, key: &str) -> u16 {
+        match self.any().cmd(&["CLUSTER", "KEYSLOT", key]).await {
+            Resp::Int(n) => n as u16,
+            other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+        }
+    }
+
+    /// The slot of channel `topic`'s keys.
+    pub async fn slot_of_topic(&self, topic: &str) -> u16 {
+        self.slot(&format!("rp:{{{}}}:s", channel_tag(topic))).await
+    }
+
+    /// Index (in `nodes`) of the master serving `slot`.
+    pub async fn master_of(&self, slot: u16) -> usize {
+        let owners = self.slot_owners_seen_by(self.any()).await;
+        let port = owners
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, p)| *p)
+            .unwrap_or_else(|| panic!("no owner of slot {slot}: {owners:?}"));
+        self.nodes.iter().position(|n| n.port == port).unwrap()
+    }
+
+    /// Index of a replica of master `master` (from its `INFO replication`:
+    /// `slave0:ip=...,port=P,...`).
+    pub async fn replica_of(&self, master: usize) -> usize {
+        let info = match self.nodes[master].cmd(&["INFO", "replication"]).await {
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("INFO replication: {other:?}"),
+        };
+        let port: u16 = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("port=")))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no replica of {master}: {info}"));
+        self.nodes.iter().position(|n| n.port == port).unwrap()
+    }
+
+    /// Indexes of the current masters, sorted.
+    pub async fn masters(&self) -> Vec<usize> {
+        let owners = self.slot_owners_seen_by(self.any()).await;
+        let mut out: Vec<usize> = owners
+            .iter()
+            .filter_map(|(_, _, p)| self.nodes.iter().position(|n| n.port == *p))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Topics `realtime:<prefix>-<i>`, one on each master, in `masters()` order.
+    pub async fn topics_on_each_master(&self, prefix: &str) -> Vec<String> {
+        let masters = self.masters().await;
+        let mut found: Vec<Option<String>> = vec![None; masters.len()];
+        for i in 0..10_000 {
+            let topic = format!("realtime:{prefix}-{i}");
+            let m = self.master_of(self.slot_of_topic(&topic).await).await;
+            let at = masters.iter().position(|x| *x == m).unwrap();
+            if found[at].is_none() {
+                found[at] = Some(topic);
+            }
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        found
+            .into_iter()
+            .map(|t| t.expect("a topic per master"))
+            .collect()
+    }
+
+    /// Move `slot` to master `to` (index in `nodes`) the way
+    /// `redis-cli --cluster reshard` does: IMPORTING / MIGRATING, `MIGRATE`
+    /// its keys, then `SETSLOT NODE` everywhere.
+    pub async fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.master_of(slot).await;
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let (src_id, dst_id) = (src.id().await, dst.id().await);
+        let slot_s = slot.to_string();
+        let ok = Resp::Simple("OK".into());
+        assert_eq!(
+            dst.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &src_id])
+                .await,
+            ok
+        );
+        assert_eq!(
+            src.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &dst_id])
+                .await,
+            ok
+        );
+        loop {
+            let keys = src
+                .cmd(&["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"])
+                .await
+                .strings();
+            if keys.is_empty() {
+                break;
+            }
+            let port = dst.port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let reply = src.cmd(&args).await;
+            assert!(
+                matches!(&reply, Resp::Simple(s) if s == "OK" || s == "NOKEY"),
+                "MIGRATE: {reply:?}"
+            );
+        }
+        // The importing master first, then the migrating one, then the rest.
+        let mut order: Vec<&ClusterRedis> = vec![dst, src];
+        order.extend(
+            self.live()
+                .filter(|n| n.port != dst.port && n.port != src.port),
+        );
+        for n in order {
+            let reply = n
+                .cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &dst_id])
+                .await;
+            // A replica answers with an error; masters must agree.
+            if self
+                .masters()
+                .await
+                .iter()
+                .any(|m| self.nodes[*m].port == n.port)
+            {
+                assert_eq!(reply, ok, "SETSLOT NODE on {}", n.port);
+            }
+        }
+        self.wait_ok(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(self.master_of(slot).await, to, "slot {slot} moved");
+    }
+
+    /// Kill -9 the master of `slot` and wait until its replica took over
+    /// (cluster ok again, every slot on a live master). Returns the index
+    /// of the killed node and how long the failover took.
+    pub async fn kill_master_of(&mut self, slot: u16) -> (usize, Duration) {
+        let victim = self.master_of(slot).await;
+        let t0 = Instant::now();
+        self.nodes[victim].kill9();
+        self.wait_ok(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no failover after killing redis {}: {e}",
+                    self.nodes[victim].port
+                )
+            });
+        (victim, t0.elapsed())
+    }
+
+    /// The `phx_ref` of every entry stored on any master (all channels),
+    /// sorted (as [`Redis::entry_refs`]).
+    pub async fn entry_refs(&self) -> Vec<String> {
+        let mut refs = Vec::new();
+        for m in self.masters().await {
+            let n = &self.nodes[m];
+            for key in n.cmd(&["KEYS", "rp:{*}:s"]).await.strings() {
+                for value in n.cmd(&["HVALS", &key]).await.strings() {
+                    refs.push(value.split('\x1f').nth(1).unwrap_or("?").to_owned());
+                }
+            }
+        }
+        refs.sort();
+        refs
+    }
+}
+
+/// A Redis Cluster plus `n` nodes `n0`, `n1`, ... on it (`--redis-cluster`).
+pub struct ShardedCluster {
+    pub nodes: Vec<Node>,
+    pub redis: RedisCluster,
+}
+
+impl ShardedCluster {
+    pub async fn start(label: &str, n: usize) -> ShardedCluster {
+        let redis = RedisCluster::start(label).await;
+        let seeds = redis.seeds();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(Node::start_sharded(label, &seeds, &format!("n{i}"), &[]).await);
+        }
+        ShardedCluster { nodes, redis }
+    }
+
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        self.nodes[node].addr
+    }
+}
+
+impl Drop for ShardedCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "---- last lines of {} ({}):\n{}",
+                    node.name,
+                    node.log.display(),
+                    tail(&node.log, 60)
+                );
+            }
+            for r in &self.redis.nodes {
+                eprintln!(
+                    "---- last lines of redis {} ({}):\n{}",
+                    r.port,
+                    r.log.display(),
+                    tail(&r.log, 8)
+                );
+            }
+        }
+    }
+}
+
 /// One `roster serve` process in cluster mode.
 pub struct Node {
     pub name: String,
@@ -397,6 +893,17 @@ pub struct Node {
 
 impl Node {
     pub async fn start(label: &str, redis_url: &str, name: &str, extra: &[&str]) -> Node {
+        Node::start_on(label, &["--redis", redis_url], name, extra).await
+    }
+
+    /// A node on a Redis Cluster (`--redis-cluster <seeds>`).
+    pub async fn start_sharded(label: &str, seeds: &str, name: &str, extra: &[&str]) -> Node {
+        Node::start_on(label, &["--redis-cluster", seeds], name, extra).await
+    }
+
+    /// A node whose Redis is given by `redis` (`--redis URL` or
+    /// `--redis-cluster SEEDS`).
+    pub async fn start_on(label: &str, redis: &[&str], name: &str, extra: &[&str]) -> Node {
         let log = log_dir().join(format!("{label}-{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
@@ -408,7 +915,8 @@ impl Node {
         let filter =
             std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info,roster_server=debug".into());
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--dev", "--redis", redis_url])
+            .args(["--listen", "127.0.0.1:0", "--dev"])
+            .args(redis)
             .args(["--node-name", name])
             .args(["--cluster-heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--cluster-lease-ms", &LEASE_MS.to_string()])
@@ -725,6 +1233,8 @@ pub fn view_pairs(view: &View) -> BTreeSet<Pair> {
 /// One client socket joined to `ROOM` with presence key `key`, recording
 /// everything it receives.
 pub struct Peer {
+    /// The channel it joined (`ROOM` unless [`Peer::join_topic`]).
+    pub topic: String,
     pub key: String,
     pub node: usize,
     pub client: Client,
@@ -740,11 +1250,22 @@ impl Peer {
     /// Connect to `addr` with `vsn`, join `ROOM` with presence key `key`
     /// (broadcast self: false, ack: false) and record the snapshot.
     pub async fn join(addr: SocketAddr, node: usize, key: &str, vsn: u8) -> Peer {
+        Peer::join_topic(addr, node, ROOM, key, vsn).await
+    }
+
+    /// [`Peer::join`] to channel `topic` (a full topic, `realtime:...`).
+    pub async fn join_topic(
+        addr: SocketAddr,
+        node: usize,
+        topic: &str,
+        key: &str,
+        vsn: u8,
+    ) -> Peer {
         let mut client = Client::connect(addr, vsn).await;
         let payload = json!({"config": {"broadcast": {"ack": false, "self": false},
             "presence": {"key": key, "enabled": true},
             "private": false, "postgres_changes": []}});
-        let join_ref = client.join_raw(ROOM, payload).await;
+        let join_ref = client.join_raw(topic, payload).await;
         let reply = client.recv_reply(&join_ref).await;
         assert_eq!(
             reply.payload["status"], "ok",
@@ -753,6 +1274,7 @@ impl Peer {
         );
         let state = client.recv_event("presence_state").await;
         let mut peer = Peer {
+            topic: topic.into(),
             key: key.into(),
             node,
             client,
@@ -813,7 +1335,7 @@ impl Peer {
             .client
             .push(
                 &self.join_ref,
-                ROOM,
+                &self.topic,
                 "presence",
                 json!({"type": "presence", "event": "track", "payload": state}),
             )
@@ -827,7 +1349,7 @@ impl Peer {
             .client
             .push(
                 &self.join_ref,
-                ROOM,
+                &self.topic,
                 "presence",
                 json!({"type": "presence", "event": "untrack"}),
             )
@@ -840,7 +1362,7 @@ impl Peer {
     pub async fn leave(&mut self) {
         let r = self
             .client
-            .push(&self.join_ref, ROOM, "phx_leave", json!({}))
+            .push(&self.join_ref, &self.topic, "phx_leave", json!({}))
             .await;
         self.ok_reply(&r, "phx_leave").await;
         self.tracked = None;
@@ -851,7 +1373,7 @@ impl Peer {
         self.client
             .push(
                 &self.join_ref,
-                ROOM,
+                &self.topic,
                 "broadcast",
                 json!({"type": "broadcast", "event": event, "payload": payload}),
             )
@@ -859,7 +1381,7 @@ impl Peer {
     }
 
     pub fn view(&self) -> View {
-        self.client.view(ROOM)
+        self.client.view(&self.topic)
     }
 
     /// This peer's own `phx_ref`, as it sees it.

@@ -28,7 +28,7 @@ impl Backend for RedisBackend {
         private: bool,
         host: Weak<dyn Host>,
     ) -> Box<dyn ChannelStore> {
-        let link = Arc::new(Link {
+        let handle = Arc::new(ChannelHandle {
             cluster: self.0.clone(),
             tag: wire::tag(topic, private),
             topic: Arc::from(topic),
@@ -37,7 +37,7 @@ impl Backend for RedisBackend {
         });
         Box::new(RedisChannel {
             cluster: self.0.clone(),
-            link,
+            handle,
             sync: Sync::default(),
         })
     }
@@ -49,7 +49,7 @@ impl Backend for RedisBackend {
 
 /// What the cluster holds of a channel: it reaches the channel's store
 /// through this, never the channel itself.
-struct Link {
+struct ChannelHandle {
     cluster: Arc<Cluster>,
     tag: String,
     topic: Arc<str>,
@@ -57,13 +57,13 @@ struct Link {
     host: Weak<dyn Host>,
 }
 
-impl Link {
+impl ChannelHandle {
     fn with<R>(&self, f: impl FnOnce(&mut RedisChannel, &mut Ctx<'_>) -> R) -> Option<R> {
         store::with_store(&*self.host.upgrade()?, f)
     }
 }
 
-impl Replicated for Link {
+impl Replicated for ChannelHandle {
     fn tag(&self) -> &str {
         &self.tag
     }
@@ -111,7 +111,7 @@ impl Replicated for Link {
 /// One channel's store on Redis.
 pub struct RedisChannel {
     cluster: Arc<Cluster>,
-    link: Arc<Link>,
+    handle: Arc<ChannelHandle>,
     sync: Sync,
 }
 
@@ -275,7 +275,7 @@ impl Sync {
 impl ChannelStore for RedisChannel {
     fn opened(&mut self) {
         self.cluster
-            .open(&(self.link.clone() as Arc<dyn Replicated>));
+            .open(&(self.handle.clone() as Arc<dyn Replicated>));
     }
 
     fn weight_of(&self, _: &ChannelPresence, member: MemberId, _: &str) -> usize {
@@ -363,7 +363,7 @@ impl ChannelStore for RedisChannel {
 
     fn closed(&mut self) {
         self.cluster
-            .close(&(self.link.clone() as Arc<dyn Replicated>));
+            .close(&(self.handle.clone() as Arc<dyn Replicated>));
     }
 
     fn as_any(&mut self) -> &mut dyn Any {
@@ -379,12 +379,12 @@ impl RedisChannel {
             return;
         }
         // The task keeps the channel alive until its last op is written.
-        let Some(host) = self.link.host.upgrade() else {
+        let Some(host) = self.handle.host.upgrade() else {
             return;
         };
         sync.writing = true;
         self.cluster.writer_running(true);
-        tokio::spawn(write_loop(self.link.clone(), host));
+        tokio::spawn(write_loop(self.handle.clone(), host));
     }
 
     /// A numbered update from Redis (pub/sub, or our own write's reply).
@@ -418,14 +418,14 @@ impl RedisChannel {
         }
         sync.hole_timer = true;
         let seen = sync.replica.position().map(|(_, s)| s);
-        let link = self.link.clone();
+        let handle = self.handle.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            link.with(|rc, _| {
+            handle.with(|rc, _| {
                 rc.sync.hole_timer = false;
                 let replica = &rc.sync.replica;
                 if replica.has_gap() && replica.position().map(|(_, s)| s) == seen {
-                    tracing::debug!(topic = %rc.link.topic, "presence update missing; resyncing");
+                    tracing::debug!(topic = %rc.handle.topic, "presence update missing; resyncing");
                     rc.request_resync();
                 } else if replica.has_gap() {
                     rc.watch_hole();
@@ -441,8 +441,8 @@ impl RedisChannel {
             return;
         }
         sync.resyncing = true;
-        let link = self.link.clone() as Arc<dyn Replicated>;
-        tokio::spawn(self.cluster.clone().resync(link));
+        let handle = self.handle.clone() as Arc<dyn Replicated>;
+        tokio::spawn(self.cluster.clone().resync(handle));
     }
 
     /// Install a snapshot: members waiting for their first state get it;
@@ -540,7 +540,7 @@ impl RedisChannel {
                 false
             }
             Err(e) => {
-                tracing::debug!(error = %e, topic = %self.link.topic, "presence write failed; will retry");
+                tracing::debug!(error = %e, topic = %self.handle.topic, "presence write failed; will retry");
                 let newer = std::mem::replace(&mut sync.queue, ops);
                 sync.queue.extend(newer);
                 sync.landed.insert(batch, None);
@@ -553,8 +553,8 @@ impl RedisChannel {
 
 /// Write the queue in batches, one in flight at a time, so this node's
 /// changes to the channel land in the order they were made.
-async fn write_loop(link: Arc<Link>, host: Arc<dyn Host>) {
-    let cluster = link.cluster.clone();
+async fn write_loop(handle: Arc<ChannelHandle>, host: Arc<dyn Host>) {
+    let cluster = handle.cluster.clone();
     loop {
         let nid = cluster.nid();
         let Some(Some(batch)) =
@@ -563,7 +563,7 @@ async fn write_loop(link: Arc<Link>, host: Arc<dyn Host>) {
             return;
         };
         let result = cluster
-            .apply(&link.tag, &link.topic, link.private, &batch.1, batch.2)
+            .apply(&handle.tag, &handle.topic, handle.private, &batch.1, batch.2)
             .await;
         let failed = store::with_store(&*host, |rc: &mut RedisChannel, cx| {
             rc.landed(cx, batch, &nid, result)

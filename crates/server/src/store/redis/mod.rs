@@ -12,10 +12,13 @@
 //! * `replica` — a node's copy of one channel, applied in Redis's order.
 //! * `channel_store` — a channel's store on Redis (the `ChannelStore` of
 //!   `store`): its owned entries, write queue and writer task, acks.
+//! * `link` — one Redis or a Redis Cluster behind one connection and one
+//!   pub/sub feed (`SUBSCRIBE` or sharded `SSUBSCRIBE`).
 //! * this file — the node: its lease (heartbeat), reaping dead nodes,
-//!   the pub/sub connection, recovery after Redis comes back.
+//!   the pub/sub feed, recovery after Redis (or a shard) comes back.
 
 mod channel_store;
+mod link;
 mod replica;
 mod scripts;
 pub mod wire;
@@ -24,9 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use roster_protocol::UserBroadcast;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use channel_store::RedisBackend;
+use link::{Event, Feed, Link};
 pub use replica::{Received, Replica, Snapshot};
 use scripts::Scripts;
 
@@ -99,9 +101,25 @@ pub struct Cluster {
     pub settings: ClusterSettings,
     /// This incarnation's id: `<name>-<random>`; replaced when fenced.
     nid: RwLock<Arc<str>>,
-    conn: ConnectionManager,
-    client: redis::Client,
+    /// Commands: one Redis or a Redis Cluster.
+    link: Link,
+    /// Pub/sub, taken by `start`.
+    feed: Mutex<Option<Feed>>,
+    /// The lease keys' names (one Redis or a cluster).
+    globals: wire::Globals,
     scripts: Scripts,
+    /// An id a channel's fence refused (a reaper swept it, though the lease
+    /// keys may not say so after a failover): the lease task starts a new
+    /// incarnation if it is still ours.
+    fenced: Mutex<Option<Arc<str>>>,
+    /// No claiming before this: after a shard was lost, leases may read
+    /// stale until every node has renewed its own.
+    no_claim_before: Mutex<Instant>,
+    /// Bumped by each recovery; an older one's probe gives way.
+    recoveries: std::sync::atomic::AtomicU64,
+    /// Entries this node removed lately (its writes and reaps), to remove
+    /// again if a failover or an old dump brings them back.
+    removed: Mutex<Removed>,
     /// Replicated channels by tag.
     channels: Mutex<HashMap<String, Weak<dyn Replicated>>>,
     subscribe_tx: mpsc::UnboundedSender<SubCommand>,
@@ -126,6 +144,45 @@ pub struct Cluster {
     last_seen_max_age_ms: std::sync::atomic::AtomicU64,
 }
 
+/// How long a removal is remembered ([`Removed`]): far longer than
+/// replication lags, the window an asynchronous failover can lose.
+const REMEMBER_REMOVALS: Duration = Duration::from_secs(10);
+
+/// Entries this node removed lately: `(when, tag, member id, ref)`. While
+/// a recovery waits for Redis, none is forgotten.
+#[derive(Default)]
+struct Removed {
+    recent: std::collections::VecDeque<(Instant, String, String, Arc<str>)>,
+    recovering: bool,
+}
+
+impl Removed {
+    /// Note the entries `update` removed outright (not replaced).
+    fn note(&mut self, tag: &str, update: &wire::Update) {
+        let now = Instant::now();
+        for change in update.changes.iter().filter(|c| !c.join) {
+            let replaced = update.changes.iter().any(|c| c.join && c.mid == change.mid);
+            if !replaced {
+                self.recent.push_back((
+                    now,
+                    tag.to_owned(),
+                    change.mid.to_string(),
+                    change.meta.phx_ref.clone(),
+                ));
+            }
+        }
+        if !self.recovering {
+            while self
+                .recent
+                .front()
+                .is_some_and(|(at, ..)| now.duration_since(*at) > REMEMBER_REMOVALS)
+            {
+                self.recent.pop_front();
+            }
+        }
+    }
+}
+
 /// Counters for `/metrics` and the closing numbers.
 #[derive(Default)]
 pub struct ClusterMetrics {
@@ -147,31 +204,24 @@ fn fresh_epoch() -> String {
 impl Cluster {
     /// Connect to Redis (fails when it cannot be reached).
     pub async fn connect(settings: ClusterSettings) -> anyhow::Result<Arc<Cluster>> {
-        let client = redis::Client::open(settings.redis_url.as_str())
-            .map_err(|e| anyhow::anyhow!("redis URL {:?}: {e}", settings.redis_url))?;
         // A reply slower than a heartbeat is as good as none: the lease
         // logic must see failures in time.
         let timeout = settings.heartbeat.max(Duration::from_millis(100));
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("redis {}: connection timed out", settings.redis_url))?
-        .map_err(|e| anyhow::anyhow!("redis {}: {e}", settings.redis_url))?;
+        let (link, feed) = link::connect(&settings.redis, timeout).await?;
+        let sharded = link.sharded();
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         let (broadcast_tx, broadcast_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Cluster {
             nid: RwLock::new(new_nid(&settings.node_name)),
             settings,
-            conn,
-            client,
-            scripts: Scripts::new(),
+            link,
+            feed: Mutex::new(Some(feed)),
+            globals: if sharded { wire::SHARDED } else { wire::SINGLE },
+            scripts: Scripts::new(sharded),
+            fenced: Mutex::default(),
+            no_claim_before: Mutex::new(Instant::now()),
+            recoveries: Default::default(),
+            removed: Mutex::default(),
             channels: Mutex::default(),
             subscribe_tx,
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
@@ -219,7 +269,7 @@ impl Cluster {
     pub async fn register(&self) -> anyhow::Result<()> {
         self.heartbeat()
             .await
-            .map_err(|e| anyhow::anyhow!("redis {}: {e}", self.settings.redis_url))?;
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", self.settings.redis))?;
         self.healthy.send_replace(true);
         Ok(())
     }
@@ -231,7 +281,8 @@ impl Cluster {
             .lock()
             .take()
             .expect("Cluster::start runs once");
-        tokio::spawn(self.clone().pubsub_loop(rx, shutdown.clone()));
+        let feed = self.feed.lock().take().expect("Cluster::start runs once");
+        tokio::spawn(self.clone().pubsub_loop(feed, rx, shutdown.clone()));
         let broadcasts = self
             .broadcast_rx
             .lock()
@@ -280,7 +331,12 @@ impl Cluster {
     /// answers or the channel is closed.
     pub async fn resync(self: Arc<Self>, channel: Arc<dyn Replicated>) {
         loop {
-            tokio::time::sleep_until(self.settle_until()).await;
+            // A recovery may push the end of the settle window further.
+            let until = self.settle_until();
+            if Instant::now() < until {
+                tokio::time::sleep_until(until.min(Instant::now() + self.settings.heartbeat)).await;
+                continue;
+            }
             if channel.is_closed() {
                 return;
             }
@@ -311,7 +367,7 @@ impl Cluster {
         topic: &str,
         private: bool,
     ) -> redis::RedisResult<Snapshot> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         self.count(1);
         let (epoch, seq, flat): (String, u64, Vec<String>) = self
             .scripts
@@ -387,19 +443,15 @@ impl Cluster {
             return Ok(found);
         }
         let members: Vec<String> = keys.iter().map(|k| wire::last_seen_member(k)).collect();
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
+        let mut cmds = vec![(String::new(), redis::cmd("TIME"))];
         for topic in topics {
-            pipe.cmd("ZMSCORE")
-                .arg(wire::last_seen_key(&wire::tag(topic, private)))
-                .arg(&members);
+            let tag = wire::tag(topic, private);
+            let mut cmd = redis::cmd("ZMSCORE");
+            cmd.arg(wire::last_seen_key(&tag)).arg(&members);
+            cmds.push((tag, cmd));
         }
         self.count(1);
-        let mut conn = self.conn.clone();
-        let mut replies = pipe
-            .query_async::<Vec<redis::Value>>(&mut conn)
-            .await?
-            .into_iter();
+        let mut replies = self.link.grouped(cmds).await?.into_iter();
         let time: (u64, u64) =
             redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))?;
         let scores = replies
@@ -423,34 +475,27 @@ impl Cluster {
     /// Every channel Redis knows (public or private ones), by topic: a scan
     /// of the channels' meta hashes, for the presence API's key queries.
     pub async fn channel_topics(&self, private: bool) -> redis::RedisResult<Vec<String>> {
-        let mut conn = self.conn.clone();
-        let mut metas: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            self.count(1);
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("rp:{*}:m")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            metas.extend(keys);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        self.count(1);
+        let metas = self.link.scan("rp:{*}:m").await?;
         if metas.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for key in &metas {
-            pipe.hget(key, "t");
-        }
+        let cmds = metas
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(key).arg("t");
+                (wire::tag_of_key(key).unwrap_or_default().to_owned(), cmd)
+            })
+            .collect();
         self.count(1);
-        let labels: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        let labels = self
+            .link
+            .grouped(cmds)
+            .await?
+            .into_iter()
+            .map(redis::from_redis_value::<Option<String>>)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(labels
             .into_iter()
             .flatten()
@@ -472,17 +517,31 @@ impl Cluster {
         register: bool,
     ) -> redis::RedisResult<Applied> {
         let nid = self.nid();
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         if register {
             self.count(1);
-            let _: () = conn.sadd(wire::node_channels_key(&nid), tag).await?;
+            let registered: redis::RedisResult<()> = self
+                .scripts
+                .register
+                .key(wire::node_channels_key(&nid))
+                .key(wire::node_fenced_key(&nid))
+                .arg(tag)
+                .invoke_async(&mut conn)
+                .await;
+            self.note_fenced(&nid, registered)?;
         }
         let mut invocation = self.scripts.apply.key(wire::data_key(tag));
         invocation
             .key(wire::meta_key(tag))
-            .key(wire::NODES)
             .key(wire::orphans_key(tag))
             .key(wire::last_seen_key(tag))
+            .key(wire::fence_key(tag));
+        if !self.link.sharded() {
+            // One Redis: the lease set shares the script, which checks the
+            // lease itself (on a cluster it lives on another shard).
+            invocation.key(self.globals.nodes);
+        }
+        invocation
             .arg(&*nid)
             .arg(wire::pubsub_channel(tag))
             .arg(topic_label(topic, private))
@@ -509,12 +568,33 @@ impl Cluster {
         }
         self.count(1);
         let (epoch, seq, message): (String, u64, Option<String>) =
-            invocation.invoke_async(&mut conn).await?;
+            self.note_fenced(&nid, invocation.invoke_async(&mut conn).await)?;
+        let update = message.as_deref().and_then(wire::decode_update);
+        if let Some(update) = &update {
+            self.removed.lock().note(tag, update);
+        }
         Ok(Applied {
             epoch: Arc::from(epoch),
             seq,
-            update: message.as_deref().and_then(wire::decode_update),
+            update,
         })
+    }
+
+    /// A script refused `nid` as fenced by a reaper: have the lease task
+    /// start a new incarnation (unless it already has).
+    fn note_fenced<T>(
+        &self,
+        nid: &Arc<str>,
+        result: redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        if let Err(e) = &result {
+            let reaped =
+                e.code() == Some("FENCED") && e.detail().is_some_and(|d| d.starts_with("reaped"));
+            if reaped && *self.nid() == **nid {
+                *self.fenced.lock() = Some(nid.clone());
+            }
+        }
+        result
     }
 
     /// Relay a broadcast to the other nodes (they skip their own). Queued
@@ -526,20 +606,32 @@ impl Cluster {
 
     /// Publish queued broadcasts in order, many per round trip.
     async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Relayed>) {
+        // Sharded pub/sub on a cluster: a broadcast reaches its channel's
+        // shard only.
+        let publish = if self.link.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         while let Some(first) = rx.recv().await {
-            let mut pipe = redis::pipe();
-            pipe.publish(first.0, first.1).ignore();
+            let mut cmds = Vec::new();
+            let mut add = |(channel, bytes): Relayed| {
+                let tag = wire::tag_of_channel(&channel)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut cmd = redis::cmd(publish);
+                cmd.arg(channel).arg(bytes);
+                cmds.push((tag, cmd));
+            };
+            add(first);
             for _ in 0..255 {
                 match rx.try_recv() {
-                    Ok((channel, bytes)) => {
-                        pipe.publish(channel, bytes).ignore();
-                    }
+                    Ok(relayed) => add(relayed),
                     Err(_) => break,
                 }
             }
-            let mut conn = self.conn.clone();
             self.count(1);
-            let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            let sent = self.link.grouped(cmds).await;
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "broadcasts not relayed to other nodes");
             }
@@ -562,9 +654,19 @@ impl Cluster {
 
     async fn pubsub_loop(
         self: Arc<Self>,
-        mut commands: mpsc::UnboundedReceiver<SubCommand>,
+        mut feed: Feed,
+        commands: mpsc::UnboundedReceiver<SubCommand>,
         shutdown: CancellationToken,
     ) {
+        // On a cluster, subscriptions go over the shared cluster connection,
+        // one at a time and retried, in a task of their own (a shard that
+        // is away must not hold up messages from the others).
+        let mut commands = if self.link.sharded() {
+            tokio::spawn(self.clone().sharded_subscriptions(commands));
+            None
+        } else {
+            Some(commands)
+        };
         let mut first = true;
         // Subscribes asked for while disconnected, answered after the next connect.
         let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -572,26 +674,18 @@ impl Cluster {
             if shutdown.is_cancelled() {
                 return;
             }
-            let pubsub = match self.client.get_async_pubsub().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(error = %e, "redis pub/sub connect failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            };
-            let (mut sink, mut stream) = pubsub.split();
-            let tags: Vec<String> = self
+            let channels: Vec<String> = self
                 .channels
                 .lock()
                 .keys()
                 .map(|t| wire::pubsub_channel(t))
                 .collect();
-            if !tags.is_empty() && sink.subscribe(&tags).await.is_err() {
-                continue;
-            }
+            let Some(mut session) = feed.open(&channels).await else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            };
             for done in waiting.drain(..) {
                 let _ = done.send(());
             }
@@ -601,14 +695,28 @@ impl Cluster {
             }
             first = false;
             loop {
+                let command = async {
+                    match commands.as_mut() {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    msg = stream.next() => match msg {
-                        Some(msg) => self.route(msg.get_channel_name(), msg.get_payload_bytes()),
+                    event = session.next() => match event {
+                        Some(Event::Message { channel, payload }) => self.route(&channel, &payload),
+                        Some(Event::Lost) => {
+                            // A cluster node's connection dropped: its shard may
+                            // fail over, losing its last writes and messages.
+                            tracing::warn!("a redis cluster node connection dropped: re-asserting and resyncing");
+                            *self.no_claim_before.lock() = Instant::now() + self.settings.lease;
+                            self.recover();
+                        }
+                        Some(Event::Dropped(channel)) => self.subscription_dropped(&channel),
                         None => break,
                     },
-                    cmd = commands.recv() => match cmd {
+                    cmd = command => match cmd {
                         Some(SubCommand::Subscribe(tag, done)) => {
-                            if sink.subscribe(wire::pubsub_channel(&tag)).await.is_ok() {
+                            if session.subscribe(&wire::pubsub_channel(&tag)).await.is_ok() {
                                 let _ = done.send(());
                             } else {
                                 waiting.push(done);
@@ -618,7 +726,7 @@ impl Cluster {
                         Some(SubCommand::Unsubscribe(tag)) => {
                             // A newer channel may have taken the tag meanwhile.
                             if !self.channels.lock().contains_key(&tag)
-                                && sink.unsubscribe(wire::pubsub_channel(&tag)).await.is_err()
+                                && session.unsubscribe(&wire::pubsub_channel(&tag)).await.is_err()
                             {
                                 break;
                             }
@@ -630,6 +738,66 @@ impl Cluster {
             }
             tracing::warn!("redis pub/sub connection lost");
         }
+    }
+
+    /// Cluster subscriptions, in the order asked: a subscribe is retried
+    /// until its shard answers (or its channel closed).
+    async fn sharded_subscriptions(
+        self: Arc<Self>,
+        mut commands: mpsc::UnboundedReceiver<SubCommand>,
+    ) {
+        while let Some(cmd) = commands.recv().await {
+            match cmd {
+                SubCommand::Subscribe(tag, done) => loop {
+                    if !self.channels.lock().contains_key(&tag) {
+                        break;
+                    }
+                    match self.link.subscribe(&wire::pubsub_channel(&tag)).await {
+                        Ok(()) => {
+                            let _ = done.send(());
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "sharded subscribe failed; retrying");
+                            tokio::time::sleep(self.settings.heartbeat).await;
+                        }
+                    }
+                },
+                SubCommand::Unsubscribe(tag) => {
+                    if !self.channels.lock().contains_key(&tag) {
+                        let _ = self.link.unsubscribe(&wire::pubsub_channel(&tag)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server ended a subscription we still want (its slot moved to
+    /// another master): subscribe again, then resync the channel (messages
+    /// published meanwhile went to the new master). Nothing was lost in
+    /// Redis, so `(epoch, seq)` still names the contents: no hold.
+    fn subscription_dropped(self: &Arc<Self>, channel_name: &str) {
+        let Some(tag) = wire::tag_of_channel(channel_name) else {
+            return;
+        };
+        let Some(channel) = self.channel(tag) else {
+            return;
+        };
+        tracing::info!(
+            topic = channel.topic(),
+            "sharded subscription moved: subscribing again and resyncing"
+        );
+        let me = self.clone();
+        let name = channel_name.to_owned();
+        tokio::spawn(async move {
+            while !channel.is_closed() {
+                match me.link.subscribe(&name).await {
+                    Ok(()) => break,
+                    Err(_) => tokio::time::sleep(me.settings.heartbeat).await,
+                }
+            }
+            me.resync(channel).await;
+        });
     }
 
     fn route(&self, channel_name: &str, payload: &[u8]) {
@@ -661,15 +829,100 @@ impl Cluster {
     /// Redis may have lost data or messages: re-assert every owned entry,
     /// let the other nodes do the same for `settle`, then resync each
     /// channel and tell clients only what really changed.
+    ///
+    /// The settle window starts once Redis answers for every channel: on
+    /// one Redis at once (it has come back when this is called); on a
+    /// cluster once every channel's shard takes our subscription again (a
+    /// master that died is only replaced after the cluster's node timeout).
+    /// Recovery is global — every channel, whichever shard it is on: the
+    /// simplest that is surely right, and a snapshot by contents costs
+    /// clients nothing when nothing changed.
     fn recover(self: &Arc<Self>) {
-        *self.settle_until.lock() = Instant::now() + self.settings.settle;
-        for channel in self.all_channels() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = self.recoveries.fetch_add(1, SeqCst) + 1;
+        self.removed.lock().recovering = true;
+        // Resyncs wait until the probe below opens the settle window.
+        *self.settle_until.lock() = Instant::now() + Duration::from_secs(3600);
+        let channels = self.all_channels();
+        for channel in &channels {
             // Park updates until the snapshot after `settle`: until then
             // the channel's numbers in Redis may not name its contents.
             channel.hold();
             channel.clone().reassert();
-            tokio::spawn(self.clone().resync(channel));
         }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if me.recoveries.load(SeqCst) != generation {
+                    return;
+                }
+                let names: Vec<String> = channels
+                    .iter()
+                    .filter(|c| !c.is_closed())
+                    .map(|c| wire::pubsub_channel(c.tag()))
+                    .collect();
+                match me.link.resubscribe(&names).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "recovery: waiting for every shard");
+                        tokio::time::sleep(me.settings.heartbeat).await;
+                    }
+                }
+            }
+            if me.recoveries.load(SeqCst) != generation {
+                return;
+            }
+            me.remove_again().await;
+            *me.settle_until.lock() = Instant::now() + me.settings.settle;
+            for channel in channels {
+                tokio::spawn(me.clone().resync(channel));
+            }
+        });
+    }
+
+    /// After Redis may have lost writes: remove again the entries this node
+    /// removed lately, where they are back with the same ref (a failover's
+    /// replica, or an old dump, still had them). Clients see none of it:
+    /// the channels are holding until their snapshot by contents.
+    async fn remove_again(&self) {
+        let mut by_tag: HashMap<String, Vec<(String, Arc<str>)>> = HashMap::new();
+        {
+            let mut removed = self.removed.lock();
+            removed.recovering = false;
+            for (_, tag, mid, phx_ref) in &removed.recent {
+                by_tag
+                    .entry(tag.clone())
+                    .or_default()
+                    .push((mid.clone(), phx_ref.clone()));
+            }
+        }
+        let origin = format!("{}/reap", self.nid());
+        let runs = by_tag.into_iter().map(|(tag, gone)| {
+            let mut conn = self.link.clone();
+            let origin = origin.clone();
+            async move {
+                let mut invocation = self.scripts.unwrite.key(wire::data_key(&tag));
+                invocation
+                    .key(wire::meta_key(&tag))
+                    .key(wire::orphans_key(&tag))
+                    .arg(wire::pubsub_channel(&tag))
+                    .arg(origin)
+                    .arg(fresh_epoch());
+                for (mid, phx_ref) in &gone {
+                    invocation.arg(mid).arg(&**phx_ref);
+                }
+                self.count(1);
+                let back: redis::RedisResult<u64> = invocation.invoke_async(&mut conn).await;
+                match back {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(n, "recovery: removed again entries Redis had brought back")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "recovery: removing again failed"),
+                }
+            }
+        });
+        futures_util::future::join_all(runs).await;
     }
 
     // ---- lease and reaping ----------------------------------------------
@@ -690,6 +943,19 @@ impl Cluster {
                 _ = every.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            let fenced = self.fenced.lock().take();
+            if fenced.is_some_and(|f| f == self.nid()) {
+                // A channel's fence refused us: a reaper swept this id,
+                // though the lease keys (on another shard, maybe failed
+                // over) did not say so.
+                let nid = new_nid(&s.node_name);
+                tracing::warn!(%nid, "this node was fenced off by a reaper; rejoining as a new incarnation");
+                *self.nid.write() = nid;
+                no_claim_until = Instant::now() + s.lease;
+                if self.heartbeat().await.is_ok() {
+                    self.recover();
+                }
+            }
             let beat = self.heartbeat().await;
             let now = Instant::now();
             match beat.as_deref() {
@@ -698,7 +964,16 @@ impl Cluster {
                     last_ok = now;
                     match status {
                         "ok" => {}
-                        "late" => no_claim_until = now + s.lease,
+                        "late" => {
+                            no_claim_until = now + s.lease;
+                            // Our lease ran out: a reaper may have swept us
+                            // although the lease keys do not say so (their
+                            // shard failed over and lost the claim). Its
+                            // mark on our own keys tells.
+                            if self.was_reaped().await {
+                                *self.fenced.lock() = Some(self.nid());
+                            }
+                        }
                         "registered" => {
                             no_claim_until = now + s.lease;
                             if !first {
@@ -732,7 +1007,7 @@ impl Cluster {
                             }
                         }
                     }
-                    if now >= no_claim_until {
+                    if now >= no_claim_until && now >= *self.no_claim_before.lock() {
                         self.claim_and_reap().await;
                     }
                     if !s.audit.is_zero() && now >= next_audit {
@@ -767,16 +1042,22 @@ impl Cluster {
         if channels.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for c in &channels {
-            pipe.cmd("HMGET")
-                .arg(wire::meta_key(c.tag()))
-                .arg("e")
-                .arg("s");
-        }
-        let mut conn = self.conn.clone();
+        let cmds = channels
+            .iter()
+            .map(|c| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(wire::meta_key(c.tag())).arg("e").arg("s");
+                (c.tag().to_owned(), cmd)
+            })
+            .collect();
         self.count(1);
-        let positions: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        let positions = self
+            .link
+            .grouped(cmds)
+            .await?
+            .into_iter()
+            .map(redis::from_redis_value::<(Option<String>, Option<u64>)>)
+            .collect::<Result<Vec<_>, _>>()?;
         for (channel, (epoch, seq)) in channels.into_iter().zip(positions) {
             if let (Some(epoch), Some(seq)) = (epoch, seq) {
                 if channel.lags(&epoch, seq) {
@@ -793,13 +1074,13 @@ impl Cluster {
     }
 
     async fn heartbeat(&self) -> redis::RedisResult<String> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         self.count(1);
         let mut reply: Vec<String> = self
             .scripts
             .heartbeat
-            .key(wire::NODES)
-            .key(wire::DEAD)
+            .key(self.globals.nodes)
+            .key(self.globals.dead)
             .arg(&*self.nid())
             .arg(self.settings.lease.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -815,21 +1096,31 @@ impl Cluster {
         Ok(status)
     }
 
+    /// Whether a reaper has begun sweeping this incarnation (its fenced
+    /// mark, next to its channel set). False when Redis does not answer.
+    async fn was_reaped(&self) -> bool {
+        let mut conn = self.link.clone();
+        self.count(1);
+        let marked: redis::RedisResult<bool> =
+            conn.exists(wire::node_fenced_key(&self.nid())).await;
+        marked.unwrap_or(false)
+    }
+
     /// Whether node `nid` held a live lease at the last heartbeat.
     pub fn is_live(&self, nid: &str) -> bool {
         self.live.read().contains(nid)
     }
 
     async fn claim_and_reap(self: &Arc<Self>) {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         let s = &self.settings;
         self.count(1);
         let claimed: redis::RedisResult<Vec<String>> = self
             .scripts
             .claim
-            .key(wire::NODES)
-            .key(wire::REAPING)
-            .key(wire::DEAD)
+            .key(self.globals.nodes)
+            .key(self.globals.reaping)
+            .key(self.globals.dead)
             .arg(&*self.nid())
             .arg(s.reap_grace.as_millis() as u64)
             .arg((s.lease * 2).as_millis() as u64)
@@ -849,56 +1140,76 @@ impl Cluster {
     }
 
     /// Remove every entry of dead node `dead`, channel by channel; each
-    /// removal publishes its leave once.
+    /// removal publishes its leave once. First the node is fenced off
+    /// registering more channels, then each channel's sweep fences it off
+    /// that channel: nothing it may still send lands after its sweep (on a
+    /// cluster, where its lease is on another shard, this is what keeps a
+    /// zombie's writes out).
     async fn reap(&self, dead: &str) -> redis::RedisResult<u64> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         let set = wire::node_channels_key(dead);
         self.count(1);
-        let tags: Vec<String> = conn.smembers(&set).await?;
-        let pattern = format!("{dead}|*");
+        let tags: Vec<String> = self
+            .scripts
+            .reap_begin
+            .key(&set)
+            .key(wire::node_fenced_key(dead))
+            .invoke_async(&mut conn)
+            .await?;
         let mut removed = 0;
         for tag in tags {
             let mut left_keys: std::collections::BTreeSet<String> = Default::default();
-            let mut cursor = 0u64;
+            let mut cursor = "0".to_owned();
             loop {
                 self.count(1);
-                let (next, fields): (u64, Vec<String>) = redis::cmd("HSCAN")
-                    .arg(wire::data_key(&tag))
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
+                let (max_age, cap) = self.last_seen_limits();
+                let mut reply: Vec<String> = self
+                    .scripts
+                    .reap
+                    .key(wire::data_key(&tag))
+                    .key(wire::meta_key(&tag))
+                    .key(wire::orphans_key(&tag))
+                    .key(wire::last_seen_key(&tag))
+                    .key(wire::fence_key(&tag))
+                    .arg(wire::pubsub_channel(&tag))
+                    .arg(&*self.nid())
+                    .arg(fresh_epoch())
+                    .arg(max_age)
+                    .arg(cap)
+                    .arg(dead)
+                    .arg(&cursor)
+                    .invoke_async(&mut conn)
                     .await?;
-                // HSCAN replies field, value, field, value…
-                let mids: Vec<&String> = fields.iter().step_by(2).collect();
-                if !mids.is_empty() {
-                    self.count(1);
-                    let gone: Vec<String> = self
-                        .scripts
-                        .reap
-                        .key(wire::data_key(&tag))
-                        .key(wire::meta_key(&tag))
-                        .key(wire::orphans_key(&tag))
-                        .key(wire::last_seen_key(&tag))
-                        .arg(wire::pubsub_channel(&tag))
-                        .arg(&*self.nid())
-                        .arg(fresh_epoch())
-                        .arg(self.last_seen_limits().0)
-                        .arg(self.last_seen_limits().1)
-                        .arg(mids)
-                        .invoke_async(&mut conn)
-                        .await?;
-                    removed += gone.len() as u64;
-                    left_keys.extend(
-                        gone.iter()
-                            .filter_map(|e| wire::decode_entry(e))
-                            .map(|(key, _)| key),
-                    );
+                if reply.is_empty() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "empty reap reply",
+                    )));
                 }
-                cursor = next;
-                if cursor == 0 {
+                cursor = reply.remove(0);
+                let mut changes = Vec::new();
+                for pair in reply.chunks_exact(2) {
+                    if let Some((key, meta)) = wire::decode_entry(&pair[1]) {
+                        left_keys.insert(key.clone());
+                        changes.push(wire::Change {
+                            join: false,
+                            mid: Arc::from(pair[0].as_str()),
+                            key,
+                            meta,
+                        });
+                    }
+                }
+                removed += (reply.len() / 2) as u64;
+                self.removed.lock().note(
+                    &tag,
+                    &wire::Update {
+                        epoch: Arc::from(""),
+                        seq: 0,
+                        origin: Arc::from(""),
+                        changes,
+                    },
+                );
+                if cursor == "0" {
                     break;
                 }
             }
@@ -908,7 +1219,7 @@ impl Cluster {
         }
         self.count(2);
         let _: () = conn.del(&set).await?;
-        let _: () = conn.hdel(wire::REAPING, dead).await?;
+        let _: () = conn.hdel(self.globals.reaping, dead).await?;
         self.metrics
             .reaped
             .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
@@ -919,7 +1230,7 @@ impl Cluster {
     /// that removed an entry reports it; the dead node cannot).
     async fn report_reaped(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Link,
         tag: &str,
         mut keys: std::collections::BTreeSet<String>,
     ) -> redis::RedisResult<()> {
@@ -965,9 +1276,9 @@ impl Cluster {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         let nid = self.nid();
-        let _: redis::RedisResult<()> = conn.zadd(wire::NODES, &*nid, 0).await;
+        let _: redis::RedisResult<()> = conn.zadd(self.globals.nodes, &*nid, 0).await;
     }
 
     /// Prometheus lines for the cluster link.
@@ -1003,5 +1314,47 @@ fn topic_label(topic: &str, private: bool) -> String {
         format!("private:{topic}")
     } else {
         topic.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(join: bool, mid: &str, phx_ref: &str) -> wire::Change {
+        wire::Change {
+            join,
+            mid: Arc::from(mid),
+            key: "k".into(),
+            meta: roster_presence::Meta {
+                phx_ref: Arc::from(phx_ref),
+                phx_ref_prev: None,
+                state: roster_presence::State::empty(),
+            },
+        }
+    }
+
+    /// Only entries removed outright are remembered, not replaced ones.
+    #[test]
+    fn removals_are_remembered_and_replacements_are_not() {
+        let mut removed = Removed::default();
+        let update = wire::Update {
+            epoch: Arc::from("e"),
+            seq: 1,
+            origin: Arc::from("n"),
+            changes: vec![
+                change(false, "n|1", "r1"),
+                change(true, "n|1", "r2"),
+                change(false, "n|2", "r3"),
+                change(true, "n|3", "r4"),
+            ],
+        };
+        removed.note("t", &update);
+        let seen: Vec<(&str, &str, &str)> = removed
+            .recent
+            .iter()
+            .map(|(_, tag, mid, r)| (tag.as_str(), mid.as_str(), &**r))
+            .collect();
+        assert_eq!(seen, [("t", "n|2", "r3")]);
     }
 }

@@ -9,7 +9,19 @@
 //! * `rp:{T}:l` — sorted set, JSON-quoted presence key → when (Redis ms)
 //!   an entry of it was last deleted ("last seen"); trimmed to the age
 //!   limit and the cap on each write, and expiring with the age limit;
-//! * `rp:{T}` — pub/sub: every change, with its sequence number.
+//! * `rp:{T}:f` — hash, node id → when (Redis ms) a reaper fenced it off
+//!   this channel: the `apply` script refuses writes of a fenced node, so
+//!   nothing it sends lands after the reaper swept the channel;
+//! * `rp:{T}` — pub/sub: every change, with its sequence number (`PUBLISH`
+//!   on one Redis, sharded `SPUBLISH` on a Redis Cluster).
+//!
+//! Per node `N`: `rp:nch:{N}` (set, the tags of the channels it may own
+//! entries in) and `rp:fenced:{N}` (set by the reaper before it reads that
+//! set: later registrations are refused). The node-wide lease keys
+//! ([`Globals`]) share one slot on a Redis Cluster (tag `{rp}`); on one
+//! Redis they keep their historical names. No script touches keys of two
+//! slots: a channel's scripts touch its tag only, the lease scripts the
+//! lease keys only, registration the node's keys only.
 //!
 //! A member id is `<node id>|<member number>`, so "all entries of node X"
 //! is a prefix. Texts are built by the Lua scripts with plain string
@@ -77,14 +89,53 @@ pub fn tag_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("rp:{")?.strip_suffix('}')
 }
 
-/// Node-wide keys.
-pub const NODES: &str = "rp:nodes";
-pub const REAPING: &str = "rp:reaping";
-pub const DEAD: &str = "rp:dead";
+/// Node-wide keys: leases, reaping claims, dead incarnations. All in one
+/// slot on a Redis Cluster, as the heartbeat and claim scripts use them
+/// together.
+#[derive(Debug, Clone, Copy)]
+pub struct Globals {
+    /// Sorted set: node id → lease deadline (Redis ms).
+    pub nodes: &'static str,
+    /// Hash: dead node id → `<reaper>:<claim deadline>`.
+    pub reaping: &'static str,
+    /// Sorted set: dead node id → when it was declared dead.
+    pub dead: &'static str,
+}
+
+/// One Redis: the names every version so far used.
+pub const SINGLE: Globals = Globals {
+    nodes: "rp:nodes",
+    reaping: "rp:reaping",
+    dead: "rp:dead",
+};
+
+/// A Redis Cluster: the same keys, hash-tagged into one slot.
+pub const SHARDED: Globals = Globals {
+    nodes: "rp:{rp}:nodes",
+    reaping: "rp:{rp}:reaping",
+    dead: "rp:{rp}:dead",
+};
 
 /// The channels in which node `nid` may own entries (a superset).
 pub fn node_channels_key(nid: &str) -> String {
     format!("rp:nch:{{{nid}}}")
+}
+
+/// Set once a reaper has begun sweeping node `nid` (same slot as
+/// [`node_channels_key`]): the node may register no more channels.
+pub fn node_fenced_key(nid: &str) -> String {
+    format!("rp:fenced:{{{nid}}}")
+}
+
+/// Nodes fenced off channel `tag` by a reaper (see the module doc).
+pub fn fence_key(tag: &str) -> String {
+    format!("rp:{{{tag}}}:f")
+}
+
+/// The hash tag of a key (what is between its first `{` and the next `}`).
+pub fn tag_of_key(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('{')?;
+    rest.split_once('}').map(|(t, _)| t)
 }
 
 /// A hash field value: `"key"\x1fref\x1fprev\x1fstate`.
@@ -279,5 +330,12 @@ mod tests {
         assert_eq!(tag("", false), "07fc0e07b4bd112f");
         assert_eq!(tag_of_channel(&pubsub_channel("abc")), Some("abc"));
         assert_eq!(data_key("abc"), "rp:{abc}:s");
+        assert_eq!(tag_of_key(&fence_key("abc")), Some("abc"));
+        assert_eq!(tag_of_key(SHARDED.nodes), tag_of_key(SHARDED.dead));
+        assert_eq!(tag_of_key(SHARDED.nodes), tag_of_key(SHARDED.reaping));
+        assert_eq!(
+            tag_of_key(&node_channels_key("n-1")),
+            tag_of_key(&node_fenced_key("n-1"))
+        );
     }
 }
