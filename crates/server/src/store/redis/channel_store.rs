@@ -563,7 +563,13 @@ async fn write_loop(handle: Arc<ChannelHandle>, host: Arc<dyn Host>) {
             return;
         };
         let result = cluster
-            .apply(&handle.tag, &handle.topic, handle.private, &batch.1, batch.2)
+            .apply(
+                &handle.tag,
+                &handle.topic,
+                handle.private,
+                &batch.1,
+                batch.2,
+            )
             .await;
         let failed = store::with_store(&*host, |rc: &mut RedisChannel, cx| {
             rc.landed(cx, batch, &nid, result)

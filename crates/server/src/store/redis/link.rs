@@ -65,9 +65,12 @@ impl ConnectionLike for Link {
     }
 }
 
-/// Connect to `target`: the command link and the pub/sub feed. `timeout`
-/// bounds each reply (a reply slower than a heartbeat is as good as none).
-pub async fn connect(target: &RedisTarget, timeout: Duration) -> anyhow::Result<(Link, Feed)> {
+/// Connect to `target`: the command link, the lease link and the pub/sub
+/// feed. `timeout` bounds each reply (a reply slower than a heartbeat is as
+/// good as none). The lease has a connection of its own so that a heartbeat
+/// never waits behind a join storm's scripts on the command link: a node
+/// that is busy is not a node that is dead.
+pub async fn connect(target: &RedisTarget, timeout: Duration) -> anyhow::Result<Links> {
     match target {
         RedisTarget::One(url) => {
             let client = redis::Client::open(url.as_str())
@@ -77,14 +80,20 @@ pub async fn connect(target: &RedisTarget, timeout: Duration) -> anyhow::Result<
                 .set_connection_timeout(Some(timeout))
                 .set_max_delay(Duration::from_millis(500))
                 .set_number_of_retries(2);
-            let conn = tokio::time::timeout(
-                Duration::from_secs(5),
-                ConnectionManager::new_with_config(client.clone(), config),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("redis {target}: connection timed out"))?
-            .map_err(|e| anyhow::anyhow!("redis {target}: {e}"))?;
-            Ok((Link::One(conn), Feed::One(client)))
+            let manager = || {
+                let manager = ConnectionManager::new_with_config(client.clone(), config.clone());
+                async {
+                    tokio::time::timeout(Duration::from_secs(5), manager)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("redis {target}: connection timed out"))?
+                        .map_err(|e| anyhow::anyhow!("redis {target}: {e}"))
+                }
+            };
+            Ok(Links {
+                commands: Link::One(manager().await?),
+                lease: Link::One(manager().await?),
+                feed: Feed::One(client),
+            })
         }
         RedisTarget::Cluster(seeds) => {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -101,19 +110,32 @@ pub async fn connect(target: &RedisTarget, timeout: Duration) -> anyhow::Result<
                 .max_retry_wait(100)
                 .build()
                 .map_err(|e| anyhow::anyhow!("redis cluster {target}: {e}"))?;
-            let conn = tokio::time::timeout(Duration::from_secs(5), client.get_async_connection())
-                .await
-                .map_err(|_| anyhow::anyhow!("redis cluster {target}: connection timed out"))?
-                .map_err(|e| anyhow::anyhow!("redis cluster {target}: {e}"))?;
-            Ok((
-                Link::Sharded(conn.clone()),
-                Feed::Sharded {
+            let connection = || async {
+                tokio::time::timeout(Duration::from_secs(5), client.get_async_connection())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("redis cluster {target}: connection timed out"))?
+                    .map_err(|e| anyhow::anyhow!("redis cluster {target}: {e}"))
+            };
+            let conn = connection().await?;
+            Ok(Links {
+                commands: Link::Sharded(conn.clone()),
+                // The pushes of sharded pub/sub arrive through the first
+                // connection's sender; this one only carries the lease.
+                lease: Link::Sharded(connection().await?),
+                feed: Feed::Sharded {
                     conn,
                     pushes: Some(rx),
                 },
-            ))
+            })
         }
     }
+}
+
+/// What [`connect`] opens.
+pub struct Links {
+    pub commands: Link,
+    pub lease: Link,
+    pub feed: Feed,
 }
 
 impl Link {

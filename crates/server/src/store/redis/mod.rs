@@ -103,6 +103,8 @@ pub struct Cluster {
     nid: RwLock<Arc<str>>,
     /// Commands: one Redis or a Redis Cluster.
     link: Link,
+    /// The heartbeat's, the fence check's and the claim's own connection.
+    lease: Link,
     /// Pub/sub, taken by `start`.
     feed: Mutex<Option<Feed>>,
     /// The lease keys' names (one Redis or a cluster).
@@ -207,7 +209,11 @@ impl Cluster {
         // A reply slower than a heartbeat is as good as none: the lease
         // logic must see failures in time.
         let timeout = settings.heartbeat.max(Duration::from_millis(100));
-        let (link, feed) = link::connect(&settings.redis, timeout).await?;
+        let link::Links {
+            commands: link,
+            lease,
+            feed,
+        } = link::connect(&settings.redis, timeout).await?;
         let sharded = link.sharded();
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         let (broadcast_tx, broadcast_rx) = mpsc::unbounded_channel();
@@ -215,6 +221,7 @@ impl Cluster {
             nid: RwLock::new(new_nid(&settings.node_name)),
             settings,
             link,
+            lease,
             feed: Mutex::new(Some(feed)),
             globals: if sharded { wire::SHARDED } else { wire::SINGLE },
             scripts: Scripts::new(sharded),
@@ -1074,7 +1081,7 @@ impl Cluster {
     }
 
     async fn heartbeat(&self) -> redis::RedisResult<String> {
-        let mut conn = self.link.clone();
+        let mut conn = self.lease.clone();
         self.count(1);
         let mut reply: Vec<String> = self
             .scripts
@@ -1099,7 +1106,7 @@ impl Cluster {
     /// Whether a reaper has begun sweeping this incarnation (its fenced
     /// mark, next to its channel set). False when Redis does not answer.
     async fn was_reaped(&self) -> bool {
-        let mut conn = self.link.clone();
+        let mut conn = self.lease.clone();
         self.count(1);
         let marked: redis::RedisResult<bool> =
             conn.exists(wire::node_fenced_key(&self.nid())).await;
@@ -1112,7 +1119,7 @@ impl Cluster {
     }
 
     async fn claim_and_reap(self: &Arc<Self>) {
-        let mut conn = self.link.clone();
+        let mut conn = self.lease.clone();
         let s = &self.settings;
         self.count(1);
         let claimed: redis::RedisResult<Vec<String>> = self
