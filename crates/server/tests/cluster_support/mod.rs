@@ -860,17 +860,22 @@ impl ShardedCluster {
     }
 }
 
+/// The last `lines` of each node's log (a failing test's evidence).
+fn print_logs(nodes: &[Node], lines: usize) {
+    for node in nodes {
+        eprintln!(
+            "---- last lines of {} ({}):\n{}",
+            node.name,
+            node.log.display(),
+            tail(&node.log, lines)
+        );
+    }
+}
+
 impl Drop for ShardedCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "---- last lines of {} ({}):\n{}",
-                    node.name,
-                    node.log.display(),
-                    tail(&node.log, 60)
-                );
-            }
+            print_logs(&self.nodes, 60);
             for r in &self.redis.nodes {
                 eprintln!(
                     "---- last lines of redis {} ({}):\n{}",
@@ -1148,14 +1153,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "---- last lines of {} ({}):\n{}",
-                    node.name,
-                    node.log.display(),
-                    tail(&node.log, 40)
-                );
-            }
+            print_logs(&self.nodes, 40);
             eprintln!(
                 "---- last lines of redis ({}):\n{}",
                 self.redis.log.display(),
