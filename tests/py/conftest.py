@@ -221,7 +221,9 @@ class RedisServer:
         self._output: list[str] = []
         cluster_args = [a.replace("{port}", str(port)) for a in extra_args]
         self.proc = subprocess.Popen(
-            [REDIS_SERVER_BIN, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", *cluster_args],
+            # --dir and --dbfilename: never load (or write) a dump.rdb of the working directory.
+            [REDIS_SERVER_BIN, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
+             "--dir", tempfile.gettempdir(), "--dbfilename", f"roster-test-{os.getpid()}-{port}.rdb", *cluster_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

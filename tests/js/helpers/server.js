@@ -270,7 +270,9 @@ async function startRedisOnce(port, extraArgs = []) {
   let output = ''
   const child = spawn(
     REDIS_SERVER_BIN,
-    ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1', ...extraArgs],
+    // --dir and --dbfilename: never load (or write) a dump.rdb of the working directory.
+    ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1',
+      '--dir', os.tmpdir(), '--dbfilename', `roster-test-${process.pid}-${port}.rdb`, ...extraArgs],
     { stdio: ['ignore', 'pipe', 'pipe'] }
   )
   let spawnError
