@@ -50,17 +50,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Panics, with what to do, when `redis-server` is not on PATH: a cluster
-/// test without Redis fails loudly rather than passing as skipped.
-pub fn require_redis() {
-    let found = Command::new("redis-server")
+/// Whether `program --version` runs.
+fn on_path(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+}
+
+/// Panics, with what to do, when `redis-server` is not on PATH: a cluster
+/// test without Redis fails loudly rather than passing as skipped.
+pub fn require_redis() {
     assert!(
-        found,
+        on_path("redis-server"),
         "the cluster tests need redis-server on PATH \
          (apt-get install redis-server; ./scripts/test installs it)"
     );
@@ -465,14 +469,8 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub async fn start(label: &str) -> RedisCluster {
         require_redis();
-        let cli = Command::new("redis-cli")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
         assert!(
-            cli,
+            on_path("redis-cli"),
             "the Redis Cluster tests need redis-cli on PATH (apt-get install redis-tools)"
         );
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
