@@ -278,8 +278,11 @@ impl Channel {
             acks,
             owed_states,
         } = effects;
-        self.remember_leaves(inner, &diff);
-        self.count(inner, &diff, keys_before);
+        if !diff.is_empty() {
+            // Keys only come and go with a diff: nothing to note without one.
+            self.remember_leaves(inner, &diff);
+            self.count(inner, &diff, keys_before);
+        }
         if silent {
             // The state changed without a diff: frames built before are stale.
             if let Some(window) = inner.window.as_mut() {
@@ -301,6 +304,9 @@ impl Channel {
                     &left,
                 ));
             }
+        }
+        if owed_states.is_empty() {
+            return;
         }
         // Without a window, these frames serve every owed member.
         let mut scratch = StateFrames::default();
