@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -180,6 +181,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port for a Redis Cluster node: the node also listens on port + 10,000 (its
+    cluster bus), so the port must be at most 55,535 and both must be free. Drawn below
+    the kernel's ephemeral range so that a port 0 bind elsewhere rarely takes it meanwhile."""
+    while True:
+        port = random.randrange(20000, 30000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
 def redis_ping(port: int) -> bool:
     """True when a Redis on `port` answers `PING` with `+PONG` (raw RESP over TCP)."""
     try:
@@ -203,7 +219,8 @@ class RedisServer:
         last_err: Exception | None = None
         for _ in range(3):  # the free port may be taken meanwhile
             try:
-                self._start(free_port(), extra_args or [])
+                cluster_node = "--cluster-enabled" in (extra_args or [])
+                self._start(free_cluster_port() if cluster_node else free_port(), extra_args or [])
                 return
             except FileNotFoundError as err:
                 raise RuntimeError(

@@ -229,6 +229,29 @@ export async function freePort() {
   return port
 }
 
+/** Whether `port` on 127.0.0.1 can be bound right now. */
+async function portIsFree(port) {
+  const srv = net.createServer()
+  const ok = await new Promise((resolve) => {
+    srv.once('error', () => resolve(false))
+    srv.listen(port, '127.0.0.1', () => resolve(true))
+  })
+  if (ok) await new Promise((resolve) => srv.close(resolve))
+  return ok
+}
+
+/**
+ * A free port for a Redis Cluster node: the node also listens on port + 10,000
+ * (its cluster bus), so the port must be at most 55,535 and both must be free.
+ * Drawn below the kernel's ephemeral range, where port-0 binds rarely land.
+ */
+export async function freeClusterPort() {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 10000)
+    if ((await portIsFree(port)) && (await portIsFree(port + 10000))) return port
+  }
+}
+
 /** Resolves true when a Redis on `port` answers `PING` with `+PONG`. */
 function redisPing(port) {
   return new Promise((resolve) => {
@@ -338,7 +361,7 @@ export async function startRedisCluster({ masters = 3 } = {}) {
     for (let i = 0; i < masters; i++) {
       let lastErr
       for (let attempt = 0; attempt < 3; attempt++) {
-        const port = await freePort()
+        const port = await freeClusterPort()
         try {
           servers.push(
             await startRedisOnce(port, [

@@ -50,6 +50,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a Redis Cluster node: the node also listens on port + 10,000
+/// (its cluster bus), so the port must be at most 55,535 and both must be free.
+/// Drawn below the kernel's ephemeral range, where port-0 binds rarely land.
+pub fn free_cluster_port() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut draw = (seed ^ (u64::from(std::process::id()) << 20)) | 1;
+    loop {
+        // xorshift: a cheap spread over the range, no crate needed.
+        draw ^= draw << 13;
+        draw ^= draw >> 7;
+        draw ^= draw << 17;
+        let port = 20_000 + (draw % 10_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
 /// Whether `program --version` runs.
 fn on_path(program: &str) -> bool {
     Command::new(program)
@@ -491,7 +513,7 @@ impl RedisCluster {
     async fn try_start(label: &str, dir: &std::path::Path) -> Result<RedisCluster, String> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = free_port();
+            let port = free_cluster_port();
             let log = log_dir().join(format!("{label}-redis-{port}.log"));
             let out = std::fs::File::create(&log).unwrap();
             let err = out.try_clone().unwrap();
