@@ -25,8 +25,7 @@ static ALLOC: Counting = Counting;
 
 fn main() {
     const N: usize = 100_000;
-    let seen =
-        roster_server::channel::last_seen::LastSeen::new(N, Duration::from_secs(3600)).unwrap();
+    let seen = roster_server::LastSeen::new(N, Duration::from_secs(3600)).unwrap();
     let keys: Vec<String> = (0..N).map(|i| format!("user-{i:08}")).collect();
     let before = LIVE.load(Ordering::Relaxed);
     for (i, key) in keys.iter().enumerate() {

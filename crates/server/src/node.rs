@@ -61,7 +61,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tls.clone().watch(server.shutdown.clone());
         tls.acceptor()
     });
-    let handle = tokio::spawn(http::serve_with(listener, server.clone(), acceptor));
+    let handle = tokio::spawn(http::serve(listener, server.clone(), acceptor));
     let upkeep = server.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));

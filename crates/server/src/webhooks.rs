@@ -422,17 +422,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Events for one applied diff of `topic`, given the state after it.
-pub fn events_for(
-    topic: &str,
-    private: bool,
-    diff: &roster_presence::Diff,
-    after: &roster_presence::ChannelPresence,
-) -> Vec<Event> {
-    let (joined, left) = diff.key_changes(after);
-    key_events(topic, private, &joined, &left)
-}
-
 /// Events for keys that came in (`joined`) and went (`left`) in `topic`.
 pub fn key_events<S: AsRef<str>>(
     topic: &str,

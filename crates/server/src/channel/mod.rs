@@ -925,14 +925,6 @@ impl Registry {
 /// What a store's own tasks (Redis: the writer, pub/sub, resyncs) may do
 /// with the channel: run under its lock, with their effects committed.
 impl Host for Channel {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn is_private(&self) -> bool {
-        self.private
-    }
-
     fn is_closed(&self) -> bool {
         Channel::is_closed(self)
     }

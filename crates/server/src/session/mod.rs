@@ -34,7 +34,7 @@ mod context;
 #[cfg(test)]
 mod tests;
 
-pub use context::{Access, KeyGen, PresenceDefaults, SessionContext};
+pub use context::{Access, SessionContext};
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 

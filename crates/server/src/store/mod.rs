@@ -49,8 +49,6 @@ pub trait Backend: Send + Sync + 'static {
 /// from its own tasks: run `f` under the channel's lock with the store and
 /// the presence, then commit the effects.
 pub trait Host: Send + Sync + 'static {
-    fn topic(&self) -> &str;
-    fn is_private(&self) -> bool;
     fn is_closed(&self) -> bool;
     fn with_store(&self, f: &mut dyn FnMut(&mut dyn ChannelStore, &mut Ctx<'_>));
     /// Fan a broadcast from another node out to this node's members.

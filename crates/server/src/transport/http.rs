@@ -71,13 +71,10 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 ///
 /// HTTP/1 only: no HTTP/2 connection could be idled out after its first
 /// request (hyper has no idle timeout for it), and no client of ours needs it.
-pub async fn serve(listener: TcpListener, server: Arc<Server>) -> std::io::Result<()> {
-    serve_with(listener, server, None).await
-}
-
-/// [`serve`], with TLS on every accepted connection when `tls` is given.
-/// The TLS handshake counts against the handshake timeout too.
-pub async fn serve_with(
+///
+/// With `tls`, every accepted connection is TLS first; the TLS handshake
+/// counts against the handshake timeout too.
+pub async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
     tls: Option<TlsAcceptor>,

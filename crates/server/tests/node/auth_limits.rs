@@ -537,7 +537,7 @@ async fn odd_token_claims_are_refused_cleanly_and_a_fractional_exp_expires() {
         .await;
     // The latest exp accepted works, and its far-off timer is no trouble.
     let last = jwt(
-        json!({"role": "authenticated", "exp": roster_server::access::auth::MAX_NUMERIC_DATE}),
+        json!({"role": "authenticated", "exp": roster_server::MAX_NUMERIC_DATE}),
         DEV_JWT_SECRET,
     );
     let j = join_with_token(&mut c, "long-lived", &last).await;
