@@ -192,11 +192,13 @@ pub fn start(settings: &WebhookSettings, metrics: &Metrics) -> Arc<Webhooks> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    let uri: hyper::Uri = settings
+        .url
+        .parse()
+        .expect("the webhook URL was checked when the settings were resolved");
     let deliverer = Deliverer {
-        uri: settings
-            .url
-            .parse()
-            .expect("the webhook URL was checked when the settings were resolved"),
+        origin: origin(&uri),
+        uri,
         secret: settings.secret.clone(),
         batch: settings.batch,
         max_batch: settings.max_batch.max(1),
@@ -263,6 +265,18 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A webhook URL as logs may show it: scheme, host and port. Its user
+/// info, path and query are left out, since receivers often take their
+/// credentials there (`https://hooks.example/t/<token>?key=…`).
+fn origin(uri: &hyper::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default();
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     events: &'a [Event],
@@ -271,6 +285,8 @@ struct Body<'a> {
 /// The delivery task's state.
 struct Deliverer {
     uri: hyper::Uri,
+    /// The URL as logs show it (see [`origin`]).
+    origin: String,
     secret: String,
     batch: Duration,
     max_batch: usize,
@@ -354,7 +370,7 @@ impl Deliverer {
                     }
                     self.metrics.retry.increment(1);
                     if attempts == 1 {
-                        tracing::warn!(delivery = %id, url = %self.uri, %error,
+                        tracing::warn!(delivery = %id, url = %self.origin, %error,
                             "webhook delivery failed; retrying with backoff");
                     } else {
                         tracing::debug!(delivery = %id, attempts, %error, "webhook retry failed");
@@ -468,6 +484,20 @@ mod tests {
         assert_ne!(
             sign("whsec_test", "1700000001", br#"{"events":[]}"#),
             sign("whsec_test", "1700000000", br#"{"events":[]}"#)
+        );
+    }
+
+    #[test]
+    fn logs_show_a_webhook_url_without_its_credentials() {
+        let shown = |url: &str| origin(&url.parse().unwrap());
+        assert_eq!(
+            shown("https://user:pass@hooks.example.com:8443/t/SECRET?key=K#f"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(shown("http://[::1]/hook?token=T"), "http://[::1]");
+        assert_eq!(
+            shown("https://hooks.example.com"),
+            "https://hooks.example.com"
         );
     }
 

@@ -859,8 +859,10 @@ async fn out_of_file_descriptors_the_node_backs_off_and_recovers() {
 
 /// Finding 11: `--log trace` wrote whole frames (tungstenite logs them at
 /// trace), access tokens included. No credential reaches the log at any
-/// level: not the socket's `apikey`, a join's `access_token`, nor a REST
-/// call's `Authorization` or `apikey` header.
+/// level: not the socket's `apikey`, a join's `access_token`, a REST
+/// call's `Authorization` or `apikey` header, nor what a webhook URL
+/// carries in its user info, path or query (a failed delivery names only
+/// the URL's scheme, host and port).
 #[tokio::test]
 async fn trace_logs_hold_no_credentials() {
     let (publishable, secret, jwt_secret) = (
@@ -868,6 +870,14 @@ async fn trace_logs_hold_no_credentials() {
         "sb_secret_leak_s2",
         "leak-jwt-secret-j3",
     );
+    // A receiver that is not there, so the first delivery fails and is logged.
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook_url =
+        format!("http://hook-user:leak-pass-w5@127.0.0.1:{hook_port}/t/leak-path-w6?k=leak-q-w7");
     let node = Spawned::start(
         &[
             "--log",
@@ -878,6 +888,10 @@ async fn trace_logs_hold_no_credentials() {
             secret,
             "--jwt-secret",
             jwt_secret,
+            "--webhook-url",
+            &hook_url,
+            "--webhook-secret",
+            "leak-whsec-w8",
         ],
         None,
     );
@@ -925,10 +939,24 @@ async fn trace_logs_hold_no_credentials() {
     .await;
     assert_eq!(status, 202);
     c.close().await;
+    // The track's `member_join` goes out after the 100 ms batch window and fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.stderr().contains("webhook delivery failed") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = node.stderr();
     // Trace logging was on (our own debug lines are there)…
     assert!(log.contains("connected"), "{log}");
+    let failed = log
+        .lines()
+        .find(|l| l.contains("webhook delivery failed"))
+        .unwrap_or_else(|| panic!("no failed delivery logged: {log}"));
+    assert!(
+        failed.contains(&format!("http://127.0.0.1:{hook_port}")),
+        "{failed}"
+    );
     // …and not one credential, nor a telling part of one.
     let signature = token.rsplit('.').next().unwrap();
     let claims_part = token.split('.').nth(1).unwrap();
@@ -942,6 +970,11 @@ async fn trace_logs_hold_no_credentials() {
         claims_part,
         "leak-sub-t4",
         "leak_",
+        "hook-user",
+        "leak-pass-w5",
+        "leak-path-w6",
+        "leak-q-w7",
+        "leak-whsec-w8",
     ] {
         assert!(!log.contains(secret), "{secret} is in the log");
     }
