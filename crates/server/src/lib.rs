@@ -9,9 +9,9 @@
 //!   handles each session is built from;
 //! * `session`: what each client message does on its socket, knowing its
 //!   node only through a `SessionContext`;
-//! * `channel`: the channel registry, presence, fan-out, last seen;
-//! * `store`: where a channel's presence changes are applied: here, or in
-//!   Redis for several nodes;
+//! * `channel`: the channel registry, presence, fan-out;
+//! * `store`: where presence lives and a channel's changes are applied:
+//!   here (one node, last seen in memory), or in Redis for several nodes;
 //! * `access`: keys and JWTs, private-channel policies, caps and rates;
 //! * `webhooks`: batched, signed POSTs of presence keys joining and leaving;
 //! * `settings`: flags, environment and the TOML file, resolved once.
@@ -44,5 +44,5 @@ pub use settings::Settings;
 
 // What the integration tests and examples reach past the binary's surface.
 pub use access::auth::MAX_NUMERIC_DATE;
-pub use channel::last_seen::LastSeen;
+pub use store::last_seen::LastSeen;
 pub use transport::tls::provider as tls_provider;

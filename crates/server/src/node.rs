@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::server::Server;
 use crate::settings::Settings;
-use crate::store::redis::Cluster;
+use crate::store;
 use crate::transport::http;
 use crate::transport::tls::Tls;
 
@@ -28,9 +28,7 @@ impl Running {
         self.server.shutdown.cancel();
         self.server.tasks.close();
         let _ = tokio::time::timeout(grace, self.server.tasks.wait()).await;
-        if let Some(cluster) = self.server.registry.cluster() {
-            cluster.leave(grace).await;
-        }
+        self.server.registry.backend().leave(grace).await;
         if let Some(webhooks) = &self.server.webhooks {
             webhooks.finish(grace.min(Duration::from_secs(1))).await;
         }
@@ -41,22 +39,13 @@ impl Running {
 /// Bind `settings.listen` and serve until [`Running::shutdown`]. With a
 /// cluster configured, Redis must be reachable.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    let cluster = match &settings.cluster {
-        Some(c) => {
-            let cluster = Cluster::connect(c.clone()).await?;
-            cluster.register().await?;
-            Some(cluster)
-        }
-        None => None,
-    };
+    let backend = store::connect(&settings).await?;
     // A broken pair stops startup here, before anything listens.
     let tls = settings.tls.as_ref().map(Tls::new).transpose()?;
     let listener = TcpListener::bind(&settings.listen).await?;
     let addr = listener.local_addr()?;
-    let server = Server::with_cluster(settings, cluster);
-    if let Some(cluster) = server.registry.cluster() {
-        cluster.start(server.shutdown.clone());
-    }
+    let server = Server::new(settings, backend);
+    server.registry.backend().start(server.shutdown.clone());
     let acceptor = tls.map(|tls| {
         tls.clone().watch(server.shutdown.clone());
         tls.acceptor()

@@ -11,7 +11,7 @@ use crate::channel::Registry;
 use crate::metrics::Metrics;
 use crate::session::{Access, SessionContext};
 use crate::settings::Settings;
-use crate::store::redis::Cluster;
+use crate::store::Backend;
 use crate::webhooks::{self, Webhooks};
 
 /// Everything the sockets of one node share.
@@ -26,7 +26,7 @@ pub struct Server {
     /// (shared, not copied), the limits, refs and presence keys.
     pub sessions: Arc<SessionContext>,
     /// Presence webhooks' sink, when configured (the registry and the
-    /// cluster emit into it; shutdown flushes it).
+    /// backend emit into it; shutdown flushes it).
     pub webhooks: Option<Arc<Webhooks>>,
     /// Cancelled on shutdown: every socket closes and cleans up.
     pub shutdown: CancellationToken,
@@ -35,13 +35,10 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(settings: Settings) -> Arc<Server> {
-        Self::with_cluster(settings, None)
-    }
-
-    /// With webhooks configured, call this within a Tokio runtime: it starts
+    /// A node whose presence lives in `backend` (`store::connect`). With
+    /// webhooks configured, call this within a Tokio runtime: it starts
     /// their delivery task.
-    pub fn with_cluster(settings: Settings, cluster: Option<Arc<Cluster>>) -> Arc<Server> {
+    pub fn new(settings: Settings, backend: Arc<dyn Backend>) -> Arc<Server> {
         let coalesce = settings.presence_coalesce;
         let frame_limit = settings.presence_frame_bytes;
         let broadcast_rates = crate::channel::BroadcastRates {
@@ -49,30 +46,15 @@ impl Server {
             bytes_per_second: settings.limits.channel_broadcast_bytes_per_second,
         };
         let metrics = Arc::new(Metrics::new());
-        let features = &settings.presence_features;
-        // In a cluster last seen lives in Redis, so every node answers the same.
-        let last_seen = match &cluster {
-            Some(cluster) => {
-                cluster.set_last_seen(features.last_seen_keys, features.last_seen_max_age);
-                None
-            }
-            None => crate::channel::last_seen::LastSeen::new(
-                features.last_seen_keys,
-                features.last_seen_max_age,
-            ),
-        };
         let webhooks = settings
             .webhooks
             .as_ref()
             .map(|w| webhooks::start(w, &metrics));
-        if let Some(cluster) = &cluster {
-            cluster.set_webhooks(webhooks.clone());
-        }
+        backend.report_to(webhooks.clone());
         let registry = Arc::new(
-            Registry::new(metrics.clone(), cluster, webhooks.clone())
+            Registry::new(metrics.clone(), backend, webhooks.clone())
                 .with_coalesce(coalesce)
                 .with_frame_limit(frame_limit)
-                .with_last_seen(last_seen)
                 .with_broadcast_rates(broadcast_rates),
         );
         let access = Arc::new(Access::from_settings(&settings));

@@ -13,12 +13,14 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use roster_presence::ChannelPresence;
 use roster_protocol::TOPIC_PREFIX;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::broadcast::{authorize, error};
 use crate::server::Server;
+use crate::store::StoreError;
 
 const OPENAPI: &str = include_str!("../../assets/openapi.json");
 const DEFAULT_PAGE: usize = 100;
@@ -115,30 +117,40 @@ fn asked_keys(uri: &Uri) -> Result<Option<Vec<String>>, Box<Response>> {
 }
 
 /// When each of `keys` (offline ones) last left any of `topics` (full
-/// names): from Redis in a cluster, so every node answers the same; else
-/// from this node's memory.
+/// names): from the store (this node's memory, or Redis in a cluster, so
+/// that every node answers the same).
 async fn last_seen_of(
     server: &Server,
     topics: &[String],
     private: bool,
     keys: &[&str],
 ) -> Result<HashMap<String, u64>, Response> {
-    if let Some(cluster) = server.registry.cluster() {
-        return cluster
-            .last_seen(topics, private, keys)
-            .await
-            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")));
-    }
-    Ok(keys
-        .iter()
-        .filter_map(|key| {
-            let latest = topics
-                .iter()
-                .filter_map(|t| server.registry.last_seen(t, private, key))
-                .max()?;
-            Some(((*key).to_owned(), latest))
-        })
-        .collect())
+    server
+        .registry
+        .backend()
+        .last_seen(topics, private, keys)
+        .await
+        .map_err(unavailable)
+}
+
+/// The store could not answer (Redis unreachable).
+fn unavailable(e: StoreError) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// The presence of a channel with no client on this node, from the store
+/// (Redis has every node's presences; alone, nobody is there).
+async fn presence_elsewhere(
+    server: &Server,
+    topic: &str,
+    private: bool,
+) -> Result<ChannelPresence, Response> {
+    server
+        .registry
+        .backend()
+        .read_presence(topic, private)
+        .await
+        .map_err(unavailable)
 }
 
 async fn members(
@@ -167,17 +179,12 @@ async fn members(
     }
     let full = format!("{TOPIC_PREFIX}{topic}");
     let cursor = params.cursor.as_deref();
-    let page = match (
-        server.registry.get(&full, params.private),
-        server.registry.cluster(),
-    ) {
-        (Some(channel), _) => channel.presence_page(cursor, limit),
-        // No client here: ask Redis, which has every node's presences.
-        (None, Some(cluster)) => match cluster.read_presence(&full, params.private).await {
+    let page = match server.registry.get(&full, params.private) {
+        Some(channel) => channel.presence_page(cursor, limit),
+        None => match presence_elsewhere(&server, &full, params.private).await {
             Ok(presence) => crate::channel::page_values(&presence, cursor, limit),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+            Err(refusal) => return refusal,
         },
-        (None, None) => Vec::new(),
     };
     // A full page may have more after it; the last key is where to go on.
     let next_cursor = (page.len() == limit)
@@ -199,16 +206,12 @@ async fn members_of_keys(
     keys: Vec<String>,
 ) -> Response {
     let full = format!("{TOPIC_PREFIX}{topic}");
-    let entries = match (
-        server.registry.get(&full, private),
-        server.registry.cluster(),
-    ) {
-        (Some(channel), _) => channel.presence_of_keys(&keys),
-        (None, Some(cluster)) => match cluster.read_presence(&full, private).await {
+    let entries = match server.registry.get(&full, private) {
+        Some(channel) => channel.presence_of_keys(&keys),
+        None => match presence_elsewhere(server, &full, private).await {
             Ok(presence) => crate::channel::key_values(&presence, &keys),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+            Err(refusal) => return refusal,
         },
-        (None, None) => keys.into_iter().map(|k| (k, Vec::new())).collect(),
     };
     let offline: Vec<&str> = entries
         .iter()
@@ -251,16 +254,12 @@ async fn count(
     let full = format!("{TOPIC_PREFIX}{topic}");
     // `connections` counts sockets on the node that answers; keys and
     // presences are the channel's, on every node.
-    let (connections, keys, presences) = match (
-        server.registry.get(&full, params.private),
-        server.registry.cluster(),
-    ) {
-        (Some(channel), _) => channel.counts(),
-        (None, Some(cluster)) => match cluster.read_presence(&full, params.private).await {
+    let (connections, keys, presences) = match server.registry.get(&full, params.private) {
+        Some(channel) => channel.counts(),
+        None => match presence_elsewhere(&server, &full, params.private).await {
             Ok(p) => (0, p.key_count(), p.meta_count()),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+            Err(refusal) => return refusal,
         },
-        (None, None) => (0, 0, 0),
     };
     Json(json!({"topic": topic, "connections": connections, "keys": keys, "presences": presences}))
         .into_response()
@@ -318,31 +317,30 @@ async fn query(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byte
             online.entry(key).or_default().push(name.to_owned());
         }
     }
+    // Channels with no client on this node: the store's (in a cluster,
+    // Redis has those of the other nodes; alone, nobody is there).
+    let remote = match &wanted {
+        Some(w) => Ok(w.iter().cloned().collect::<Vec<_>>()),
+        None => server.registry.backend().channel_topics(q.private).await,
+    };
+    let remote = match remote {
+        Ok(r) => r,
+        Err(e) => return unavailable(e),
+    };
     let mut remote_topics = Vec::new();
-    if let Some(cluster) = server.registry.cluster() {
-        // Channels with no client on this node live only in Redis.
-        let remote = match &wanted {
-            Some(w) => Ok(w.iter().cloned().collect::<Vec<_>>()),
-            None => cluster.channel_topics(q.private).await,
-        };
-        let remote = match remote {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
-        };
-        for topic in remote {
-            if server.registry.get(&topic, q.private).is_some() {
-                continue; // answered above
-            }
-            let presence = match cluster.read_presence(&topic, q.private).await {
-                Ok(p) => p,
-                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
-            };
-            let name = topic.strip_prefix(TOPIC_PREFIX).unwrap_or(&topic);
-            for key in q.keys.iter().filter(|k| presence.has_key(k)) {
-                online.entry(key).or_default().push(name.to_owned());
-            }
-            remote_topics.push(topic);
+    for topic in remote {
+        if server.registry.get(&topic, q.private).is_some() {
+            continue; // answered above
         }
+        let presence = match presence_elsewhere(&server, &topic, q.private).await {
+            Ok(p) => p,
+            Err(refusal) => return refusal,
+        };
+        let name = topic.strip_prefix(TOPIC_PREFIX).unwrap_or(&topic);
+        for key in q.keys.iter().filter(|k| presence.has_key(k)) {
+            online.entry(key).or_default().push(name.to_owned());
+        }
+        remote_topics.push(topic);
     }
     for topics in online.values_mut() {
         topics.sort();

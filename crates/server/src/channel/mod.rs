@@ -24,16 +24,12 @@ use roster_presence::{
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::access::admission::TokenBucket;
-use crate::store::local::Local;
-use crate::store::redis::{Cluster, RedisBackend};
 use crate::store::{Backend, ChannelStore, Ctx, Effects, Host, Track};
-pub mod last_seen;
 pub mod outbound;
 
 use crate::channel::outbound::{Frame, Outbound, SharedFrame};
 use crate::metrics::Metrics;
 use crate::webhooks::{self, Webhooks};
-use last_seen::LastSeen;
 use roster_protocol::Vsn;
 
 /// One socket's membership of a channel.
@@ -62,7 +58,6 @@ pub struct Channel {
     /// Relays broadcasts to the other nodes (none on a single node).
     backend: Arc<dyn Backend>,
     webhooks: Option<Arc<Webhooks>>,
-    last_seen: Option<Arc<LastSeen>>,
     /// Window over which diffs are coalesced; zero = off.
     coalesce: std::time::Duration,
     /// The most a snapshot frame may weigh; larger snapshots are split.
@@ -267,9 +262,10 @@ impl Channel {
     }
 
     /// The one path from a change of presence to the outside world, for
-    /// local and Redis changes alike: last seen, the gauges, the diff to
-    /// every member (or into the coalescing window), the acks behind it,
-    /// webhook events for this node's own changes, owed snapshots.
+    /// local and Redis changes alike: the gauges, the diff to every member
+    /// (or into the coalescing window), the acks behind it, webhook events
+    /// for this node's own changes, owed snapshots. (Last seen is the
+    /// store's: it notes the keys that leave as it applies the change.)
     fn commit(self: &Arc<Self>, inner: &mut Inner, keys_before: usize, effects: Effects) {
         let Effects {
             diff,
@@ -279,8 +275,7 @@ impl Channel {
             owed_states,
         } = effects;
         if !diff.is_empty() {
-            // Keys only come and go with a diff: nothing to note without one.
-            self.remember_leaves(inner, &diff);
+            // Keys only come and go with a diff: nothing to count without one.
             self.count(inner, &diff, keys_before);
         }
         if silent {
@@ -316,27 +311,6 @@ impl Channel {
                 self.send_state(inner, &mut scratch, &out, join_ref.as_ref());
             }
         }
-    }
-
-    /// Last seen: note the keys whose last meta this change took out.
-    fn remember_leaves(&self, inner: &Inner, diff: &Diff) {
-        let Some(seen) = &self.last_seen else {
-            return;
-        };
-        if diff.leaves.is_empty() {
-            return;
-        }
-        let (_, left) = diff.key_changes(&inner.presence);
-        if !left.is_empty() {
-            seen.left(&self.key, &left, last_seen::now_ms());
-        }
-    }
-
-    /// When `key` last left this channel (its last meta), if remembered.
-    pub fn last_seen(&self, key: &str) -> Option<u64> {
-        self.last_seen
-            .as_ref()?
-            .get(&self.key, key, last_seen::now_ms())
     }
 
     /// Keep the presence gauges in step with a change.
@@ -679,13 +653,10 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Where channels' presence lives: this node, or Redis.
     backend: Arc<dyn Backend>,
-    /// The Redis cluster, for reads of channels not open here.
-    cluster: Option<Arc<Cluster>>,
     webhooks: Option<Arc<Webhooks>>,
     coalesce: std::time::Duration,
     frame_limit: usize,
     broadcast_rates: BroadcastRates,
-    last_seen: Option<Arc<LastSeen>>,
 }
 
 impl Registry {
@@ -701,51 +672,34 @@ impl Registry {
         self
     }
 
-    /// Remember when keys left (last seen); `None` = off.
-    pub fn with_last_seen(mut self, last_seen: Option<Arc<LastSeen>>) -> Self {
-        self.last_seen = last_seen;
-        self
-    }
-
-    /// When `key` last left the channel `topic`, if remembered and the
-    /// channel is not open here (an open one answers for itself).
-    pub fn last_seen(&self, topic: &str, private: bool, key: &str) -> Option<u64> {
-        self.last_seen
-            .as_ref()?
-            .get(&registry_key(topic, private), key, last_seen::now_ms())
-    }
-
     /// Give each channel this broadcast budget.
     pub fn with_broadcast_rates(mut self, rates: BroadcastRates) -> Self {
         self.broadcast_rates = rates;
         self
     }
 
+    /// Channels whose presence lives in `backend` (made by
+    /// `store::connect`: this node alone, or Redis).
     pub fn new(
         metrics: Arc<Metrics>,
-        cluster: Option<Arc<Cluster>>,
+        backend: Arc<dyn Backend>,
         webhooks: Option<Arc<Webhooks>>,
     ) -> Self {
-        // The one place that decides between one node and a cluster.
-        let backend: Arc<dyn Backend> = match &cluster {
-            Some(cluster) => Arc::new(RedisBackend(cluster.clone())),
-            None => Arc::new(Local),
-        };
         Registry {
             channels: Mutex::default(),
             metrics,
             backend,
-            cluster,
             webhooks,
             coalesce: std::time::Duration::ZERO,
             frame_limit: DEFAULT_FRAME_LIMIT,
             broadcast_rates: BroadcastRates::default(),
-            last_seen: None,
         }
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
+    /// Where presence lives, for what no open channel of this node holds
+    /// (the presence API's reads, last seen, the node's health).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
     /// A broadcast for a channel with no member on this node: the other
@@ -800,7 +754,6 @@ impl Registry {
                         metrics: self.metrics.clone(),
                         backend: self.backend.clone(),
                         webhooks: self.webhooks.clone(),
-                        last_seen: self.last_seen.clone(),
                         coalesce: self.coalesce,
                         frame_limit: self.frame_limit,
                         budget: Mutex::new(BroadcastBudget::new(self.broadcast_rates)),

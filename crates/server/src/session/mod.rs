@@ -328,7 +328,7 @@ impl Session {
                 "ClientJoinRateLimitReached: Too many joins per second",
             );
         }
-        if ctx.registry.cluster().is_some_and(|c| !c.is_healthy()) {
+        if !ctx.registry.backend().is_healthy() {
             // realtime-js retries a refused join with backoff; meanwhile a
             // load balancer sees /ready fail and moves new sockets away.
             return self.refuse_join(

@@ -27,7 +27,11 @@ fn context(tweak: impl FnOnce(&mut Settings)) -> Arc<SessionContext> {
     Arc::new(SessionContext::new(
         &settings,
         Arc::new(Access::from_settings(&settings)),
-        Arc::new(Registry::new(metrics.clone(), None, None)),
+        Arc::new(Registry::new(
+            metrics.clone(),
+            Arc::new(crate::store::local::Local::new(None)),
+            None,
+        )),
         Arc::new(Admission::default()),
         metrics,
         CancellationToken::new(),

@@ -1,28 +1,132 @@
 //! One node: the channel's presence is the truth, and every change is the
 //! pure tracker's (`roster_presence::ChannelPresence`), applied at once.
+//! What the node is asked of channels it does not hold has one answer:
+//! nobody is there. Last seen is this node's memory ([`LastSeen`]).
 
 use std::any::Any;
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use roster_presence::{meta_weight, ChannelPresence, MemberId};
+use futures_util::future::BoxFuture;
+use roster_presence::{meta_weight, ChannelPresence, Diff, MemberId};
 use roster_protocol::UserBroadcast;
+use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Backend, ChannelStore, Ctx, Host, Track};
+use super::last_seen::{self, LastSeen};
+use super::{Ack, Backend, ChannelStore, Ctx, Host, StoreError, Track};
+use crate::webhooks::Webhooks;
 
 /// The backend of a node on its own.
-pub struct Local;
+pub struct Local {
+    /// When keys last left, if remembered (`None` = off).
+    last_seen: Option<Arc<LastSeen>>,
+}
+
+impl Local {
+    pub fn new(last_seen: Option<Arc<LastSeen>>) -> Self {
+        Local { last_seen }
+    }
+}
+
+/// A channel's name in the last-seen map: public and private channels of
+/// one topic are distinct.
+fn seen_name(topic: &str, private: bool) -> Arc<str> {
+    if private {
+        Arc::from(format!("private\u{0}{topic}"))
+    } else {
+        Arc::from(topic)
+    }
+}
 
 impl Backend for Local {
-    fn channel_store(&self, _: &str, _: bool, _: Weak<dyn Host>) -> Box<dyn ChannelStore> {
-        Box::new(LocalStore)
+    fn channel_store(
+        &self,
+        topic: &str,
+        private: bool,
+        _: Weak<dyn Host>,
+    ) -> Box<dyn ChannelStore> {
+        let last_seen = self
+            .last_seen
+            .as_ref()
+            .map(|seen| (seen.clone(), seen_name(topic, private)));
+        Box::new(LocalStore { last_seen })
     }
 
     /// No other node to tell.
     fn relay_broadcast(&self, _: &str, _: bool, _: &UserBroadcast) {}
+
+    fn start(&self, _: CancellationToken) {}
+
+    /// Every change is a channel's, and the channel reports it.
+    fn report_to(&self, _: Option<Arc<Webhooks>>) {}
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    fn cut_off(&self) -> Option<CancellationToken> {
+        None
+    }
+
+    /// A channel not open here has nobody in it.
+    fn read_presence(
+        &self,
+        _: &str,
+        _: bool,
+    ) -> BoxFuture<'_, Result<ChannelPresence, StoreError>> {
+        Box::pin(async { Ok(ChannelPresence::new()) })
+    }
+
+    fn channel_topics(&self, _: bool) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn last_seen<'a>(
+        &'a self,
+        topics: &'a [String],
+        private: bool,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<HashMap<String, u64>, StoreError>> {
+        let now = last_seen::now_ms();
+        let found = self.last_seen.as_ref().map_or_else(HashMap::new, |seen| {
+            let names: Vec<_> = topics.iter().map(|t| seen_name(t, private)).collect();
+            keys.iter()
+                .filter_map(|key| {
+                    let latest = names.iter().filter_map(|n| seen.get(n, key, now)).max()?;
+                    Some(((*key).to_owned(), latest))
+                })
+                .collect()
+        });
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn render_metrics(&self) -> String {
+        String::new()
+    }
+
+    fn leave(&self, _: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A channel's presence on one node.
-pub struct LocalStore;
+#[derive(Default)]
+pub struct LocalStore {
+    /// Where to note keys whose last meta left, and this channel's name there.
+    last_seen: Option<(Arc<LastSeen>, Arc<str>)>,
+}
+
+impl LocalStore {
+    /// Report a change the tracker applied, and note the keys it took the
+    /// last meta of (last seen).
+    fn changed(&self, cx: &mut Ctx<'_>, diff: Diff) {
+        let left = cx.effects.own_change(diff, cx.presence);
+        if let (Some((seen, name)), false) = (&self.last_seen, left.is_empty()) {
+            seen.left(name, left, last_seen::now_ms());
+        }
+    }
+}
 
 impl ChannelStore for LocalStore {
     fn opened(&mut self) {}
@@ -38,14 +142,14 @@ impl ChannelStore for LocalStore {
             .presence
             .track(t.member, t.key, t.state, t.refs, t.updates);
         if let Some(diff) = diff {
-            cx.effects.own_change(diff, cx.presence);
+            self.changed(cx, diff);
         }
         cx.effects.acks.push(ack);
     }
 
     fn untrack(&mut self, cx: &mut Ctx<'_>, member: MemberId, ack: Option<Ack>) {
         if let Some(diff) = cx.presence.untrack(member) {
-            cx.effects.own_change(diff, cx.presence);
+            self.changed(cx, diff);
         }
         cx.effects.acks.extend(ack);
     }
@@ -114,7 +218,11 @@ mod tests {
 
     #[test]
     fn a_track_reports_its_diff_its_key_change_and_its_ack() {
-        let (mut store, mut presence, refs) = (LocalStore, ChannelPresence::new(), RefGen::new(1));
+        let (mut store, mut presence, refs) = (
+            LocalStore::default(),
+            ChannelPresence::new(),
+            RefGen::new(1),
+        );
         let acked = Arc::new(AtomicUsize::new(0));
         let track = |s: State| Track {
             member: 7,
@@ -154,7 +262,11 @@ mod tests {
 
     #[test]
     fn an_orphan_is_silent_until_it_is_untracked() {
-        let (mut store, mut presence, refs) = (LocalStore, ChannelPresence::new(), RefGen::new(1));
+        let (mut store, mut presence, refs) = (
+            LocalStore::default(),
+            ChannelPresence::new(),
+            RefGen::new(1),
+        );
         run(&mut store, &mut presence, |st, cx| {
             let track = Track {
                 member: 1,

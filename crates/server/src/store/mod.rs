@@ -1,9 +1,10 @@
-//! Where a channel's presence changes are applied: the seam between the
-//! channel (members, fan-out, webhooks, gauges) and the truth of its
-//! presence.
+//! Where presence lives: the seam between the channel (members, fan-out,
+//! webhooks, gauges) and the truth of its presence.
 //!
-//! A channel owns one [`ChannelStore`], made by the node's [`Backend`]:
-//! * [`local`]: one node; the pure tracker, applied at once;
+//! A node has one [`Backend`], and each channel owns one [`ChannelStore`]
+//! made by it:
+//! * [`local`]: one node; the pure tracker, applied at once, and last seen
+//!   in this node's memory ([`last_seen`]);
 //! * [`redis`]: several nodes; changes are written to Redis and come back
 //!   numbered, in Redis's order, from the write's reply or from pub/sub.
 //!
@@ -12,24 +13,65 @@
 //! channel's presence, the key changes this node reports to webhooks, the
 //! acks now due, the joiners whose snapshot is now due), and the channel
 //! turns them into frames through its one path (`Channel::commit`). So
-//! a single node is a cluster of one: the same channel code serves both,
-//! and [`Backend`] (chosen once, in `channel::Registry::new`) is the only
-//! place that knows which.
+//! a single node is a cluster of one: the same channel code, the same
+//! presence API and the same socket code serve both, and [`connect`] is the
+//! only place that knows which backend a node has.
 
+pub mod last_seen;
 pub mod local;
 pub mod redis;
 
 use std::any::Any;
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use roster_presence::{ChannelPresence, Diff, MemberId, RefGen, State, Updates};
 use roster_protocol::UserBroadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+use crate::webhooks::Webhooks;
+use last_seen::LastSeen;
+use local::Local;
+use redis::{Cluster, RedisBackend};
+
+/// The node's backend, as its settings ask: on its own, or sharing presence
+/// with other nodes through Redis (or a Redis Cluster), which must answer.
+/// The one place that decides between one node and several.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Arc<dyn Backend>> {
+    let features = &settings.presence_features;
+    let (cap, max_age) = (features.last_seen_keys, features.last_seen_max_age);
+    Ok(match &settings.cluster {
+        None => Arc::new(Local::new(LastSeen::new(cap, max_age))),
+        Some(cluster) => {
+            let cluster = Cluster::connect(cluster.clone()).await?;
+            cluster.register().await?;
+            // In a cluster last seen lives in Redis, so every node answers the same.
+            cluster.set_last_seen(cap, max_age);
+            Arc::new(RedisBackend(cluster))
+        }
+    })
+}
+
+/// A read the store could not answer (Redis unreachable): the presence
+/// API replies 503 with it.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Sends a deferred reply (a track's `ok` once its diff is out).
 pub type Ack = Box<dyn FnOnce() + Send>;
 
-/// Makes each channel's store, and relays broadcasts of channels this node
-/// does not hold.
+/// Where a node's presence lives: it makes each channel's store, and
+/// answers for what no open channel of this node holds. What one node
+/// answers alone, a cluster answers from Redis.
 pub trait Backend: Send + Sync + 'static {
     /// The store of a channel being created; `host` is the channel (not
     /// yet usable: it is called on once [`ChannelStore::opened`] runs).
@@ -43,6 +85,49 @@ pub trait Backend: Send + Sync + 'static {
     /// A broadcast for a channel with no member on this node: the other
     /// nodes may have some.
     fn relay_broadcast(&self, topic: &str, private: bool, msg: &UserBroadcast);
+
+    /// Start the backend's own tasks (Redis: lease, reaping, pub/sub).
+    fn start(&self, shutdown: CancellationToken);
+
+    /// Where changes the backend makes itself (Redis: a dead node's
+    /// presences reaped) report their webhook events.
+    fn report_to(&self, webhooks: Option<Arc<Webhooks>>);
+
+    /// Whether this node may take joins now (Redis: it holds its lease).
+    fn is_healthy(&self) -> bool;
+
+    /// Cancelled once this node has been cut off from the others so long
+    /// that its sockets had better move to another node; `None` when that
+    /// cannot happen.
+    fn cut_off(&self) -> Option<CancellationToken>;
+
+    /// The presence of a channel not open on this node: empty on one
+    /// node, every node's presences in a cluster.
+    fn read_presence(
+        &self,
+        topic: &str,
+        private: bool,
+    ) -> BoxFuture<'_, Result<ChannelPresence, StoreError>>;
+
+    /// The topics of channels with presence on other nodes (those open
+    /// here may be among them).
+    fn channel_topics(&self, private: bool) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// When each of `keys` last left any of `topics` (full names), in ms
+    /// since the epoch, where remembered: the latest over the topics.
+    fn last_seen<'a>(
+        &'a self,
+        topics: &'a [String],
+        private: bool,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<HashMap<String, u64>, StoreError>>;
+
+    /// Prometheus lines of the backend's own, if any.
+    fn render_metrics(&self) -> String;
+
+    /// Leave once the sockets have closed, waiting up to `grace` (Redis:
+    /// for this node's entries to be deleted, then the lease lapses).
+    fn leave(&self, grace: Duration) -> BoxFuture<'_, ()>;
 }
 
 /// What a store may ask of its channel (the channel layer implements it),
@@ -91,14 +176,21 @@ impl Effects {
     }
 
     /// Note a diff already applied to `presence`, and its key changes as
-    /// this node's own.
-    pub fn own_change(&mut self, diff: Diff, presence: &ChannelPresence) {
+    /// this node's own; returns the keys it took the last meta of.
+    pub fn own_change(&mut self, diff: Diff, presence: &ChannelPresence) -> &[String] {
         let (joined, left) = diff.key_changes(presence);
-        if !joined.is_empty() || !left.is_empty() {
+        let change = (!joined.is_empty() || !left.is_empty()).then(|| {
             let owned = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
-            self.key_changes.push((owned(joined), owned(left)));
-        }
+            (owned(joined), owned(left))
+        });
         self.add_diff(diff);
+        match change {
+            Some(change) => {
+                self.key_changes.push(change);
+                &self.key_changes[self.key_changes.len() - 1].1
+            }
+            None => &[],
+        }
     }
 }
 

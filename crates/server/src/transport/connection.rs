@@ -179,7 +179,7 @@ pub async fn run(
     // Created once, polled every turn: re-creating them per frame showed up in profiles.
     let idle = sleep(idle_timeout);
     // A node cut off from its cluster too long sends its sockets elsewhere.
-    let island = server.registry.cluster().map(|c| c.island.lock().clone());
+    let island = server.registry.backend().cut_off();
     // The reasons to stop that come from outside, polled only when one fires.
     let stop = WhenWoken::new(async move {
         tokio::select! {

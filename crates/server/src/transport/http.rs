@@ -229,7 +229,7 @@ fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Result<(), E>) {
 async fn ready(State(server): State<Arc<Server>>) -> Response {
     if server.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if server.registry.cluster().is_some_and(|c| !c.is_healthy()) {
+    } else if !server.registry.backend().is_healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "cluster link lost").into_response()
     } else {
         "ready".into_response()
@@ -244,9 +244,7 @@ async fn metrics(State(server): State<Arc<Server>>) -> Response {
         )],
         {
             let mut text = server.metrics.render();
-            if let Some(cluster) = server.registry.cluster() {
-                text.push_str(&cluster.render_metrics());
-            }
+            text.push_str(&server.registry.backend().render_metrics());
             text
         },
     )

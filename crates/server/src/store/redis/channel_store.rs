@@ -11,12 +11,16 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use roster_presence::{meta_weight, ChannelPresence, MemberId, Meta, Updates};
 use roster_protocol::UserBroadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::{wire, Cluster, Op, Received, Replica, Replicated, Snapshot, Write};
-use crate::store::{self, Ack, Backend, ChannelStore, Ctx, Effects, Host, Track};
+use crate::store::{self, Ack, Backend, ChannelStore, Ctx, Effects, Host, StoreError, Track};
+use crate::webhooks::Webhooks;
 
 /// The backend of a node in a cluster.
 pub struct RedisBackend(pub Arc<Cluster>);
@@ -45,6 +49,68 @@ impl Backend for RedisBackend {
     fn relay_broadcast(&self, topic: &str, private: bool, msg: &UserBroadcast) {
         self.0.publish_broadcast(&wire::tag(topic, private), msg);
     }
+
+    fn start(&self, shutdown: CancellationToken) {
+        self.0.start(shutdown);
+    }
+
+    /// The reaper reports the leaves of the nodes it reaps.
+    fn report_to(&self, webhooks: Option<Arc<Webhooks>>) {
+        self.0.set_webhooks(webhooks);
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.0.is_healthy()
+    }
+
+    fn cut_off(&self) -> Option<CancellationToken> {
+        Some(self.0.island.lock().clone())
+    }
+
+    fn read_presence(
+        &self,
+        topic: &str,
+        private: bool,
+    ) -> BoxFuture<'_, Result<ChannelPresence, StoreError>> {
+        let topic = topic.to_owned();
+        Box::pin(async move {
+            self.0
+                .read_presence(&topic, private)
+                .await
+                .map_err(unreachable)
+        })
+    }
+
+    fn channel_topics(&self, private: bool) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { self.0.channel_topics(private).await.map_err(unreachable) })
+    }
+
+    fn last_seen<'a>(
+        &'a self,
+        topics: &'a [String],
+        private: bool,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<HashMap<String, u64>, StoreError>> {
+        Box::pin(async move {
+            self.0
+                .last_seen(topics, private, keys)
+                .await
+                .map_err(unreachable)
+        })
+    }
+
+    fn render_metrics(&self) -> String {
+        self.0.render_metrics()
+    }
+
+    fn leave(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.0.leave(grace))
+    }
+}
+
+/// A read Redis did not answer.
+fn unreachable(e: redis::RedisError) -> StoreError {
+    StoreError(format!("redis: {e}"))
 }
 
 /// What the cluster holds of a channel: it reaches the channel's store
