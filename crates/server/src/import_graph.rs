@@ -210,6 +210,31 @@ fn the_server_layers_import_only_downwards() {
     assert!(upward.is_empty(), "imports against the layers: {upward:#?}");
 }
 
+/// A single node is a cluster of one: which backend a node has is the
+/// store's business alone (`store::connect`), so no module outside `store`
+/// names one.
+#[test]
+fn only_the_store_knows_which_backend_a_node_has() {
+    let mut outside = Vec::new();
+    for (module, deps) in graph(&crate_src("server")) {
+        if module == "store" || module.starts_with("store::") {
+            continue;
+        }
+        for dep in deps {
+            if ["store::local", "store::redis"]
+                .iter()
+                .any(|b| dep == *b || dep.starts_with(&format!("{b}::")))
+            {
+                outside.push(format!("{module} → {dep}"));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "backends named outside store/: {outside:#?}"
+    );
+}
+
 /// Where HTTP framework types may appear: the layers that speak HTTP.
 /// Below them the domain has Roster's own frames and queues.
 const HTTP_LAYERS: &[&str] = &["transport", "api"];

@@ -29,7 +29,7 @@ fn context(tweak: impl FnOnce(&mut Settings)) -> Arc<SessionContext> {
         Arc::new(Access::from_settings(&settings)),
         Arc::new(Registry::new(
             metrics.clone(),
-            Arc::new(crate::store::local::Local::new(None)),
+            crate::store::alone(&settings),
             None,
         )),
         Arc::new(Admission::default()),

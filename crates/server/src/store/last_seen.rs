@@ -18,7 +18,7 @@ pub struct LastSeen {
 
 #[derive(Default)]
 struct Inner {
-    /// `<channel registry key>\0<presence key>` → (order, left at, ms).
+    /// `<channel name>\0<presence key>` → (order, left at, ms).
     by_key: HashMap<Arc<str>, (u64, u64)>,
     /// Order of the last leave → the same name: the oldest comes first.
     by_order: BTreeMap<u64, Arc<str>>,
@@ -41,7 +41,7 @@ impl LastSeen {
         })
     }
 
-    /// `keys` of `channel` (its registry key) lost their last meta at `at_ms`.
+    /// `keys` of `channel` (its topic, marked when private) lost their last meta at `at_ms`.
     pub fn left<S: AsRef<str>>(&self, channel: &str, keys: &[S], at_ms: u64) {
         let mut inner = self.inner.lock();
         for key in keys {
@@ -79,7 +79,7 @@ impl LastSeen {
         }
     }
 
-    /// When `key` last left `channel` (its registry key), within the age limit.
+    /// When `key` last left `channel` (its topic, marked when private), within the age limit.
     pub fn get(&self, channel: &str, key: &str, now_ms: u64) -> Option<u64> {
         let inner = self.inner.lock();
         let (_, at) = *inner.by_key.get(name(channel, key).as_str())?;

@@ -41,18 +41,24 @@ use redis::{Cluster, RedisBackend};
 /// with other nodes through Redis (or a Redis Cluster), which must answer.
 /// The one place that decides between one node and several.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Arc<dyn Backend>> {
+    let Some(cluster) = &settings.cluster else {
+        return Ok(alone(settings));
+    };
     let features = &settings.presence_features;
-    let (cap, max_age) = (features.last_seen_keys, features.last_seen_max_age);
-    Ok(match &settings.cluster {
-        None => Arc::new(Local::new(LastSeen::new(cap, max_age))),
-        Some(cluster) => {
-            let cluster = Cluster::connect(cluster.clone()).await?;
-            cluster.register().await?;
-            // In a cluster last seen lives in Redis, so every node answers the same.
-            cluster.set_last_seen(cap, max_age);
-            Arc::new(RedisBackend(cluster))
-        }
-    })
+    let cluster = Cluster::connect(cluster.clone()).await?;
+    cluster.register().await?;
+    // In a cluster last seen lives in Redis, so every node answers the same.
+    cluster.set_last_seen(features.last_seen_keys, features.last_seen_max_age);
+    Ok(Arc::new(RedisBackend(cluster)))
+}
+
+/// The backend of a node on its own, with last seen as the settings ask.
+pub fn alone(settings: &Settings) -> Arc<dyn Backend> {
+    let features = &settings.presence_features;
+    Arc::new(Local::new(LastSeen::new(
+        features.last_seen_keys,
+        features.last_seen_max_age,
+    )))
 }
 
 /// A read the store could not answer (Redis unreachable): the presence
