@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command::{Command, PushKind};
+use crate::command::Command;
 use crate::link::ClientShared;
 use crate::presence::decode_state;
 use crate::shared::{lock, ChannelShared, ChannelStatus};
@@ -239,8 +239,7 @@ impl RealtimeChannel {
     /// ```
     pub async fn track(&self, state: &impl Serialize) -> Result<(), Error> {
         let state = serde_json::to_value(state).map_err(|e| Error::Serialize(e.to_string()))?;
-        self.push(ClientPush::Track(state.clone()), PushKind::Track(state))
-            .await
+        self.push(ClientPush::Track(state), true).await
     }
 
     /// Stop tracking (and stop re-tracking after rejoins).
@@ -251,7 +250,7 @@ impl RealtimeChannel {
     /// # Ok(()) }
     /// ```
     pub async fn untrack(&self) -> Result<(), Error> {
-        self.push(ClientPush::Untrack, PushKind::Untrack).await
+        self.push(ClientPush::Untrack, true).await
     }
 
     /// The presences of the channel: key → one [`Presence`] per tracking
@@ -302,7 +301,7 @@ impl RealtimeChannel {
             payload,
         };
         let ack = self.inner.options.broadcast_ack;
-        self.push(push, PushKind::Broadcast { ack }).await
+        self.push(push, ack).await
     }
 
     /// Leave the channel (`phx_leave`); its presence, if tracked, leaves
@@ -317,12 +316,12 @@ impl RealtimeChannel {
         self.client.leave(&self.inner.topic, false).await
     }
 
-    async fn push(&self, push: ClientPush, kind: PushKind) -> Result<(), Error> {
+    async fn push(&self, push: ClientPush, awaits_reply: bool) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Push {
             topic: self.inner.topic.clone(),
             push: Box::new(push),
-            kind,
+            awaits_reply,
             reply: tx,
         };
         if self.client.send_running(cmd).is_err() {

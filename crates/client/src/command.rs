@@ -3,29 +3,10 @@
 use std::sync::Arc;
 
 use roster_protocol::push::ClientPush;
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::shared::{ChannelShared, ChannelStatus};
 use crate::Error;
-
-/// What a push is, for the task's bookkeeping.
-#[derive(Debug)]
-pub(crate) enum PushKind {
-    /// Remembered for re-tracking after a rejoin.
-    Track(Value),
-    Untrack,
-    /// Without `ack` the push resolves once written.
-    Broadcast {
-        ack: bool,
-    },
-}
-
-impl PushKind {
-    pub(crate) fn is_presence(&self) -> bool {
-        matches!(self, PushKind::Track(_) | PushKind::Untrack)
-    }
-}
 
 pub(crate) enum Command {
     /// Open the socket (and keep it open); answer with the first outcome.
@@ -36,7 +17,9 @@ pub(crate) enum Command {
         topic: String,
         /// Boxed: a join-sized push would make every command large.
         push: Box<ClientPush>,
-        kind: PushKind,
+        /// Resolve on the server's reply; `false` (a broadcast without
+        /// `ack`): once written.
+        awaits_reply: bool,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     /// Leave a channel; `remove` also forgets it.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::command::{Command, PushKind};
+use crate::command::Command;
 use crate::shared::SocketShared;
 use crate::shared::{ChannelShared, ChannelStatus};
 use crate::{BroadcastMessage, Error};
@@ -41,7 +41,8 @@ enum State {
 
 struct Buffered {
     push: ClientPush,
-    kind: PushKind,
+    /// See `Command::Push`.
+    awaits_reply: bool,
     reply: Option<Reply>,
     deadline: Instant,
 }
@@ -162,7 +163,7 @@ impl Io {
     ) {
         let r = self.take_ref();
         self.emit(join_ref, &r, topic, &push.push);
-        if let PushKind::Broadcast { ack: false } = push.kind {
+        if !push.awaits_reply {
             if let Some(reply) = push.reply {
                 let _ = reply.send(Ok(()));
             }
@@ -337,9 +338,9 @@ impl Router {
             Command::Push {
                 topic,
                 push,
-                kind,
+                awaits_reply,
                 reply,
-            } => self.push(&topic, *push, kind, reply, now),
+            } => self.push(&topic, *push, awaits_reply, reply, now),
             Command::Leave {
                 topic,
                 remove,
@@ -428,20 +429,28 @@ impl Router {
         );
     }
 
-    fn push(&mut self, topic: &str, push: ClientPush, kind: PushKind, reply: Reply, now: Instant) {
+    fn push(
+        &mut self,
+        topic: &str,
+        push: ClientPush,
+        awaits_reply: bool,
+        reply: Reply,
+        now: Instant,
+    ) {
         let deadline = now + self.timeout();
         let Some(chan) = self.chans.get_mut(topic).filter(|c| c.wants_join()) else {
             let _ = reply.send(Err(Error::NotSubscribed));
             return;
         };
-        match &kind {
-            PushKind::Track(state) => chan.last_tracked = Some(state.clone()),
-            PushKind::Untrack => chan.last_tracked = None,
-            PushKind::Broadcast { .. } => {}
+        // Remembered for re-tracking after a rejoin.
+        match &push {
+            ClientPush::Track(state) => chan.last_tracked = Some(state.clone()),
+            ClientPush::Untrack => chan.last_tracked = None,
+            _ => {}
         }
         let push = Buffered {
             push,
-            kind,
+            awaits_reply,
             reply: Some(reply),
             deadline,
         };
@@ -628,7 +637,9 @@ impl Router {
         chan.notify(ChannelStatus::Subscribed);
         let jr = chan.join_ref.clone();
         let buffered = std::mem::take(&mut chan.buffer);
-        let presence_buffered = buffered.iter().any(|b| b.kind.is_presence());
+        let presence_buffered = buffered
+            .iter()
+            .any(|b| matches!(b.push, ClientPush::Track(_) | ClientPush::Untrack));
         let retrack = chan
             .last_tracked
             .clone()
@@ -646,8 +657,8 @@ impl Router {
         if let Some(state) = retrack {
             tracing::debug!(%topic, "re-tracking after rejoin");
             let push = Buffered {
-                push: ClientPush::Track(state.clone()),
-                kind: PushKind::Track(state),
+                push: ClientPush::Track(state),
+                awaits_reply: true,
                 reply: None,
                 deadline: now + self.shared.options.timeout,
             };
@@ -880,7 +891,7 @@ mod tests {
             Command::Push {
                 topic: TOPIC.into(),
                 push: Box::new(ClientPush::Track(json!({"a": 1}))),
-                kind: PushKind::Track(json!({"a": 1})),
+                awaits_reply: true,
                 reply: tx,
             },
             Instant::now(),
