@@ -24,7 +24,7 @@ use roster_presence::{
 use roster_protocol::{events, Encoded, Outgoing, UserBroadcast};
 
 use crate::access::admission::TokenBucket;
-use crate::store::{Backend, ChannelStore, Ctx, Effects, Host, Track};
+use crate::store::{channel_key, Backend, ChannelStore, Ctx, Effects, Host, Track};
 pub mod outbound;
 
 use crate::channel::outbound::{Frame, Outbound, SharedFrame};
@@ -581,15 +581,6 @@ impl Channel {
     }
 }
 
-/// Public and private channels of one topic are separate, as in rt.
-fn registry_key(topic: &str, private: bool) -> Arc<str> {
-    if private {
-        Arc::from(format!("private\u{0}{topic}"))
-    } else {
-        Arc::from(topic)
-    }
-}
-
 /// How often, at most, `count_only` members hear of a change.
 const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -729,14 +720,14 @@ impl Registry {
             let channel = self
                 .channels
                 .lock()
-                .entry(registry_key(topic, private))
+                .entry(channel_key(topic, private))
                 .or_insert_with(|| {
                     self.metrics.channels.increment(1);
                     created = true;
                     Arc::new_cyclic(|me| Channel {
                         me: me.clone(),
                         topic: Arc::from(topic),
-                        key: registry_key(topic, private),
+                        key: channel_key(topic, private),
                         private,
                         inner: Mutex::new(Inner {
                             presence: ChannelPresence::default(),
@@ -861,7 +852,7 @@ impl Registry {
     pub fn get(&self, topic: &str, private: bool) -> Option<Arc<Channel>> {
         self.channels
             .lock()
-            .get(&registry_key(topic, private))
+            .get(&channel_key(topic, private))
             .cloned()
     }
 

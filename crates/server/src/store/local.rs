@@ -14,7 +14,7 @@ use roster_protocol::UserBroadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::last_seen::{self, LastSeen};
-use super::{Ack, Backend, ChannelStore, Ctx, Host, StoreError, Track};
+use super::{channel_key, Ack, Backend, ChannelStore, Ctx, Host, StoreError, Track};
 use crate::webhooks::Webhooks;
 
 /// The backend of a node on its own.
@@ -29,16 +29,6 @@ impl Local {
     }
 }
 
-/// A channel's name in the last-seen map: public and private channels of
-/// one topic are distinct.
-fn seen_name(topic: &str, private: bool) -> Arc<str> {
-    if private {
-        Arc::from(format!("private\u{0}{topic}"))
-    } else {
-        Arc::from(topic)
-    }
-}
-
 impl Backend for Local {
     fn channel_store(
         &self,
@@ -49,7 +39,7 @@ impl Backend for Local {
         let last_seen = self
             .last_seen
             .as_ref()
-            .map(|seen| (seen.clone(), seen_name(topic, private)));
+            .map(|seen| (seen.clone(), channel_key(topic, private)));
         Box::new(LocalStore { last_seen })
     }
 
@@ -90,7 +80,7 @@ impl Backend for Local {
     ) -> BoxFuture<'a, Result<HashMap<String, u64>, StoreError>> {
         let now = last_seen::now_ms();
         let found = self.last_seen.as_ref().map_or_else(HashMap::new, |seen| {
-            let names: Vec<_> = topics.iter().map(|t| seen_name(t, private)).collect();
+            let names: Vec<_> = topics.iter().map(|t| channel_key(t, private)).collect();
             keys.iter()
                 .filter_map(|key| {
                     let latest = names.iter().filter_map(|n| seen.get(n, key, now)).max()?;

@@ -61,6 +61,16 @@ pub fn alone(settings: &Settings) -> Arc<dyn Backend> {
     )))
 }
 
+/// A channel's name on this node (the channel registry, last seen):
+/// public and private channels of one topic are separate, as in rt.
+pub fn channel_key(topic: &str, private: bool) -> Arc<str> {
+    if private {
+        Arc::from(format!("private\u{0}{topic}"))
+    } else {
+        Arc::from(topic)
+    }
+}
+
 /// A read the store could not answer (Redis unreachable): the presence
 /// API replies 503 with it.
 #[derive(Debug)]
